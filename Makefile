@@ -1,0 +1,36 @@
+# Two commands do all set-up on a fresh machine:  `make run`  and  `make test`.
+VENV ?= .venv
+PYTHON ?= python3
+export PATH := $(abspath $(VENV))/bin:$(PATH)
+# Headless plotting and no telemetry from the tracking client.
+export MPLBACKEND := Agg
+export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR := false
+
+SNAKEMAKE_ARGS ?=
+
+.PHONY: install run test test-fast ui status clean
+
+install: $(VENV)/.installed
+
+# torch is pinned in the same command as everything else: an unpinned torch pulls a multi-GB CUDA build.
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet torch==2.13.0
+	$(VENV)/bin/pip install --quiet torch==2.13.0 -e '.[test]'
+	touch $@
+
+run: install  ## the default tiny grid end to end: data, tower, cells, evaluation, FLOPs, law, report
+	snakemake --profile profiles/local $(SNAKEMAKE_ARGS)
+
+test: install  ## every test, the end-to-end workflow ones included
+	pytest -q
+
+test-fast: install  ## unit tests only
+	pytest -q -m "not slow"
+
+ui: install  ## MLflow UI on the local store, http://127.0.0.1:5000
+	vlmscale ui --uri sqlite:///results/mlflow.db
+
+clean:
+	rm -rf results .snakemake

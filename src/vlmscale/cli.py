@@ -1,0 +1,252 @@
+"""`vlmscale` command line: one subcommand per workflow stage, plus fit/frontier on any table.
+
+Stage subcommands take the stage's result-affecting settings as one canonical JSON (`--spec`), exactly
+the value Snakemake compares in `params:`, and paths as flags.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _json(text: str):
+    return json.loads(text)
+
+
+def _runtime(args) -> dict:
+    return {"threads": args.threads, "executor": args.executor}
+
+
+def _launch(fn, cfg: dict, args, name: str) -> dict:
+    from vlmscale import launch
+
+    return launch.run(fn, cfg, executor=args.executor, log_dir=Path(args.results) / "logs" / "submitit", name=name)
+
+
+def cmd_prepare_data(args) -> dict:
+    from vlmscale import data
+
+    return data.main({"data": args.spec, "out": args.out})
+
+
+def cmd_pretrain_vision(args) -> dict:
+    from vlmscale import vision
+
+    return _launch(vision.main, {"vision": args.spec, "data_root": args.data_root, "out": args.out, **_runtime(args)}, args, "vision")
+
+
+def cmd_train(args) -> dict:
+    from vlmscale import train
+
+    cfg = {
+        "spec": args.spec, "data_root": args.data_root, "features": args.features, "out": args.out,
+        "checkpoint_dir": args.checkpoint_dir, "tracking": args.tracking, **_runtime(args),
+    }
+    return _launch(train.main, cfg, args, f"train:{args.spec['cell']}")
+
+
+def cmd_evaluate(args) -> dict:
+    from vlmscale import evaluate
+    from vlmscale.fileio import read_json
+
+    trained = read_json(args.train_json)
+    cfg = {
+        "spec": args.spec["cell"], "benchmark": args.spec["benchmark"], "data_root": args.data_root,
+        "features": args.features, "checkpoint": trained["checkpoint"], "out": args.out, **_runtime(args),
+    }
+    return _launch(evaluate.main, cfg, args, f"eval:{args.spec['cell']['cell']}:{args.spec['benchmark']['name']}")
+
+
+def cmd_flops(args) -> dict:
+    from vlmscale import flops
+
+    cfg = {"spec": args.spec["cell"], "vision": args.spec["vision"], "text_tokens": args.spec["text_tokens"],
+           "manifest": args.manifest, "out": args.out, **_runtime(args)}
+    return flops.main(cfg)
+
+
+def cmd_aggregate(args) -> dict:
+    from vlmscale import aggregate
+
+    return aggregate.main({"results": args.results, "cells": args.spec["cells"], "benchmarks": args.spec["benchmarks"],
+                           "parquet": args.parquet, "database": args.database, "allow_partial": args.allow_partial})
+
+
+def cmd_fit(args) -> dict:
+    from vlmscale import law
+    from vlmscale.aggregate import family_table
+    from vlmscale.fileio import write_json
+
+    table = family_table(args.table, args.family)
+    data = law.LawData.from_arrays(table.llm_params, table.visual_tokens, table.error, args.text_tokens)
+    result = law.fit_with_checks(data, args.form, args.bootstrap, args.seed).to_dict()
+    result["family"] = args.family or "all"
+    result["table"] = str(args.table)
+    if args.out:
+        write_json(args.out, result)
+    return result
+
+
+def cmd_frontier(args) -> dict:
+    import pandas as pd
+
+    from vlmscale import law
+    from vlmscale.fileio import atomic_write_text, read_json
+
+    rows = []
+    for fit_path in args.fits:
+        fit = law.FitResult.from_dict(read_json(fit_path))
+        v_range = (args.v_min, args.v_max)
+        for q in args.text_tokens:
+            budgets = args.flops or list(_default_budgets(fit_path, q))
+            for row in law.frontier(fit, q, budgets, v_range):
+                rows.append({"family": Path(fit_path).stem, **row})
+    df = pd.DataFrame(rows)
+    if args.out:
+        atomic_write_text(args.out, df.to_csv(index=False))
+    return {"rows": len(df), "frontier": df.to_dict(orient="records") if not args.out else args.out}
+
+
+def _default_budgets(fit_path, q):
+    import numpy as np
+
+    from vlmscale.fileio import read_json
+
+    table = read_json(fit_path).get("table")
+    if table and Path(table).exists():
+        from vlmscale.aggregate import family_table
+
+        t = family_table(table)
+        lo = 2 * t.llm_params.min() * (q + t.visual_tokens.min())
+        hi = 2 * t.llm_params.max() * (q + t.visual_tokens.max())
+        return np.geomspace(lo, hi, 5)
+    return np.geomspace(1e9, 1e13, 5)
+
+
+def cmd_report(args) -> dict:
+    from vlmscale import report
+
+    return report.main({"grid": args.grid, "laws": args.laws, "frontier": args.frontier,
+                        "text_tokens": args.text_tokens, "out_dir": args.out_dir})
+
+
+def cmd_init_tracking(args) -> dict:
+    from vlmscale import track
+
+    exp = track.init_store(args.uri, args.experiment, args.artifact_root)
+    return {"experiment_id": exp, "uri": track.resolve_uri(args.uri)}
+
+
+def cmd_track_sync(args) -> dict:
+    from vlmscale import track_sync
+
+    return track_sync.main({"tracking": args.spec, "grid": args.grid, "results": args.results,
+                            "report_dir": args.report_dir, "out": args.out})
+
+
+def cmd_ui(args) -> dict:
+    import os
+
+    from vlmscale import track
+
+    uri = track.resolve_uri(args.uri)
+    print(f"MLflow UI on http://127.0.0.1:{args.port} (store {uri}); Ctrl-C to stop", file=sys.stderr)
+    os.execvp(sys.executable, [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
+                               "--host", "127.0.0.1", "--port", str(args.port)])
+
+
+def _stage(sub, name, fn, help_text, spec=True):
+    p = sub.add_parser(name, help=help_text)
+    if spec:
+        p.add_argument("--spec", type=_json, required=True, help="canonical JSON of the stage's settings")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--executor", default="inline", help="inline | debug | local | slurm")
+    p.add_argument("--results", default="results")
+    p.set_defaults(func=fn)
+    return p
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vlmscale", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = _stage(sub, "prepare-data", cmd_prepare_data, "write the synthetic LLaVA-format data set")
+    p.add_argument("--out", required=True)
+    p = _stage(sub, "pretrain-vision", cmd_pretrain_vision, "pretrain the shared vision tower, encode all images")
+    p.add_argument("--data-root", required=True)
+    p.add_argument("--out", required=True)
+    p = _stage(sub, "train", cmd_train, "train one cell (two stages)")
+    for flag in ("--data-root", "--features", "--out", "--checkpoint-dir"):
+        p.add_argument(flag, required=True)
+    p.add_argument("--tracking", type=_json, default={})
+    p = _stage(sub, "evaluate", cmd_evaluate, "evaluate one cell on one benchmark")
+    for flag in ("--data-root", "--features", "--train-json", "--out"):
+        p.add_argument(flag, required=True)
+    p = _stage(sub, "flops", cmd_flops, "count one cell's inference FLOPs")
+    p.add_argument("--manifest", required=True)
+    p.add_argument("--out", required=True)
+    p = _stage(sub, "aggregate", cmd_aggregate, "gather cell results into grid.parquet / grid.duckdb")
+    p.add_argument("--parquet", required=True)
+    p.add_argument("--database", required=True)
+    p.add_argument("--allow-partial", action="store_true", help="fit the complete cells deliberately, naming the missing")
+
+    p = sub.add_parser("fit", help="fit the scaling law to a table (grid parquet, or a CSV with llm_params, visual_tokens, error[, family])")
+    p.add_argument("table")
+    p.add_argument("--form", default="paper", choices=["paper", "additive", "paper-qv"])
+    p.add_argument("--family", default=None)
+    p.add_argument("--bootstrap", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--text-tokens", type=int, default=0, help="Q, used by the paper-qv form")
+    p.add_argument("--out")
+    p.set_defaults(func=cmd_fit)
+
+    p = sub.add_parser("frontier", help="compute-optimal (N, V) per FLOP budget from fitted laws")
+    p.add_argument("fits", nargs="+")
+    p.add_argument("--text-tokens", type=int, nargs="+", default=[0, 50])
+    p.add_argument("--flops", type=float, nargs="*")
+    p.add_argument("--v-min", type=float, default=1)
+    p.add_argument("--v-max", type=float, default=576)
+    p.add_argument("--out")
+    p.set_defaults(func=cmd_frontier)
+
+    p = sub.add_parser("report", help="figures and results/report.md")
+    p.add_argument("--grid", required=True)
+    p.add_argument("--laws", nargs="+", required=True)
+    p.add_argument("--frontier", required=True)
+    p.add_argument("--text-tokens", type=int, nargs="+", default=[0, 50])
+    p.add_argument("--out-dir", required=True)
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("init-tracking", help="create the MLflow store and experiment once")
+    p.add_argument("--uri", required=True)
+    p.add_argument("--experiment", required=True)
+    p.add_argument("--artifact-root")
+    p.set_defaults(func=cmd_init_tracking)
+
+    p = _stage(sub, "track-sync", cmd_track_sync, "replay evaluation, FLOPs and figures into the MLflow runs")
+    p.add_argument("--grid", required=True)
+    p.add_argument("--report-dir", required=True)
+    p.add_argument("--out", required=True)
+
+    p = sub.add_parser("ui", help="open the MLflow UI on the local store, bound to 127.0.0.1")
+    p.add_argument("--uri", default="sqlite:///results/mlflow.db")
+    p.add_argument("--port", type=int, default=5000)
+    p.set_defaults(func=cmd_ui)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        result = args.func(args)
+    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+        print(f"vlmscale {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    if result is not None:
+        print(json.dumps(result, indent=2, default=str)[:4000])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,147 @@
+"""One typed place that turns a config mapping into grid cells with canonical, hashable specs.
+
+Kept free of torch/transformers imports: the Snakefile imports it on every invocation, and a no-op
+rerun must stay fast.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from vlmscale.fileio import canonical_json, spec_hash
+
+KNOWN_ARCHS = ("qwen2", "llama", "mistral", "gpt2")
+COMPRESSORS = ("avgpool",)
+
+
+class ConfigError(ValueError):
+    """A config problem, reported with the key that holds it."""
+
+
+@dataclass(frozen=True)
+class Cell:
+    llm: str
+    visual_tokens: int
+
+    @property
+    def id(self) -> str:
+        return f"{self.llm}/v{self.visual_tokens}"
+
+
+def deep_merge(base: dict, override: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        out[key] = deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def patch_grid(cfg: dict) -> int:
+    return cfg["vision"]["image_size"] // cfg["vision"]["patch_size"]
+
+
+def producible_token_counts(cfg: dict) -> list[int]:
+    side = patch_grid(cfg)
+    return [k * k for k in range(1, side + 1)]
+
+
+def check(cfg: dict) -> dict:
+    """Semantic checks the JSON schema cannot express. Raises ConfigError naming the key."""
+    _check_unique([m["name"] for m in cfg["llms"]], "llms[].name")
+    _check_unique([b["name"] for b in cfg["benchmarks"]], "benchmarks[].name")
+    _check_unique(cfg["grid"]["visual_tokens"], "grid.visual_tokens")
+    vision = cfg["vision"]
+    if vision["image_size"] % vision["patch_size"]:
+        raise ConfigError(f"vision.patch_size ({vision['patch_size']}) must divide vision.image_size ({vision['image_size']})")
+    allowed = producible_token_counts(cfg)
+    for v in cfg["grid"]["visual_tokens"]:
+        if v not in allowed:
+            raise ConfigError(
+                f"grid.visual_tokens: the {cfg['compressor']} compressor cannot make V={v} tokens from a "
+                f"{patch_grid(cfg)}x{patch_grid(cfg)} patch grid; choose from {allowed}"
+            )
+    for i, llm in enumerate(cfg["llms"]):
+        _check_llm(llm, f"llms[{i}] ({llm['name']})")
+    for i, bench in enumerate(cfg["benchmarks"]):
+        if cfg["data"]["source"] == "synthetic" and bench["name"] not in cfg["data"]["tasks"]:
+            raise ConfigError(
+                f"benchmarks[{i}].name: {bench['name']!r} is not a task of the synthetic data set "
+                f"(data.tasks: {cfg['data']['tasks']})"
+            )
+    families = {b["family"] for b in cfg["benchmarks"]}
+    if cfg["law"]["families"]:
+        unknown = sorted(set(cfg["law"]["families"]) - families)
+        if unknown:
+            raise ConfigError(f"law.families: {unknown} have no benchmarks (families: {sorted(families)})")
+    return cfg
+
+
+def _check_unique(values: list, key: str) -> None:
+    seen = set()
+    for v in values:
+        if v in seen:
+            raise ConfigError(f"{key}: duplicate value {v!r}")
+        seen.add(v)
+
+
+def _check_llm(llm: dict, where: str) -> None:
+    if llm["source"] == "config":
+        if llm.get("arch") not in KNOWN_ARCHS:
+            raise ConfigError(f"{where}.arch: unknown model architecture {llm.get('arch')!r}; known: {list(KNOWN_ARCHS)}")
+        for key in ("hidden_size", "intermediate_size", "num_layers", "num_heads"):
+            if key not in llm:
+                raise ConfigError(f"{where}.{key}: required when source is 'config'")
+        if llm["hidden_size"] % llm["num_heads"]:
+            raise ConfigError(f"{where}.num_heads ({llm['num_heads']}) must divide hidden_size ({llm['hidden_size']})")
+    elif llm["source"].startswith((".", "/")) and not Path(llm["source"]).exists():
+        raise ConfigError(f"{where}.source: local model folder {llm['source']!r} does not exist")
+
+
+def cells(cfg: dict) -> list[Cell]:
+    return [Cell(m["name"], v) for m in cfg["llms"] for v in cfg["grid"]["visual_tokens"]]
+
+
+def llm_by_name(cfg: dict, name: str) -> dict:
+    for llm in cfg["llms"]:
+        if llm["name"] == name:
+            return llm
+    raise ConfigError(f"no LLM named {name!r} in llms (have {[m['name'] for m in cfg['llms']]})")
+
+
+def data_spec(cfg: dict) -> dict:
+    return dict(cfg["data"])
+
+
+def vision_spec(cfg: dict) -> dict:
+    return {**cfg["vision"], "data": spec_hash(data_spec(cfg))}
+
+
+def cell_spec(cfg: dict, llm: str, visual_tokens: int) -> dict:
+    """Everything that decides a cell's trained weights, resolved (LLM-level train overrides merged)."""
+    model = llm_by_name(cfg, llm)
+    arch = {k: v for k, v in model.items() if k != "train"}
+    return {
+        "cell": Cell(llm, int(visual_tokens)).id,
+        "llm": arch,
+        "visual_tokens": int(visual_tokens),
+        "compressor": cfg["compressor"],
+        "train": deep_merge(cfg["train"], model.get("train", {})),
+        "upstream": {"data": spec_hash(data_spec(cfg)), "vision": spec_hash(vision_spec(cfg))},
+    }
+
+
+def benchmark_spec(cfg: dict, name: str) -> dict:
+    for bench in cfg["benchmarks"]:
+        if bench["name"] == name:
+            return dict(bench)
+    raise ConfigError(f"no benchmark named {name!r}")
+
+
+def as_param(value) -> str:
+    """The canonical string Snakemake compares to decide whether params changed."""
+    return canonical_json(value)
+
+
+def visual_token_side(v: int) -> int:
+    return math.isqrt(v)

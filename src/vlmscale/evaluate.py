@@ -1,0 +1,69 @@
+"""Evaluate one cell on one benchmark: greedy next-token answer, exact match against the reference."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+
+from vlmscale.data import load_benchmark
+from vlmscale.fileio import code_version, read_json, spec_hash, write_json
+from vlmscale.train import build_cell_model, encode_samples, load_features
+
+
+class StaleCheckpoint(RuntimeError):
+    """The checkpoint on disk was trained for a different cell spec than the one being evaluated."""
+
+
+def load_trained(spec: dict, checkpoint: str | Path, vocabulary: list[str], vision_dim: int):
+    state = torch.load(checkpoint, weights_only=False)
+    if state.get("cell_hash") != spec_hash(spec):
+        raise StaleCheckpoint(f"{checkpoint} was trained for another spec of {spec['cell']}; retrain the cell")
+    model, tokenizer = build_cell_model(spec, vocabulary, vision_dim)
+    model.load_state_dict(state["model"])
+    return model.eval(), tokenizer
+
+
+@torch.no_grad()
+def predict(model, tokenizer, features, encoded, batch_size: int = 256) -> list[str]:
+    answers = []
+    for i in range(0, len(encoded), batch_size):
+        batch = encoded.take(torch.arange(i, min(i + batch_size, len(encoded))))
+        logits = model(features[batch.image_rows].float(), batch.question_ids, batch.lengths)
+        answers += [tokenizer.vocab[j] for j in logits.argmax(-1).tolist()]
+    return answers
+
+
+def evaluate_cell(cfg: dict) -> dict:
+    spec, bench = cfg["spec"], cfg["benchmark"]
+    torch.set_num_threads(cfg.get("threads", 1))
+    start = time.time()
+    root = Path(cfg["data_root"])
+    manifest = read_json(root / "manifest.json")
+    features, rows = load_features(cfg["features"])
+    model, tokenizer = load_trained(spec, cfg["checkpoint"], manifest["vocabulary"], features.shape[-1])
+    samples = load_benchmark(root / manifest["benchmarks"][bench["name"]]["path"])
+    predictions = predict(model, tokenizer, features, encode_samples(samples, tokenizer, rows))
+    correct = [p == s.answer for p, s in zip(predictions, samples)]
+    return {
+        "cell": spec["cell"],
+        "benchmark": bench["name"],
+        "family": bench["family"],
+        "metric": "exact_match",
+        "accuracy": sum(correct) / len(correct),
+        "n_questions": len(correct),
+        "config_hash": spec_hash(spec),
+        "code_version": code_version(),
+        "seconds": round(time.time() - start, 2),
+        "examples": [
+            {"question": s.question, "answer": s.answer, "prediction": p}
+            for s, p in list(zip(samples, predictions))[:5]
+        ],
+    }
+
+
+def main(cfg: dict) -> dict:
+    """Stage entry point: evaluate a cell on one benchmark, write eval/{benchmark}.json."""
+    result = evaluate_cell(cfg)
+    write_json(cfg["out"], result)
+    return result

@@ -1,0 +1,101 @@
+"""Inference FLOPs of one grid cell, each number labelled with its convention.
+
+Convention of the law and the frontier (`flops_paper`, the paper's): FLOPs = 2 * N * (Q + V): LLM prefill
+only, N = the LLM's total parameter count, Q = text tokens, V = visual tokens, one multiply-add = 2 FLOPs.
+Everything the paper leaves out is reported beside it, never folded in:
+
+* `flops_attention`: the quadratic attention term of the prefill, 4 * n_layers * d_model * L^2
+  (QK^T and attention x V, L = Q + V tokens);
+* `flops_llm_measured`: the LLM prefill counted by torch.utils.flop_counter (matmuls incl. attention
+  and the output head over all L positions);
+* `flops_vision`: the vision encoder per image, measured the same way;
+* `flops_compressor`: avgpool, one add per patch feature element (P * D);
+* `flops_projector`: 2 * projector parameters * V;
+* `prefill_latency_ms`: measured wall time of one LLM prefill (batch 1, median of repeats, this machine).
+"""
+from __future__ import annotations
+
+import statistics
+import time
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from vlmscale.fileio import code_version, read_json, spec_hash, write_json
+from vlmscale.model import build_vision_tower, count_llm_params
+from vlmscale.train import build_cell_model
+
+
+def paper_flops(n_params: float, text_tokens: int, visual_tokens: int) -> float:
+    """FLOPs = 2 * N * (Q + V), the paper's inference-cost convention."""
+    return 2.0 * n_params * (text_tokens + visual_tokens)
+
+
+def attention_flops(n_layers: int, d_model: int, seq_len: int) -> float:
+    return 4.0 * n_layers * d_model * seq_len**2
+
+
+def measure_flops(fn) -> int:
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
+def prefill_latency_ms(llm, embeds: torch.Tensor, repeats: int = 5) -> float:
+    times = []
+    with torch.no_grad():
+        for _ in range(repeats + 1):
+            start = time.perf_counter()
+            llm(inputs_embeds=embeds, use_cache=False)
+            times.append((time.perf_counter() - start) * 1000)
+    return statistics.median(times[1:])
+
+
+def count_cell(spec: dict, vision: dict, vocabulary: list[str], text_tokens: list[int]) -> dict:
+    torch.manual_seed(0)
+    model, _ = build_cell_model(spec, vocabulary, vision["hidden_size"])
+    llm, v = model.llm.eval(), spec["visual_tokens"]
+    params = count_llm_params(llm)
+    cfg = llm.config
+    tower = build_vision_tower(vision).eval()
+    pixels = torch.zeros(1, 3, vision["image_size"], vision["image_size"])
+    with torch.no_grad():
+        vision_flops = measure_flops(lambda: tower(pixel_values=pixels))
+    n_patches = (vision["image_size"] // vision["patch_size"]) ** 2
+    projector_params = sum(p.numel() for p in model.projector.parameters())
+    rows = []
+    for q in text_tokens:
+        embeds = torch.zeros(1, q + v, cfg.hidden_size)
+        with torch.no_grad():
+            measured = measure_flops(lambda: llm(inputs_embeds=embeds, use_cache=False))
+        rows.append(
+            {
+                "text_tokens": q,
+                "flops_paper": paper_flops(params["total"], q, v),
+                "flops_attention": attention_flops(cfg.num_hidden_layers, cfg.hidden_size, q + v),
+                "flops_llm_measured": float(measured),
+                "flops_vision": float(vision_flops),
+                "flops_compressor": float(n_patches * vision["hidden_size"]),
+                "flops_projector": 2.0 * projector_params * v,
+                "prefill_latency_ms": round(prefill_latency_ms(llm, embeds), 4),
+            }
+        )
+    return {"llm_params": params, "rows": rows}
+
+
+def main(cfg: dict) -> dict:
+    """Stage entry point: write flops.json for one cell (needs no trained weights, only the architecture)."""
+    torch.set_num_threads(cfg.get("threads", 1))
+    manifest = read_json(cfg["manifest"])
+    counted = count_cell(cfg["spec"], cfg["vision"], manifest["vocabulary"], cfg["text_tokens"])
+    result = {
+        "cell": cfg["spec"]["cell"],
+        "llm": cfg["spec"]["llm"]["name"],
+        "visual_tokens": cfg["spec"]["visual_tokens"],
+        "config_hash": spec_hash(cfg["spec"]),
+        "code_version": code_version(),
+        "convention": "flops_paper = 2 * N_total * (Q + V); other columns as labelled in vlmscale.flops",
+        **counted,
+    }
+    write_json(cfg["out"], result)
+    return result

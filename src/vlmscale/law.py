@@ -1,0 +1,295 @@
+"""Scaling-law fits of downstream error Y over LLM size N and visual tokens V, and the compute-optimal
+frontier under the inference cost FLOPs = 2 * N * (Q + V).
+
+Forms
+* ``paper``:    Y = K * N^-alpha * V^-beta + D     (only K = A*B of the paper's A/N^a * B/V^b is identifiable)
+* ``paper-qv``: the same with T = Q + V in place of V
+* ``additive``: Y = E + A * N^-alpha + B * V^-beta (Chinchilla-style)
+
+For fixed exponents every form is linear in its other parameters, so the fit searches the exponents only
+(bounded multi-start, then L-BFGS-B) and solves the rest by non-negative least squares at each point
+("variable projection"). Soft problems (a parameter on its bound, no convergence) are reported in the
+result's ``status`` and ``warnings``; only unusable input raises ``LawInputError``.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+from scipy.optimize import minimize, nnls
+
+FORMS = ("paper", "paper-qv", "additive")
+EXPONENT_BOUNDS = (0.0, 3.0)
+
+
+class LawInputError(ValueError):
+    """The table cannot identify the law (bad values, too few points, one size or one token count)."""
+
+
+@dataclass(frozen=True)
+class LawData:
+    llm_params: np.ndarray
+    visual_tokens: np.ndarray
+    error: np.ndarray
+    text_tokens: int = 0
+
+    @classmethod
+    def from_arrays(cls, n, v, y, text_tokens: int = 0) -> "LawData":
+        data = cls(np.asarray(n, float), np.asarray(v, float), np.asarray(y, float), int(text_tokens))
+        validate(data)
+        return data
+
+    def subset(self, mask: np.ndarray) -> "LawData":
+        return LawData(self.llm_params[mask], self.visual_tokens[mask], self.error[mask], self.text_tokens)
+
+
+@dataclass(frozen=True)
+class FitResult:
+    form: str
+    params: dict
+    sse: float
+    r2: float
+    n_points: int
+    status: str  # converged | at_bound | not_converged
+    warnings: tuple = ()
+    text_tokens: int = 0
+    ci: dict = field(default_factory=dict)
+    heldout: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out["warnings"] = list(self.warnings)
+        return out
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "FitResult":
+        keys = cls.__dataclass_fields__
+        return cls(**{k: (tuple(v) if k == "warnings" else v) for k, v in d.items() if k in keys})
+
+    def predict(self, n, v) -> np.ndarray:
+        return predict(self.form, self.params, np.asarray(n, float), np.asarray(v, float), self.text_tokens)
+
+
+N_PARAMS = {"paper": 4, "paper-qv": 4, "additive": 5}
+
+
+def validate(data: LawData, form: str = "paper") -> None:
+    n, v, y = data.llm_params, data.visual_tokens, data.error
+    if not (len(n) == len(v) == len(y)):
+        raise LawInputError("llm_params, visual_tokens and error must have the same length")
+    for name, arr in (("llm_params", n), ("visual_tokens", v), ("error", y)):
+        if np.isnan(arr).any():
+            raise LawInputError(f"column {name} has NaN in rows {np.flatnonzero(np.isnan(arr)).tolist()}")
+    if (n <= 0).any():
+        raise LawInputError(f"llm_params must be positive; rows {np.flatnonzero(n <= 0).tolist()} are not")
+    if (v <= 0).any():
+        raise LawInputError(f"visual_tokens must be positive; rows {np.flatnonzero(v <= 0).tolist()} are not")
+    if ((y < 0) | (y > 1)).any():
+        raise LawInputError(f"error must lie in [0, 1]; rows {np.flatnonzero((y < 0) | (y > 1)).tolist()} do not")
+    if len(y) <= N_PARAMS[form]:
+        raise LawInputError(f"{len(y)} points cannot fit the {form} law's {N_PARAMS[form]} parameters; need more")
+    if len(np.unique(n)) < 2:
+        raise LawInputError("only one LLM size: alpha (the N exponent) is not identifiable; add sizes")
+    if len(np.unique(v)) < 2:
+        raise LawInputError("only one visual-token count: beta (the V exponent) is not identifiable; add V values")
+
+
+def _tokens(form: str, v: np.ndarray, text_tokens: int) -> np.ndarray:
+    return v + text_tokens if form == "paper-qv" else v
+
+
+def _design(form, alpha, beta, n, v, q) -> np.ndarray:
+    t = _tokens(form, v, q)
+    if form == "additive":
+        return np.column_stack([np.ones_like(n), n**-alpha, t**-beta])
+    return np.column_stack([n**-alpha * t**-beta, np.ones_like(n)])
+
+
+def _linear_part(form, exps, data: LawData, weights=None) -> tuple[np.ndarray, float]:
+    """Non-negative least squares for the linear coefficients at fixed exponents: (coefs, SSE)."""
+    x = _design(form, exps[0], exps[1], data.llm_params, data.visual_tokens, data.text_tokens)
+    y = data.error
+    if weights is not None:
+        x, y = x * weights[:, None], y * weights
+    coefs, _ = nnls(x, y)
+    resid = data.error - _design(form, exps[0], exps[1], data.llm_params, data.visual_tokens, data.text_tokens) @ coefs
+    return coefs, float(resid @ resid)
+
+
+def _params(form, exps, coefs) -> dict:
+    if form == "additive":
+        return {"E": coefs[0], "A": coefs[1], "alpha": exps[0], "B": coefs[2], "beta": exps[1]}
+    return {"K": coefs[0], "alpha": exps[0], "beta": exps[1], "D": coefs[1]}
+
+
+def predict(form: str, params: dict, n, v, text_tokens: int = 0) -> np.ndarray:
+    t = _tokens(form, np.asarray(v, float), text_tokens)
+    n = np.asarray(n, float)
+    if form == "additive":
+        return params["E"] + params["A"] * n ** -params["alpha"] + params["B"] * t ** -params["beta"]
+    return params["K"] * n ** -params["alpha"] * t ** -params["beta"] + params["D"]
+
+
+def _huber_weights(resid: np.ndarray, delta: float) -> np.ndarray:
+    a = np.abs(resid)
+    return np.sqrt(np.where(a <= delta, 1.0, delta / np.maximum(a, 1e-300)))
+
+
+def _search(form: str, data: LawData, starts: int, weights=None) -> tuple[np.ndarray, np.ndarray, float, bool]:
+    """Best exponents: a coarse grid of starts, then bounded L-BFGS-B from the best few."""
+    lo, hi = EXPONENT_BOUNDS
+    grid = np.linspace(lo, 1.0, starts)
+    candidates = sorted(
+        ((_linear_part(form, (a, b), data, weights)[1], a, b) for a in grid for b in grid), key=lambda c: c[0]
+    )[:3]
+    best = None
+    for _, a, b in candidates:
+        res = minimize(
+            lambda e: _linear_part(form, e, data, weights)[1],
+            x0=[a, b],
+            method="L-BFGS-B",
+            bounds=[EXPONENT_BOUNDS, EXPONENT_BOUNDS],
+        )
+        if best is None or res.fun < best.fun:
+            best = res
+    coefs, sse = _linear_part(form, best.x, data, weights)
+    return best.x, coefs, sse, bool(best.success)
+
+
+def fit(data: LawData, form: str = "paper", starts: int = 8, huber_delta: float | None = None) -> FitResult:
+    """Fit one law form to a table; never raises for soft problems (see status/warnings)."""
+    if form not in FORMS:
+        raise LawInputError(f"unknown law form {form!r}; choose from {FORMS}")
+    validate(data, form)
+    exps, coefs, _, ok = _search(form, data, starts)
+    if huber_delta is not None:  # iteratively reweighted: a few passes of Huber weights on the residuals
+        for _ in range(5):
+            resid = data.error - _design(form, *exps, data.llm_params, data.visual_tokens, data.text_tokens) @ coefs
+            exps, coefs, _, ok = _search(form, data, starts, _huber_weights(resid, huber_delta))
+    params = {k: float(v) for k, v in _params(form, exps, coefs).items()}
+    resid = data.error - predict(form, params, data.llm_params, data.visual_tokens, data.text_tokens)
+    sse = float(resid @ resid)
+    sst = float(((data.error - data.error.mean()) ** 2).sum())
+    warnings = _bound_warnings(params)
+    status = "not_converged" if not ok else ("at_bound" if warnings else "converged")
+    return FitResult(
+        form, params, sse, 1.0 - sse / sst if sst > 0 else float("nan"), len(data.error), status, tuple(warnings), data.text_tokens
+    )
+
+
+def _bound_warnings(params: dict) -> list[str]:
+    out = []
+    for key in ("alpha", "beta"):
+        if math.isclose(params[key], EXPONENT_BOUNDS[0], abs_tol=1e-6) or math.isclose(params[key], EXPONENT_BOUNDS[1], abs_tol=1e-6):
+            out.append(f"{key} = {params[key]:.4g} sits on its bound {EXPONENT_BOUNDS}: the data do not pin it down")
+    for key in ("K", "A", "B", "D", "E"):
+        if key in params and params[key] <= 1e-12:
+            out.append(f"{key} = 0 sits on its lower bound: that term is not supported by the data")
+    return out
+
+
+def bootstrap(data: LawData, form: str = "paper", n_boot: int = 200, seed: int = 0, level: float = 0.95) -> dict:
+    """Percentile intervals for every parameter (and V*, where defined) from resampled rows."""
+    rng = np.random.default_rng(seed)
+    draws: dict[str, list[float]] = {}
+    n = len(data.error)
+    failed = 0
+    for _ in range(n_boot):
+        idx = rng.integers(0, n, size=n)
+        try:
+            res = fit(data.subset(idx), form, starts=5)
+        except LawInputError:  # a resample with one N or one V: skip, count it
+            failed += 1
+            continue
+        for k, v in res.params.items():
+            draws.setdefault(k, []).append(v)
+    lo, hi = (1 - level) / 2 * 100, (1 + level) / 2 * 100
+    ci = {k: [float(np.percentile(v, lo)), float(np.percentile(v, hi))] for k, v in draws.items()}
+    ci["_meta"] = {"n_boot": n_boot, "failed_resamples": failed, "level": level}
+    return ci
+
+
+def heldout_check(data: LawData, form: str = "paper") -> dict:
+    """Fit without the largest LLM, predict it (the paper's 14B check): mean absolute relative error."""
+    largest = data.llm_params.max()
+    train = data.llm_params < largest
+    try:
+        res = fit(data.subset(train), form)
+    except LawInputError as exc:
+        return {"status": "skipped", "reason": str(exc)}
+    test = data.subset(~train)
+    pred = res.predict(test.llm_params, test.visual_tokens)
+    rel = np.abs(pred - test.error) / np.maximum(test.error, 1e-12)
+    return {
+        "status": "ok",
+        "heldout_llm_params": float(largest),
+        "mean_abs_rel_error": float(rel.mean()),
+        "max_abs_rel_error": float(rel.max()),
+    }
+
+
+def fit_with_checks(data: LawData, form: str = "paper", n_boot: int = 0, seed: int = 0) -> FitResult:
+    res = fit(data, form)
+    ci = bootstrap(data, form, n_boot, seed) if n_boot else {}
+    return FitResult(**{**res.__dict__, "ci": ci, "heldout": heldout_check(data, form)})
+
+
+# --------------------------------------------------------------------------- frontier
+
+def optimal_tokens(alpha: float, beta: float, text_tokens: int, v_min: float, v_max: float) -> float:
+    """V* minimising the paper law at fixed 2N(Q+V): beta*Q/(alpha-beta) if alpha > beta, else the largest V.
+
+    Derivation: with N = C / (2(Q+V)), log Y' = alpha*log(Q+V) - beta*log V + const; its zero is
+    V = beta*Q/(alpha-beta). Clipped to the trained range [v_min, v_max].
+    """
+    if alpha <= beta:
+        return float(v_max)
+    return float(np.clip(beta * text_tokens / (alpha - beta), v_min, v_max))
+
+
+def frontier(result: FitResult, text_tokens: int, budgets, v_range: tuple[float, float]) -> list[dict]:
+    """For each FLOP budget C: the law's optimal (V*, N*) and predicted error, paper-form laws."""
+    if result.form == "additive":
+        return _numeric_frontier(result, text_tokens, budgets, v_range)
+    v_star = optimal_tokens(result.params["alpha"], result.params["beta"], text_tokens, *v_range)
+    rows = []
+    for c in budgets:
+        n_star = c / (2 * (text_tokens + v_star))
+        rows.append(
+            {
+                "text_tokens": text_tokens,
+                "flops": float(c),
+                "visual_tokens": v_star,
+                "llm_params": n_star,
+                "error": float(result.predict([n_star], [v_star])[0]) if result.form == "paper" else float(
+                    predict(result.form, result.params, np.array([n_star]), np.array([v_star]), text_tokens)[0]
+                ),
+                "method": "closed_form",
+            }
+        )
+    return rows
+
+
+def _numeric_frontier(result, text_tokens, budgets, v_range) -> list[dict]:
+    vs = np.geomspace(v_range[0], v_range[1], 400)
+    rows = []
+    for c in budgets:
+        ns = c / (2 * (text_tokens + vs))
+        ys = predict(result.form, result.params, ns, vs, text_tokens)
+        i = int(np.argmin(ys))
+        rows.append(
+            {"text_tokens": text_tokens, "flops": float(c), "visual_tokens": float(vs[i]), "llm_params": float(ns[i]), "error": float(ys[i]), "method": "numeric"}
+        )
+    return rows
+
+
+def best_trained_cells(table, text_tokens: int, budgets) -> list[dict]:
+    """Among trained cells (rows with llm_params, visual_tokens, error), the best one within each budget."""
+    rows = []
+    for c in budgets:
+        inside = [r for r in table if 2 * r["llm_params"] * (text_tokens + r["visual_tokens"]) <= c]
+        if inside:
+            best = min(inside, key=lambda r: r["error"])
+            rows.append({"text_tokens": text_tokens, "flops": float(c), **best, "method": "best_trained_cell"})
+    return rows

@@ -1,0 +1,153 @@
+"""MLflow tracking: one experiment per grid, a parent run per grid, one child run per cell.
+
+The JSON files are the source of truth; MLflow is the browsing view. Logging failures never stop a
+cell: they are reported on stderr and `vlmscale track-sync` (the workflow's last rule) replays every
+cell's results into its run.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+CELL_TAG = "vlmscale.cell"
+HASH_TAG = "vlmscale.config_hash"
+GRID_TAG = "vlmscale.grid"
+PARENT_TAG = "vlmscale.parent"
+
+
+def resolve_uri(uri: str) -> str:
+    """Make a relative sqlite URI absolute, so jobs started in another folder use the same store."""
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri[len(prefix) :].startswith("/"):
+        return prefix + str(Path(uri[len(prefix) :]).resolve())
+    return uri
+
+
+def _warn(what: str, exc: Exception) -> None:
+    print(f"[vlmscale] MLflow {what} failed ({type(exc).__name__}: {exc}); results are kept in JSON", file=sys.stderr)
+
+
+def client_for(uri: str):
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=resolve_uri(uri))
+
+
+def ensure_experiment(client, name: str, artifact_root: str | None = None) -> str:
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    location = Path(artifact_root).resolve().as_uri() if artifact_root else None
+    return client.create_experiment(name, artifact_location=location)
+
+
+def init_store(uri: str, experiment: str, artifact_root: str | None = None) -> str:
+    """Create the store and the experiment once, before parallel jobs (parallel first creation corrupts sqlite)."""
+    uri = resolve_uri(uri)
+    if uri.startswith("sqlite:///"):
+        Path(uri[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
+    return ensure_experiment(client_for(uri), experiment, artifact_root)
+
+
+def find_runs(client, experiment_id: str, tags: dict) -> list:
+    query = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
+    return client.search_runs([experiment_id], filter_string=query, max_results=1000)
+
+
+def parent_run_id(client, experiment_id: str, grid: str) -> str:
+    runs = find_runs(client, experiment_id, {PARENT_TAG: "true", GRID_TAG: grid})
+    if runs:
+        return runs[0].info.run_id
+    run = client.create_run(experiment_id, run_name=f"grid:{grid}", tags={PARENT_TAG: "true", GRID_TAG: grid})
+    return run.info.run_id
+
+
+class CellTracker:
+    """Context manager for a cell's run; resumes the run of the same cell and spec after a requeue."""
+
+    def __init__(self, uri: str, experiment: str, grid: str, cell: str, config_hash: str, params: dict, tags: dict):
+        self.uri, self.experiment, self.grid = uri, experiment, grid
+        self.cell, self.config_hash, self.params, self.tags = cell, config_hash, params, tags
+        self.client = None
+        self.run_id: str | None = None
+
+    @classmethod
+    def for_cell(cls, cfg: dict) -> "CellTracker":
+        from vlmscale.fileio import code_version, spec_hash
+
+        spec, tracking = cfg["spec"], cfg.get("tracking") or {}
+        tags = {
+            "llm": spec["llm"]["name"],
+            "visual_tokens": str(spec["visual_tokens"]),
+            "code_version": code_version(),
+            "executor": cfg.get("executor", "inline"),
+            "slurm_job_id": os.environ.get("SLURM_JOB_ID", ""),
+            "flop_convention": "2*N*(Q+V)",
+        }
+        return cls(
+            tracking.get("uri", ""), tracking.get("experiment", "vlmscale"), tracking.get("grid", "grid"),
+            spec["cell"], spec_hash(spec), flatten(spec), tags,
+        )
+
+    def __enter__(self) -> "CellTracker":
+        if not self.uri:
+            return self
+        try:
+            self.client = client_for(self.uri)
+            self.run_id = self._start()
+        except Exception as exc:
+            _warn("start", exc)
+            self.client = None
+        return self
+
+    def _start(self) -> str:
+        exp = ensure_experiment(self.client, self.experiment)
+        same = find_runs(self.client, exp, {CELL_TAG: self.cell, HASH_TAG: self.config_hash, GRID_TAG: self.grid})
+        if same:  # a requeued or restarted job continues its own run
+            return same[0].info.run_id
+        for old in find_runs(self.client, exp, {CELL_TAG: self.cell, GRID_TAG: self.grid}):
+            self.client.set_tag(old.info.run_id, "vlmscale.superseded", "true")
+        parent = parent_run_id(self.client, exp, self.grid)
+        tags = {**self.tags, CELL_TAG: self.cell, HASH_TAG: self.config_hash, GRID_TAG: self.grid,
+                "mlflow.parentRunId": parent}
+        run = self.client.create_run(exp, run_name=self.cell, tags=tags)
+        from mlflow.entities import Param
+
+        items = [Param(k, str(v)[:6000]) for k, v in sorted(self.params.items())]
+        for i in range(0, len(items), 100):
+            self.client.log_batch(run.info.run_id, params=items[i : i + 100])
+        return run.info.run_id
+
+    def log_metrics(self, metrics: dict, step: int = 0) -> None:
+        if self.client is None or self.run_id is None:
+            return
+        import time
+
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        try:
+            self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
+        except Exception as exc:
+            _warn("log_metrics", exc)
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if self.client is None or self.run_id is None:
+            return
+        try:
+            self.client.set_terminated(self.run_id, "FAILED" if exc_type else "FINISHED")
+        except Exception as err:
+            _warn("finish", err)
+
+
+def flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out

@@ -1,0 +1,216 @@
+"""Two-stage training of one grid cell (LLaVA's recipe, over frozen tower features).
+
+Stage 1 trains the compressor and projector with the LM frozen; stage 2 trains the projector and the LM.
+Batches are a pure function of (seed, stage, step), and checkpoints (outside Snakemake's declared
+outputs) hold everything else, so a killed or requeued job resumes to the same result.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.nn import functional as F
+
+from vlmscale.data import Sample, load_llava_conversations
+from vlmscale.fileio import atomic_torch_save, code_version, read_json, spec_hash, write_json
+from vlmscale.model import VLM, build_llm, count_llm_params
+from vlmscale.tokenizer import WordTokenizer
+
+STAGES = ("stage1", "stage2")
+
+
+class TrainingDiverged(RuntimeError):
+    """Loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+@dataclass
+class Encoded:
+    """A question set as tensors: feature row per sample, right-padded question ids, lengths, answer ids."""
+
+    image_rows: torch.Tensor
+    question_ids: torch.Tensor
+    lengths: torch.Tensor
+    answers: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.answers)
+
+    def take(self, idx: torch.Tensor) -> "Encoded":
+        ids = self.question_ids[idx][:, : int(self.lengths[idx].max())]
+        return Encoded(self.image_rows[idx], ids, self.lengths[idx], self.answers[idx])
+
+
+def encode_samples(samples: list[Sample], tokenizer: WordTokenizer, image_rows: dict[str, int]) -> Encoded:
+    missing = sorted({s.image for s in samples if s.image not in image_rows})
+    if missing:
+        raise FileNotFoundError(f"{len(missing)} images have no tower features (first: {missing[0]})")
+    ids, lengths = tokenizer.batch([s.question for s in samples])
+    return Encoded(
+        torch.tensor([image_rows[s.image] for s in samples]),
+        ids,
+        lengths,
+        torch.tensor([tokenizer.answer_id(s.answer) for s in samples]),
+    )
+
+
+def load_features(path: str | Path) -> tuple[torch.Tensor, dict[str, int]]:
+    blob = torch.load(path, weights_only=False)
+    return blob["features"], {name: i for i, name in enumerate(blob["images"])}
+
+
+def build_cell_model(spec: dict, vocabulary: list[str], vision_dim: int) -> tuple[VLM, WordTokenizer]:
+    tokenizer = WordTokenizer(vocabulary)
+    llm = build_llm(spec["llm"], len(tokenizer))
+    return VLM(llm, vision_dim, spec["visual_tokens"], spec["compressor"]), tokenizer
+
+
+def lr_at(step: int, total: int, peak: float, warmup_frac: float) -> float:
+    """Linear warmup then cosine decay to zero (the paper's schedule)."""
+    warmup = max(1, math.ceil(warmup_frac * total))
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return peak * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def batch_indices(n: int, batch_size: int, seed: int, stage: int, step: int) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed * 1_000_003 + stage * 100_003 + step)
+    return torch.randint(n, (batch_size,), generator=gen)
+
+
+def step_loss(model: VLM, features: torch.Tensor, batch: Encoded) -> tuple[torch.Tensor, torch.Tensor]:
+    logits = model(features[batch.image_rows].float(), batch.question_ids, batch.lengths)
+    loss = F.cross_entropy(logits, batch.answers)
+    correct = (logits.argmax(-1) == batch.answers).float().mean()
+    return loss, correct
+
+
+def trainable_params(model: VLM, stage: str) -> list[torch.nn.Parameter]:
+    model.freeze_llm(stage == "stage1")
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+class Checkpointer:
+    """Last-step checkpoint of one cell; refuses one written for a different spec."""
+
+    def __init__(self, folder: str | Path, cell_hash: str):
+        self.path = Path(folder) / "last.pt"
+        self.final = Path(folder) / "final.pt"
+        self.cell_hash = cell_hash
+
+    def load(self) -> dict | None:
+        if not self.path.exists():
+            return None
+        try:
+            state = torch.load(self.path, weights_only=False)
+        except Exception as exc:  # a torn or corrupt file must not kill the cell: start over, say why
+            print(f"checkpoint {self.path} is unreadable ({exc}); training from scratch")
+            return None
+        if state.get("cell_hash") != self.cell_hash:
+            print(f"checkpoint {self.path} belongs to another spec; training from scratch")
+            return None
+        return state
+
+    def save(self, state: dict) -> None:
+        atomic_torch_save({**state, "cell_hash": self.cell_hash}, self.path)
+
+
+def train_cell(cfg: dict, tracker=None, log=print) -> dict:
+    spec = cfg["spec"]
+    tspec = spec["train"]
+    cell_hash = spec_hash(spec)
+    torch.set_num_threads(cfg.get("threads", 1))
+    manifest = read_json(Path(cfg["data_root"]) / "manifest.json")
+    features, rows = load_features(cfg["features"])
+    model, tokenizer = build_cell_model(spec, manifest["vocabulary"], features.shape[-1])
+    data = encode_samples(load_llava_conversations(Path(cfg["data_root"]) / manifest["train"]), tokenizer, rows)
+    ckpt = Checkpointer(cfg["checkpoint_dir"], cell_hash)
+    state = ckpt.load() or {"stage": 0, "step": 0, "history": [], "seconds": 0.0}
+    if "model" in state:
+        model.load_state_dict(state["model"])
+        log(f"resuming {spec['cell']} at {STAGES[state['stage']]} step {state['step']}")
+    started = time.time() - state["seconds"]
+    for stage_idx in range(state["stage"], len(STAGES)):
+        run_stage(model, features, data, tspec, stage_idx, state, ckpt, started, tracker, log)
+        state.update(stage=stage_idx + 1, step=0)
+    state["seconds"] = time.time() - started
+    atomic_torch_save({"model": model.state_dict(), "cell_hash": cell_hash}, ckpt.final)
+    ckpt.save({**state, "model": model.state_dict()})
+    return summarise(spec, cell_hash, model, state, ckpt, len(data))
+
+
+def run_stage(model, features, data, tspec, stage_idx, state, ckpt, started, tracker, log) -> None:
+    stage = STAGES[stage_idx]
+    total, peak = tspec[stage]["steps"], tspec[stage]["lr"]
+    params = trainable_params(model, stage)
+    opt = torch.optim.AdamW(params, lr=peak, weight_decay=tspec.get("weight_decay", 0.0))
+    if state.get("optimizer") and state["step"] > 0:
+        opt.load_state_dict(state["optimizer"])
+    model.train()
+    every = max(1, tspec.get("log_every", 50))
+    window: list[tuple[float, float]] = []
+    for step in range(state["step"], total):
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, total, peak, tspec["warmup_frac"])
+        batch = data.take(batch_indices(len(data), tspec["batch_size"], tspec["seed"], stage_idx + 1, step))
+        loss, acc = step_loss(model, features, batch)
+        if not torch.isfinite(loss):
+            raise TrainingDiverged(
+                f"{stage} step {step}: loss is {loss.item()}; lower train.{stage}.lr (now {peak}). "
+                f"Last good checkpoint kept at {ckpt.path}"
+            )
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        window.append((loss.item(), acc.item()))
+        if (step + 1) % every == 0 or step + 1 == total:
+            offset = 0 if stage_idx == 0 else tspec[STAGES[0]]["steps"]
+            record_progress(state, stage, step, total, offset, window, tracker, log)
+            window = []
+        if (step + 1) % tspec.get("checkpoint_every", 500) == 0 and step + 1 < total:
+            state.update(step=step + 1, seconds=time.time() - started)
+            ckpt.save({**state, "model": model.state_dict(), "optimizer": opt.state_dict()})
+    state.pop("optimizer", None)
+
+
+def record_progress(state, stage, step, total, offset, window, tracker, log) -> None:
+    loss = sum(w[0] for w in window) / len(window)
+    acc = sum(w[1] for w in window) / len(window)
+    state["history"].append({"stage": stage, "step": step + 1, "loss": loss, "train_accuracy": acc})
+    log(f"{stage} step {step + 1}/{total} loss {loss:.4f} train_acc {acc:.3f}")
+    if tracker is not None:
+        tracker.log_metrics({f"{stage}/loss": loss, f"{stage}/train_accuracy": acc}, step=offset + step + 1)
+
+
+def summarise(spec, cell_hash, model, state, ckpt, n_train) -> dict:
+    last = state["history"][-1] if state["history"] else {}
+    return {
+        "cell": spec["cell"],
+        "llm": spec["llm"]["name"],
+        "visual_tokens": spec["visual_tokens"],
+        "config_hash": cell_hash,
+        "code_version": code_version(),
+        "llm_params": count_llm_params(model.llm),
+        "n_train_samples": n_train,
+        "final_loss": last.get("loss"),
+        "final_train_accuracy": last.get("train_accuracy"),
+        "train_seconds": round(state["seconds"], 2),
+        "history": state["history"],
+        "checkpoint": str(ckpt.final),
+    }
+
+
+def main(cfg: dict) -> dict:
+    """Stage entry point (pickled by submitit): train one cell, log it to MLflow, write train.json."""
+    from vlmscale.track import CellTracker
+
+    with CellTracker.for_cell(cfg) as tracker:
+        result = train_cell(cfg, tracker=tracker)
+        result["mlflow_run_id"] = tracker.run_id
+        tracker.log_metrics({"train_seconds": result["train_seconds"], "final_loss": result["final_loss"] or 0.0})
+    write_json(cfg["out"], result)
+    return result

@@ -1,0 +1,16 @@
+rule aggregate:
+    input:
+        train=expand(f"{RESULTS}/cells/{{cell}}/train.json", cell=CELLS),
+        flops=expand(f"{RESULTS}/cells/{{cell}}/flops.json", cell=CELLS),
+        evals=expand(f"{RESULTS}/cells/{{cell}}/eval/{{benchmark}}.json", cell=CELLS, benchmark=BENCHMARKS),
+        code=f"{SRC}/aggregate.py",
+    output:
+        parquet=f"{RESULTS}/grid.parquet",
+        database=f"{RESULTS}/grid.duckdb",
+    log:
+        f"{RESULTS}/logs/aggregate.log",
+    params:
+        spec=vcfg.as_param({"cells": CELLS, "benchmarks": BENCHMARKS}),
+    shell:
+        "vlmscale aggregate --spec {params.spec:q} --results {RESULTS} --parquet {output.parquet} "
+        "--database {output.database} > {log} 2>&1"

@@ -1,0 +1,51 @@
+# Shared definitions: validated config -> cells, canonical params, wildcard constraints, tracking store.
+import re
+from pathlib import Path
+
+from snakemake.exceptions import WorkflowError
+
+from vlmscale import config as vcfg
+
+try:
+    vcfg.check(config)
+except vcfg.ConfigError as exc:
+    raise WorkflowError(f"config error: {exc}")
+
+RESULTS = config["results"]
+LLMS = [m["name"] for m in config["llms"]]
+VISUAL_TOKENS = [str(v) for v in config["grid"]["visual_tokens"]]
+BENCHMARKS = [b["name"] for b in config["benchmarks"]]
+FAMILIES = sorted({b["family"] for b in config["benchmarks"]})
+CELLS = [c.id for c in vcfg.cells(config)]
+LAUNCH = config["launch"]
+SRC = "src/vlmscale"
+
+
+wildcard_constraints:
+    llm="|".join(re.escape(m) for m in LLMS),
+    V="|".join(VISUAL_TOKENS),
+    benchmark="|".join(re.escape(b) for b in BENCHMARKS),
+    family="|".join(re.escape(f) for f in FAMILIES),
+
+
+def cell_spec(wildcards):
+    return vcfg.as_param(vcfg.cell_spec(config, wildcards.llm, int(wildcards.V)))
+
+
+def tracking_param():
+    t = config["tracking"]
+    return vcfg.as_param({"uri": t["uri"], "experiment": t["experiment"], "grid": config["grid"]["name"]})
+
+
+def launch_flags():
+    return f"--executor {LAUNCH['executor']} --threads {LAUNCH['threads']} --results {RESULTS}"
+
+
+onstart:
+    # Create the MLflow store once, before parallel jobs: concurrent first creation corrupts sqlite.
+    uri = config["tracking"]["uri"]
+    if not uri.startswith("sqlite:///") or not Path(uri[len("sqlite:///"):]).exists():
+        shell(
+            "vlmscale init-tracking --uri {uri:q} --experiment {exp:q} --artifact-root {root:q} > /dev/null",
+            uri=uri, exp=config["tracking"]["experiment"], root=f"{RESULTS}/mlartifacts",
+        )

@@ -1,0 +1,31 @@
+rule fit_law:
+    input:
+        grid=rules.aggregate.output.parquet,
+        code=f"{SRC}/law.py",
+    output:
+        f"{RESULTS}/law/{{family}}.json",
+    log:
+        f"{RESULTS}/logs/fit_law/{{family}}.log",
+    params:
+        form=config["law"]["form"],
+        bootstrap=config["law"]["bootstrap"],
+        seed=config["law"]["seed"],
+    shell:
+        "vlmscale fit {input.grid} --family {wildcards.family} --form {params.form} "
+        "--bootstrap {params.bootstrap} --seed {params.seed} --out {output} > {log} 2>&1"
+
+
+rule frontier:
+    input:
+        laws=expand(f"{RESULTS}/law/{{family}}.json", family=FAMILIES),
+    output:
+        f"{RESULTS}/law/frontier.csv",
+    log:
+        f"{RESULTS}/logs/frontier.log",
+    params:
+        text_tokens=" ".join(str(q) for q in config["flops"]["text_tokens"]),
+        v_min=min(config["grid"]["visual_tokens"]),
+        v_max=max(config["grid"]["visual_tokens"]),
+    shell:
+        "vlmscale frontier {input.laws} --text-tokens {params.text_tokens} --v-min {params.v_min} "
+        "--v-max {params.v_max} --out {output} > {log} 2>&1"

@@ -1,0 +1,20 @@
+rule report:
+    input:
+        grid=rules.aggregate.output.parquet,
+        laws=expand(f"{RESULTS}/law/{{family}}.json", family=FAMILIES),
+        frontier=rules.frontier.output[0],
+        code=f"{SRC}/report.py",
+    output:
+        report=f"{RESULTS}/report.md",
+        figures=report(
+            expand(f"{RESULTS}/figures/{{family}}_q{{q}}.png", family=FAMILIES, q=config["flops"]["text_tokens"]),
+            caption="../report/frontier.rst",
+            category="Scaling law",
+        ),
+    log:
+        f"{RESULTS}/logs/report.log",
+    params:
+        text_tokens=" ".join(str(q) for q in config["flops"]["text_tokens"]),
+    shell:
+        "vlmscale report --grid {input.grid} --laws {input.laws} --frontier {input.frontier} "
+        "--text-tokens {params.text_tokens} --out-dir {RESULTS} > {log} 2>&1"

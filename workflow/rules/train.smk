@@ -1,0 +1,20 @@
+rule train:
+    input:
+        manifest=rules.prepare_data.output.manifest,
+        features=rules.pretrain_vision.output.features,
+        code=[f"{SRC}/train.py", f"{SRC}/model.py", f"{SRC}/tokenizer.py"],
+    output:
+        f"{RESULTS}/cells/{{llm}}/v{{V}}/train.json",
+    log:
+        f"{RESULTS}/logs/train/{{llm}}/v{{V}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/train/{{llm}}/v{{V}}.tsv"
+    params:
+        spec=cell_spec,
+        tracking=tracking_param(),
+        checkpoints=f"{RESULTS}/checkpoints/{{llm}}/v{{V}}",
+    threads: LAUNCH["threads"]
+    shell:
+        "vlmscale train --spec {params.spec:q} --tracking {params.tracking:q} --data-root {RESULTS}/data "
+        "--features {input.features} --checkpoint-dir {params.checkpoints} --out {output} "
+        "{launch_flags()} > {log} 2>&1"

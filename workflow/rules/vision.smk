@@ -1,0 +1,17 @@
+rule pretrain_vision:
+    input:
+        manifest=rules.prepare_data.output.manifest,
+        code=[f"{SRC}/vision.py", f"{SRC}/model.py"],
+    output:
+        features=f"{RESULTS}/vision/features.pt",
+        summary=f"{RESULTS}/vision/tower.json",
+    log:
+        f"{RESULTS}/logs/pretrain_vision.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/pretrain_vision.tsv"
+    params:
+        spec=vcfg.as_param(vcfg.vision_spec(config)),
+    threads: 2
+    shell:
+        "vlmscale pretrain-vision --spec {params.spec:q} --data-root {RESULTS}/data --out {RESULTS}/vision "
+        "--executor {LAUNCH[executor]} --threads {threads} --results {RESULTS} > {log} 2>&1"
