@@ -53,10 +53,10 @@ def cmd_evaluate(args) -> dict:
 
     trained = read_json(args.train_json)
     cfg = {
-        "spec": args.spec["cell"], "benchmark": args.spec["benchmark"], "data_root": args.data_root,
-        "features": args.features, "checkpoint": trained["checkpoint"], "out": args.out, **_runtime(args),
+        "spec": args.spec["cell"], "benchmarks": args.spec["benchmarks"], "data_root": args.data_root,
+        "features": args.features, "checkpoint": trained["checkpoint"], "out_dir": args.out_dir, **_runtime(args),
     }
-    return _launch(evaluate.main, cfg, args, f"eval:{args.spec['cell']['cell']}:{args.spec['benchmark']['name']}")
+    return _launch(evaluate.main, cfg, args, f"eval:{args.spec['cell']['cell']}")
 
 
 def cmd_flops(args) -> dict:
@@ -180,8 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
     for flag in ("--data-root", "--features", "--out", "--checkpoint-dir"):
         p.add_argument(flag, required=True)
     p.add_argument("--tracking", type=_json, default={})
-    p = _stage(sub, "evaluate", cmd_evaluate, "evaluate one cell on one benchmark")
-    for flag in ("--data-root", "--features", "--train-json", "--out"):
+    p = _stage(sub, "evaluate", cmd_evaluate, "evaluate one cell on its benchmarks (one JSON each)")
+    for flag in ("--data-root", "--features", "--train-json", "--out-dir"):
         p.add_argument(flag, required=True)
     p = _stage(sub, "flops", cmd_flops, "count one cell's inference FLOPs")
     p.add_argument("--manifest", required=True)

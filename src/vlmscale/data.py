@@ -112,22 +112,22 @@ def patch_labels_glyphs(letters: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------- questions
 
 def _colour_question(objects, rng):
-    # Find the object by its shape, report its colour: the LM must route the shape word to the image.
+    # Name an object by one attribute, ask for another. The naming word comes last, where the next-token
+    # prediction is made, so answering is one attention hop from that word to the right visual token.
     obj = objects[int(rng.integers(len(objects)))]
-    return f"what colour is the {obj['shape']} ?", obj["colour"]
+    return f"what colour is the {obj['shape']}", obj["colour"]
 
 
 def _shape_question(objects, rng):
     obj = objects[int(rng.integers(len(objects)))]
-    return f"what shape is the {obj['colour']} one ?", obj["shape"]
+    return f"what shape is {obj['colour']}", obj["shape"]
 
 
 def _relation_question(objects, rng):
-    # Find an object by its description, report where it is: one visual lookup the LM must route.
     obj = objects[int(rng.integers(len(objects)))]
     if rng.random() < 0.5:
-        return f"which side is the {obj['colour']} {obj['shape']} on ?", "left" if obj["col"] < GRID // 2 else "right"
-    return f"is the {obj['colour']} {obj['shape']} at the top or bottom ?", "top" if obj["row"] < GRID // 2 else "bottom"
+        return f"which side is {obj['colour']}", "left" if obj["col"] < GRID // 2 else "right"
+    return f"top or bottom for {obj['colour']}", "top" if obj["row"] < GRID // 2 else "bottom"
 
 
 def cell_name(row: int, col: int) -> str:

@@ -34,36 +34,43 @@ def predict(model, tokenizer, features, encoded, batch_size: int = 256) -> list[
     return answers
 
 
-def evaluate_cell(cfg: dict) -> dict:
-    spec, bench = cfg["spec"], cfg["benchmark"]
+def evaluate_cell(cfg: dict) -> list[dict]:
+    """Evaluate one trained cell on each benchmark of cfg['benchmarks'] (model and features loaded once)."""
+    spec = cfg["spec"]
     torch.set_num_threads(cfg.get("threads", 1))
-    start = time.time()
     root = Path(cfg["data_root"])
     manifest = read_json(root / "manifest.json")
     features, rows = load_features(cfg["features"])
     model, tokenizer = load_trained(spec, cfg["checkpoint"], manifest["vocabulary"], features.shape[-1])
-    samples = load_benchmark(root / manifest["benchmarks"][bench["name"]]["path"])
-    predictions = predict(model, tokenizer, features, encode_samples(samples, tokenizer, rows))
-    correct = [p == s.answer for p, s in zip(predictions, samples)]
-    return {
-        "cell": spec["cell"],
-        "benchmark": bench["name"],
-        "family": bench["family"],
-        "metric": "exact_match",
-        "accuracy": sum(correct) / len(correct),
-        "n_questions": len(correct),
-        "config_hash": spec_hash(spec),
-        "code_version": code_version(),
-        "seconds": round(time.time() - start, 2),
-        "examples": [
-            {"question": s.question, "answer": s.answer, "prediction": p}
-            for s, p in list(zip(samples, predictions))[:5]
-        ],
-    }
+    results = []
+    for bench in cfg["benchmarks"]:
+        if bench["name"] not in manifest["benchmarks"]:
+            raise FileNotFoundError(f"benchmark {bench['name']!r} is not in the data set ({sorted(manifest['benchmarks'])})")
+        start = time.time()
+        samples = load_benchmark(root / manifest["benchmarks"][bench["name"]]["path"])
+        predictions = predict(model, tokenizer, features, encode_samples(samples, tokenizer, rows))
+        correct = [p == s.answer for p, s in zip(predictions, samples)]
+        results.append({
+            "cell": spec["cell"],
+            "benchmark": bench["name"],
+            "family": bench["family"],
+            "metric": bench.get("metric", "exact_match"),
+            "accuracy": sum(correct) / len(correct),
+            "n_questions": len(correct),
+            "config_hash": spec_hash(spec),
+            "code_version": code_version(),
+            "seconds": round(time.time() - start, 2),
+            "examples": [
+                {"question": s.question, "answer": s.answer, "prediction": p}
+                for s, p in list(zip(samples, predictions))[:5]
+            ],
+        })
+    return results
 
 
 def main(cfg: dict) -> dict:
-    """Stage entry point: evaluate a cell on one benchmark, write eval/{benchmark}.json."""
-    result = evaluate_cell(cfg)
-    write_json(cfg["out"], result)
-    return result
+    """Stage entry point: evaluate a cell, write one JSON per benchmark into cfg['out_dir']."""
+    results = evaluate_cell(cfg)
+    for result in results:
+        write_json(Path(cfg["out_dir"]) / f"{result['benchmark']}.json", result)
+    return {r["benchmark"]: r["accuracy"] for r in results}

@@ -55,6 +55,8 @@ def count_cell(spec: dict, vision: dict, vocabulary: list[str], text_tokens: lis
     torch.manual_seed(0)
     model, _ = build_cell_model(spec, vocabulary, vision["hidden_size"])
     llm, v = model.llm.eval(), spec["visual_tokens"]
+    # Eager attention: its matmuls are visible to the FLOP counter (fused SDPA kernels on CPU are not).
+    llm.set_attn_implementation("eager")
     params = count_llm_params(llm)
     cfg = llm.config
     tower = build_vision_tower(vision).eval()

@@ -18,7 +18,7 @@ BENCHMARKS = [b["name"] for b in config["benchmarks"]]
 FAMILIES = sorted({b["family"] for b in config["benchmarks"]})
 CELLS = [c.id for c in vcfg.cells(config)]
 LAUNCH = config["launch"]
-SRC = "src/vlmscale"
+SRC = f"{workflow.basedir}/src/vlmscale"
 
 
 wildcard_constraints:
@@ -37,8 +37,8 @@ def tracking_param():
     return vcfg.as_param({"uri": t["uri"], "experiment": t["experiment"], "grid": config["grid"]["name"]})
 
 
-def launch_flags():
-    return f"--executor {LAUNCH['executor']} --threads {LAUNCH['threads']} --results {RESULTS}"
+# Not result-affecting, so passed as plain flags rather than params (changing them reruns nothing).
+LAUNCH_FLAGS = f"--executor {LAUNCH['executor']} --threads {LAUNCH['threads']} --results {RESULTS}"
 
 
 onstart:

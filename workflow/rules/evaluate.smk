@@ -1,22 +1,24 @@
 def eval_spec(wildcards):
     return vcfg.as_param({
         "cell": vcfg.cell_spec(config, wildcards.llm, int(wildcards.V)),
-        "benchmark": vcfg.benchmark_spec(config, wildcards.benchmark),
+        "benchmarks": [vcfg.benchmark_spec(config, b) for b in BENCHMARKS],
     })
 
 
+# One job per cell writes every benchmark's JSON: the model and features load once, not once per benchmark.
 rule evaluate:
     input:
         train=rules.train.output[0],
         features=rules.pretrain_vision.output.features,
         code=[f"{SRC}/evaluate.py", f"{SRC}/data.py"],
     output:
-        f"{RESULTS}/cells/{{llm}}/v{{V}}/eval/{{benchmark}}.json",
+        expand(f"{RESULTS}/cells/{{{{llm}}}}/v{{{{V}}}}/eval/{{benchmark}}.json", benchmark=BENCHMARKS),
     log:
-        f"{RESULTS}/logs/evaluate/{{llm}}/v{{V}}/{{benchmark}}.log",
+        f"{RESULTS}/logs/evaluate/{{llm}}/v{{V}}.log",
     params:
         spec=eval_spec,
+        out_dir=f"{RESULTS}/cells/{{llm}}/v{{V}}/eval",
     threads: LAUNCH["threads"]
     shell:
         "vlmscale evaluate --spec {params.spec:q} --data-root {RESULTS}/data --features {input.features} "
-        "--train-json {input.train} --out {output} {launch_flags()} > {log} 2>&1"
+        "--train-json {input.train} --out-dir {params.out_dir} {LAUNCH_FLAGS} > {log} 2>&1"

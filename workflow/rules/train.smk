@@ -17,4 +17,4 @@ rule train:
     shell:
         "vlmscale train --spec {params.spec:q} --tracking {params.tracking:q} --data-root {RESULTS}/data "
         "--features {input.features} --checkpoint-dir {params.checkpoints} --out {output} "
-        "{launch_flags()} > {log} 2>&1"
+        "{LAUNCH_FLAGS} > {log} 2>&1"

@@ -1,0 +1,104 @@
+"""Bad config fails before any job starts, with a message naming the key."""
+from __future__ import annotations
+
+import copy
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from snakemake.utils import validate
+
+from vlmscale import config as vcfg
+
+REPO = Path(__file__).resolve().parents[1]
+SCHEMA = str(REPO / "workflow/schemas/config.schema.yaml")
+
+
+def default_config() -> dict:
+    return yaml.safe_load((REPO / "config.yaml").read_text())
+
+
+def load(cfg: dict) -> dict:
+    cfg = copy.deepcopy(cfg)
+    validate(cfg, SCHEMA, set_default=True)
+    return vcfg.check(cfg)
+
+
+def test_default_config_is_valid_and_spans_the_required_grid():
+    cfg = load(default_config())
+    assert len(cfg["llms"]) >= 3 and 1 in cfg["grid"]["visual_tokens"] and len(cfg["grid"]["visual_tokens"]) >= 4
+    families = {}
+    for b in cfg["benchmarks"]:
+        families.setdefault(b["family"], []).append(b["name"])
+    assert set(families) == {"reasoning", "ocr"} and all(len(v) >= 2 for v in families.values())
+
+
+def edited(path: str, value):
+    cfg = default_config()
+    *parents, last = path.split(".")
+    node = cfg
+    for key in parents:
+        node = node[int(key)] if key.isdigit() else node[key]
+    if value is KeyError:
+        node[last + "_typo"] = node.pop(last)
+    else:
+        node[int(last) if last.isdigit() else last] = value
+    return cfg
+
+
+@pytest.mark.parametrize(
+    "path, value, message",
+    [
+        ("llms.0.arch", "transformerx", "llms\\[0\\] \\(lm-xs\\).arch: unknown model architecture"),
+        ("grid.visual_tokens", [1, 4, 5], "grid.visual_tokens: the avgpool compressor cannot make V=5"),
+        ("grid.visual_tokens", [1, 4, 100], "V=100"),
+        ("llms.1.name", "lm-xs", "llms\\[\\].name: duplicate value 'lm-xs'"),
+        ("benchmarks.0.name", "textvqa", "benchmarks\\[0\\].name: 'textvqa' is not a task"),
+        ("llms.0.num_heads", 3, "num_heads \\(3\\) must divide hidden_size"),
+    ],
+)
+def test_semantic_errors_name_the_key(path, value, message):
+    with pytest.raises(vcfg.ConfigError, match=message):
+        load(edited(path, value))
+
+
+@pytest.mark.parametrize(
+    "path, value, message",
+    [
+        ("llms.0.hidden_size", 0, "0 is less than the minimum"),
+        ("train.stage2.lr", -1.0, "less than or equal to the minimum"),
+        ("train.batch_size", KeyError, "batch_size_typo"),
+        ("grid.visual_tokens", "sixteen", "is not of type 'array'"),
+    ],
+)
+def test_schema_errors_name_the_key(path, value, message):
+    from snakemake.exceptions import WorkflowError
+
+    with pytest.raises(WorkflowError, match=message):
+        load(edited(path, value))
+
+
+def test_snakemake_refuses_bad_config_before_any_job(tmp_path):
+    bad = edited("grid.visual_tokens", [1, 4, 7])
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(bad))
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    proc = subprocess.run(
+        ["snakemake", "-s", str(REPO / "Snakefile"), "--configfile", "bad.yaml", "--cores", "1"],
+        cwd=tmp_path, capture_output=True, text=True, env=env,
+    )
+    assert proc.returncode != 0
+    assert "grid.visual_tokens" in proc.stdout + proc.stderr and "V=7" in proc.stdout + proc.stderr
+    assert not (tmp_path / "results").exists()
+
+
+def test_cell_spec_merges_llm_overrides_and_changes_hash_only_for_that_llm():
+    cfg = load(default_config())
+    before = {c.id: vcfg.as_param(vcfg.cell_spec(cfg, c.llm, c.visual_tokens)) for c in vcfg.cells(cfg)}
+    cfg["llms"][1]["train"] = {"stage2": {"lr": 0.0005}}
+    after = {c.id: vcfg.as_param(vcfg.cell_spec(cfg, c.llm, c.visual_tokens)) for c in vcfg.cells(cfg)}
+    changed = {cell for cell in before if before[cell] != after[cell]}
+    assert changed == {f"lm-s/v{v}" for v in cfg["grid"]["visual_tokens"]}
+    assert vcfg.cell_spec(cfg, "lm-s", 4)["train"]["stage2"] == {"steps": cfg["train"]["stage2"]["steps"], "lr": 0.0005}

@@ -1,0 +1,133 @@
+"""The law engine: recovers known synthetic truth, beats the paper's fit on its own table, rejects bad tables."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from vlmscale import law
+
+REFERENCE = Path(__file__).resolve().parents[1] / "src/vlmscale/reference/paper_visual_reasoning.csv"
+N_GRID = np.array([5e8, 1.8e9, 4e9, 7e9])
+V_GRID = np.array([1, 4, 16, 36, 64, 144, 576])
+
+
+def synthetic(form, params, noise, seed):
+    rng = np.random.default_rng(seed)
+    n, v = (a.ravel() for a in np.meshgrid(N_GRID, V_GRID))
+    y = law.predict(form, params, n, v) + rng.normal(0, noise, n.size)
+    return law.LawData.from_arrays(n, v, np.clip(y, 0, 1))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_paper_form_recovers_known_parameters(seed):
+    truth = {"K": 100.0, "alpha": 0.3, "beta": 0.15, "D": 0.1}
+    data = synthetic("paper", truth, 0.002, seed)
+    fit = law.fit(data)
+    assert fit.params["alpha"] == pytest.approx(truth["alpha"], abs=0.03)
+    assert fit.params["beta"] == pytest.approx(truth["beta"], abs=0.015)
+    assert fit.params["D"] == pytest.approx(truth["D"], abs=0.02)
+    assert fit.r2 > 0.95 and fit.status == "converged"
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_fit_is_never_worse_than_the_truth_on_weakly_identified_laws(seed):
+    # With exponents as small as the paper's, K and D trade off; the optimiser must still reach the optimum.
+    truth = {"K": 2.5, "alpha": 0.08, "beta": 0.03, "D": 0.05}
+    data = synthetic("paper", truth, 0.002, seed)
+    resid = data.error - law.predict("paper", truth, data.llm_params, data.visual_tokens)
+    assert law.fit(data).sse <= resid @ resid
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_additive_form_recovers_known_parameters(seed):
+    truth = {"E": 0.2, "A": 40.0, "alpha": 0.25, "B": 0.3, "beta": 0.5}
+    fit = law.fit(synthetic("additive", truth, 0.002, seed), form="additive")
+    assert fit.params["alpha"] == pytest.approx(truth["alpha"], abs=0.05)
+    assert fit.params["beta"] == pytest.approx(truth["beta"], abs=0.1)
+    assert fit.params["E"] == pytest.approx(truth["E"], abs=0.03)
+
+
+def test_bootstrap_intervals_cover_truth_at_about_nominal_rate():
+    truth = {"K": 100.0, "alpha": 0.3, "beta": 0.15, "D": 0.1}
+    covered = 0
+    trials = 12
+    for seed in range(trials):
+        ci = law.bootstrap(synthetic("paper", truth, 0.004, 100 + seed), n_boot=60, seed=seed, level=0.9)
+        covered += ci["beta"][0] <= truth["beta"] <= ci["beta"][1]
+    assert covered / trials >= 0.6  # nominal 0.9; percentile bootstrap on 28 points runs a little narrow
+
+
+def paper_table():
+    df = pd.read_csv(REFERENCE)
+    return law.LawData.from_arrays(df.llm_params, df.visual_tokens, df.error)
+
+
+def test_paper_table_fit_beats_published_exponents():
+    data = paper_table()
+    fit = law.fit(data)
+    _, sse_paper = law._linear_part("paper", (0.077, 0.015), data)
+    assert fit.sse < sse_paper
+    assert fit.params["alpha"] == pytest.approx(0.077, abs=0.015)
+    assert fit.params["beta"] == pytest.approx(0.015, abs=0.005)
+    assert law.optimal_tokens(fit.params["alpha"], fit.params["beta"], 50, 1, 576) == pytest.approx(14, abs=3)
+    assert law.optimal_tokens(fit.params["alpha"], fit.params["beta"], 0, 1, 576) == 1
+
+
+def test_heldout_largest_model_is_predicted_within_two_percent():
+    check = law.heldout_check(paper_table())
+    assert check["status"] == "ok" and check["mean_abs_rel_error"] < 0.02
+
+
+def test_frontier_flips_to_largest_v_when_beta_exceeds_alpha():
+    fit = law.FitResult("paper", {"K": 1.0, "alpha": 0.05, "beta": 0.2, "D": 0.0}, 0, 1, 10, "converged")
+    rows = law.frontier(fit, 50, [1e12], (1, 576))
+    assert rows[0]["visual_tokens"] == 576
+    assert rows[0]["llm_params"] == pytest.approx(1e12 / (2 * 626))
+
+
+@pytest.mark.parametrize(
+    "n, v, y, message",
+    [
+        ([1, 2, 3, 4, 5, 6], [1, 4, 1, 4, 1, 4], [0.5, 0.4, np.nan, 0.3, 0.2, 0.1], "NaN"),
+        ([1, -2, 3, 4, 5, 6], [1, 4, 1, 4, 1, 4], [0.5] * 6, "llm_params must be positive"),
+        ([1, 2, 3, 4, 5, 6], [1, 0, 1, 4, 1, 4], [0.5] * 6, "visual_tokens must be positive"),
+        ([1, 2, 3, 4, 5, 6], [1, 4, 1, 4, 1, 4], [0.5, 1.5, 0.5, 0.5, 0.5, 0.5], r"\[0, 1\]"),
+        ([1, 2, 3], [1, 4, 1], [0.5, 0.4, 0.3], "cannot fit"),
+        ([7, 7, 7, 7, 7, 7], [1, 4, 16, 1, 4, 16], [0.5] * 6, "one LLM size"),
+        ([1, 2, 3, 4, 5, 6], [4] * 6, [0.5] * 6, "one visual-token count"),
+    ],
+)
+def test_bad_tables_are_rejected_with_a_reason(n, v, y, message):
+    with pytest.raises(law.LawInputError, match=message):
+        law.LawData.from_arrays(n, v, y)
+
+
+def test_fit_cli_on_a_csv_and_missing_column(tmp_path):
+    out = tmp_path / "fit.json"
+    cmd = [sys.executable, "-m", "vlmscale.cli", "fit", str(REFERENCE), "--bootstrap", "20", "--out", str(out)]
+    subprocess.run(cmd, check=True, capture_output=True)
+    fit = json.loads(out.read_text())
+    assert {"form", "params", "sse", "r2", "n_points", "status", "ci"} <= set(fit)
+    assert fit["n_points"] == 28 and 0 < fit["ci"]["alpha"][0] < fit["ci"]["alpha"][1]
+    bad = tmp_path / "bad.csv"
+    bad.write_text("llm_params,error\n1,0.5\n")
+    proc = subprocess.run([sys.executable, "-m", "vlmscale.cli", "fit", str(bad)], capture_output=True, text=True)
+    assert proc.returncode == 2 and "visual_tokens" in proc.stderr
+
+
+def test_frontier_cli_writes_csv(tmp_path):
+    fit = tmp_path / "fit.json"
+    subprocess.run([sys.executable, "-m", "vlmscale.cli", "fit", str(REFERENCE), "--out", str(fit)], check=True, capture_output=True)
+    out = tmp_path / "frontier.csv"
+    subprocess.run([sys.executable, "-m", "vlmscale.cli", "frontier", str(fit), "--text-tokens", "0", "50",
+                    "--flops", "1e12", "1e13", "--out", str(out)], check=True, capture_output=True)
+    df = pd.read_csv(out)
+    assert len(df) == 4
+    q50 = df[df.text_tokens == 50].visual_tokens.iloc[0]
+    assert 10 < q50 < 18

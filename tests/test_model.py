@@ -1,0 +1,88 @@
+"""Model pieces: compressor shapes for every V, the VLM forward, one training step, FLOP accounting."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from vlmscale import flops, model, train
+from conftest import SMALL_VISION
+
+LLM = {"name": "t", "source": "config", "arch": "qwen2", "hidden_size": 32, "intermediate_size": 64,
+       "num_layers": 2, "num_heads": 2}
+
+
+@pytest.mark.parametrize("v", model.valid_token_counts(8))
+def test_avgpool_makes_exactly_v_tokens(v):
+    feats = torch.randn(3, 64, 16)
+    out = model.AvgPoolCompressor(v)(feats)
+    assert out.shape == (3, v, 16)
+    if v == 64:
+        assert torch.allclose(out, feats)
+    if v == 1:
+        assert torch.allclose(out[:, 0], feats.mean(1), atol=1e-6)
+
+
+def test_non_square_or_too_many_tokens_are_refused():
+    with pytest.raises(ValueError, match="square"):
+        model.AvgPoolCompressor(5)
+    with pytest.raises(ValueError, match="cannot make"):
+        model.AvgPoolCompressor(81)(torch.randn(1, 64, 4))
+
+
+@pytest.mark.parametrize("v", [1, 4, 16, 64])
+def test_vlm_forward_gives_next_token_logits(v):
+    llm = model.build_llm(LLM, vocab_size=40)
+    vlm = model.VLM(llm, vision_dim=16, visual_tokens=v)
+    ids = torch.tensor([[5, 6, 7, 0], [5, 6, 0, 0]])
+    logits = vlm(torch.randn(2, 64, 16), ids, torch.tensor([3, 2]))
+    assert logits.shape == (2, 40)
+
+
+def test_right_padding_does_not_change_logits():
+    torch.manual_seed(0)
+    vlm = model.VLM(model.build_llm(LLM, vocab_size=40), vision_dim=16, visual_tokens=4).eval()
+    feats = torch.randn(1, 64, 16)
+    short = vlm(feats, torch.tensor([[5, 6]]), torch.tensor([2]))
+    padded = vlm(feats, torch.tensor([[5, 6, 0, 0]]), torch.tensor([2]))
+    assert torch.allclose(short, padded, atol=1e-5)
+
+
+def test_training_steps_reduce_loss_on_real_data(small_data, small_features):
+    from vlmscale.data import load_llava_conversations
+    from vlmscale.fileio import read_json
+
+    torch.manual_seed(0)
+    features, rows = train.load_features(small_features)
+    spec = {"llm": LLM, "visual_tokens": 16, "compressor": "avgpool"}
+    vlm, tok = train.build_cell_model(spec, read_json(small_data / "manifest.json")["vocabulary"], features.shape[-1])
+    encoded = train.encode_samples(load_llava_conversations(small_data / "train.json"), tok, rows)
+    batch = encoded.take(torch.arange(64))
+    opt = torch.optim.AdamW(vlm.parameters(), lr=3e-3)
+    first, _ = train.step_loss(vlm, features, batch)
+    for _ in range(30):
+        loss, _ = train.step_loss(vlm, features, batch)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.7 * first.item()
+
+
+def test_lr_schedule_warms_up_then_decays():
+    lrs = [train.lr_at(s, 100, 1.0, 0.1) for s in range(100)]
+    assert lrs[0] == pytest.approx(0.1) and max(lrs) == pytest.approx(1.0)
+    assert lrs[-1] < 0.01 and all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
+
+
+def test_paper_flops_by_hand():
+    # 2 * N * (Q + V): a 0.5B model, 50 text tokens, 16 visual tokens.
+    assert flops.paper_flops(5e8, 50, 16) == 2 * 5e8 * 66
+    assert flops.paper_flops(7e9, 0, 1) == 1.4e10
+
+
+def test_measured_prefill_matches_2n_tokens_plus_attention():
+    spec = {"cell": "t/v16", "llm": LLM, "visual_tokens": 16, "compressor": "avgpool"}
+    counted = flops.count_cell(spec, SMALL_VISION, [f"w{i}" for i in range(40)], [0, 50])
+    for row in counted["rows"]:
+        expected = row["flops_paper"] + row["flops_attention"]
+        assert row["flops_llm_measured"] == pytest.approx(expected, rel=0.05)
+        assert row["flops_vision"] > 0 and row["flops_projector"] > 0
