@@ -15,7 +15,7 @@ SMALL_DATA = {
     "train_images_per_family": 60,
     "test_images_per_family": 20,
     "questions_per_image": 2,
-    "tasks": ["colour", "shape", "relation", "read", "match"],
+    "tasks": ["colour", "shape", "relation", "read", "next"],
 }
 SMALL_VISION = {
     "source": "tiny", "image_size": 32, "patch_size": 4, "hidden_size": 32, "num_layers": 1,

@@ -28,7 +28,7 @@ IMAGE_SIZE = CELL * GRID
 SHAPES = ("circle", "square", "triangle", "cross")
 COLOURS = {"red": (220, 40, 40), "green": (40, 190, 60), "blue": (50, 90, 230), "yellow": (230, 215, 40)}
 LETTERS = tuple("abcdefghij")
-FAMILY_OF_TASK = {"colour": "reasoning", "shape": "reasoning", "relation": "reasoning", "read": "ocr", "match": "ocr"}
+FAMILY_OF_TASK = {"colour": "reasoning", "shape": "reasoning", "relation": "reasoning", "read": "ocr", "next": "ocr"}
 TASKS = tuple(FAMILY_OF_TASK)
 
 
@@ -140,19 +140,10 @@ def _read_question(letters, rng):
     return f"which letter is at {cell_name(r, c)}", LETTERS[letters[r, c]]
 
 
-def _match_question(letters, rng):
-    # Balanced yes/no: half the time pick a second cell holding the same letter when one exists.
-    r1, c1 = rng.integers(0, GRID, size=2)
-    same = np.argwhere(letters == letters[r1, c1])
-    same = [tuple(p) for p in same if tuple(p) != (r1, c1)]
-    if same and rng.random() < 0.5:
-        r2, c2 = same[rng.integers(len(same))]
-    else:
-        r2, c2 = rng.integers(0, GRID, size=2)
-        while (r2, c2) == (r1, c1):
-            r2, c2 = rng.integers(0, GRID, size=2)
-    answer = "yes" if letters[r1, c1] == letters[r2, c2] else "no"
-    return f"is the letter at {cell_name(r1, c1)} the same as at {cell_name(r2, c2)}", answer
+def _next_question(letters, rng):
+    # The letter after a cell in reading order (same row, next column): a lookup at a fixed offset.
+    r, c = rng.integers(0, GRID), rng.integers(0, GRID - 1)
+    return f"which letter follows {cell_name(r, c)}", LETTERS[letters[r, c + 1]]
 
 
 QUESTION_MAKERS = {
@@ -160,7 +151,7 @@ QUESTION_MAKERS = {
     "shape": _shape_question,
     "relation": _relation_question,
     "read": _read_question,
-    "match": _match_question,
+    "next": _next_question,
 }
 
 

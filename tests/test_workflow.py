@@ -1,0 +1,108 @@
+"""The workflow end to end on a grid small enough for a couple of minutes: outputs, no-op rerun, and
+exactly-the-invalidated-cells reruns."""
+from __future__ import annotations
+
+import copy
+import os
+import re
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+MINI = {
+    "grid": {"name": "mini", "visual_tokens": [1, 4, 16]},
+    "data": {"source": "synthetic", "seed": 0, "train_images_per_family": 120, "test_images_per_family": 30,
+             "questions_per_image": 2, "tasks": ["colour", "relation", "read", "next"]},
+    "vision": {"steps": 40, "hidden_size": 32, "num_heads": 2, "num_layers": 1, "batch_size": 32},
+    "train": {"batch_size": 16, "seed": 0, "warmup_frac": 0.03, "log_every": 10, "checkpoint_every": 20,
+              "stage1": {"steps": 5, "lr": 0.001}, "stage2": {"steps": 40, "lr": 0.003}},
+    "llms": [
+        {"name": "a", "source": "config", "arch": "qwen2", "hidden_size": 16, "intermediate_size": 32, "num_layers": 1, "num_heads": 2},
+        {"name": "b", "source": "config", "arch": "qwen2", "hidden_size": 32, "intermediate_size": 64, "num_layers": 2, "num_heads": 2},
+    ],
+    "benchmarks": [
+        {"name": "colour", "family": "reasoning"}, {"name": "relation", "family": "reasoning"},
+        {"name": "read", "family": "ocr"}, {"name": "next", "family": "ocr"},
+    ],
+    "law": {"bootstrap": 20},
+    "launch": {"executor": "local"},
+    "tracking": {"experiment": "mini"},
+}
+
+
+def snakemake(workdir: Path, configfile: str, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "MPLBACKEND": "Agg"}
+    cmd = ["snakemake", "-s", str(REPO / "Snakefile"), "--configfile", configfile, "--cores", "2", *args]
+    return subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, env=env, timeout=1200)
+
+
+def planned_jobs(workdir: Path, configfile: str) -> set[tuple[str, str]]:
+    """(rule, wildcards) of every job a dry run would execute."""
+    out = snakemake(workdir, configfile, "-n").stdout
+    jobs = set()
+    for block in re.split(r"\n(?:local)?rule ", "\n" + out)[1:]:
+        rule = block.split(":", 1)[0].strip()
+        wildcards = re.search(r"wildcards: (.*)", block)
+        jobs.add((rule, wildcards.group(1).strip() if wildcards else ""))
+    return jobs
+
+
+@pytest.fixture(scope="module")
+def grid(tmp_path_factory) -> Path:
+    workdir = tmp_path_factory.mktemp("grid")
+    (workdir / "mini.yaml").write_text(yaml.safe_dump(MINI))
+    proc = snakemake(workdir, "mini.yaml")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return workdir
+
+
+def test_full_run_leaves_report_table_laws_and_figures(grid):
+    results = grid / "results"
+    assert (results / "report.md").read_text().startswith("# vlmscale report")
+    assert {p.name for p in (results / "law").glob("*.json")} == {"reasoning.json", "ocr.json"}
+    assert (results / "law/frontier.csv").exists()
+    assert len(list((results / "figures").glob("*.png"))) == 4  # 2 families x Q in {0, 50}
+    import pandas as pd
+
+    table = pd.read_parquet(results / "grid.parquet")
+    assert len(table) == 2 * 3 * 4 and table.accuracy.between(0, 1).all()
+    assert (table.flops_paper_q50 == 2 * table.llm_params * (50 + table.visual_tokens)).all()
+
+
+def test_every_cell_is_one_mlflow_run_under_one_parent(grid):
+    con = sqlite3.connect(grid / "results/mlflow.db")
+    runs = con.execute("SELECT run_uuid, name, status FROM runs").fetchall()
+    tags = con.execute("SELECT run_uuid, key, value FROM tags WHERE key IN ('vlmscale.cell', 'vlmscale.parent', 'mlflow.parentRunId')").fetchall()
+    con.close()
+    parents = {r for r, k, v in tags if k == "vlmscale.parent"}
+    cells = {v for r, k, v in tags if k == "vlmscale.cell"}
+    assert len(parents) == 1
+    assert cells == {f"{m}/v{v}" for m in "ab" for v in (1, 4, 16)}
+    assert len(runs) == 1 + 6 and all(status == "FINISHED" for _, _, status in runs)
+    child_parents = {v for r, k, v in tags if k == "mlflow.parentRunId"}
+    assert child_parents == parents
+
+
+def test_second_run_has_nothing_to_do(grid):
+    proc = snakemake(grid, "mini.yaml", "-n")
+    assert "Nothing to be done" in proc.stdout + proc.stderr
+
+
+def test_changing_one_llms_training_reruns_exactly_its_cells(grid):
+    cfg = copy.deepcopy(MINI)
+    cfg["llms"][1]["train"] = {"stage2": {"lr": 0.002}}
+    (grid / "edited.yaml").write_text(yaml.safe_dump(cfg))
+    jobs = planned_jobs(grid, "edited.yaml")
+    trained = {w for rule, w in jobs if rule == "train"}
+    assert trained == {f"llm=b, V={v}" for v in (1, 4, 16)}
+    evaluated = {w for rule, w in jobs if rule == "evaluate"}
+    assert evaluated == trained
+    assert not any(rule in {"prepare_data", "pretrain_vision", "flops"} for rule, _ in jobs)
+    assert {"aggregate", "fit_law", "frontier", "report", "track_sync"} <= {rule for rule, _ in jobs}
