@@ -62,14 +62,14 @@ def _save(fig, path: Path) -> Path:
 def markdown_report(grid: pd.DataFrame, fits: dict[str, FitResult], frontier: pd.DataFrame, figures: list[Path],
                     reference: dict | None, out: Path) -> str:
     lines = ["# vlmscale report", "", f"Code version `{code_version()}`; config hashes per cell in the table below.", ""]
-    lines += ["## Fitted laws: Y(N, V) = K·N^-α·V^-β + D", "", "| family | α | β | α/β | K | D | R² | SSE | status | held-out rel. error |", "|---|---|---|---|---|---|---|---|---|---|"]
+    lines += ["## Fitted laws: Y(N, V) = K·N^-α·V^-β + D", "", "| family | α | β | α/β | K | D | R² | SSE | status | held-out largest LLM: mean abs. error (rel.) |", "|---|---|---|---|---|---|---|---|---|---|"]
     for family, fit in fits.items():
         p, ci = fit.params, fit.ci
         ratio = p["alpha"] / p["beta"] if p.get("beta") else float("inf")
         lines.append(
             f"| {family} | {_ci(p['alpha'], ci.get('alpha'))} | {_ci(p['beta'], ci.get('beta'))} | {ratio:.2f} | {p.get('K', float('nan')):.4g} | "
             f"{p.get('D', float('nan')):.4g} | {fit.r2:.3f} | {fit.sse:.3g} | {fit.status} | "
-            f"{fit.heldout.get('mean_abs_rel_error', float('nan')):.3f} |"
+            f"{fit.heldout.get('mean_abs_error', float('nan')):.3f} ({fit.heldout.get('mean_abs_rel_error', float('nan')):.1%}) |"
         )
     for family, fit in fits.items():
         for w in fit.warnings:

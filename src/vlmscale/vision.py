@@ -13,7 +13,15 @@ from torch.nn import functional as F
 from vlmscale.fileio import atomic_torch_save, write_json
 from vlmscale.model import build_vision_tower, patch_features
 
-LABEL_CLASSES = {"shape": 5, "colour": 5, "glyph": 11}
+LABEL_CLASSES = {"shape": 5, "colour": 5, "glyph": 11, "object": 17}
+
+
+def with_object_labels(labels: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Add the joint (shape, colour) class per patch. Trained to encode it, the tower writes "red circle"
+    as one direction, so an average over many patches still says which colour goes with which shape
+    (like CLIP's global embedding); separate shape and colour directions would lose that binding."""
+    joint = torch.where(labels["shape"] > 0, (labels["shape"] - 1) * 4 + labels["colour"], 0)
+    return {**labels, "object": joint}
 
 
 def load_pixels(root: Path, names: list[str]) -> torch.Tensor:
@@ -74,7 +82,7 @@ def main(cfg: dict) -> dict:
     npz = np.load(root / "patch_labels.npz")
     names = [str(n) for n in npz["images"]]
     pixels = load_pixels(root, names)
-    labels = {k: torch.from_numpy(npz[k]) for k in LABEL_CLASSES}
+    labels = with_object_labels({k: torch.from_numpy(npz[k]) for k in ("shape", "colour", "glyph")})
     train = torch.tensor([n.startswith("images/train_") for n in names])
     labeller = pretrain(spec, pixels[train], {k: v[train] for k, v in labels.items()})
     held_out = patch_accuracy(labeller, pixels[~train], {k: v[~train] for k, v in labels.items()})
