@@ -14,7 +14,7 @@ SMALL_DATA = {
     "seed": 0,
     "train_images_per_family": 60,
     "test_images_per_family": 20,
-    "questions_per_image": 2,
+    "questions_per_image": {"reasoning": 2, "ocr": 2},
     "tasks": ["colour", "shape", "relation", "read", "next"],
 }
 SMALL_VISION = {

@@ -32,7 +32,7 @@ def test_same_seed_same_bytes_other_seed_differs(tmp_path, small_data):
 
 def test_train_set_is_llava_conversation_json(small_data):
     records = json.loads((small_data / "train.json").read_text())
-    assert len(records) == 2 * SMALL_DATA["train_images_per_family"] * SMALL_DATA["questions_per_image"]
+    assert len(records) == SMALL_DATA["train_images_per_family"] * sum(SMALL_DATA["questions_per_image"].values())
     rec = records[0]
     assert rec["conversations"][0]["from"] == "human" and rec["conversations"][0]["value"].startswith("<image>\n")
     assert rec["conversations"][1]["from"] == "gpt"

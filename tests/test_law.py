@@ -128,6 +128,9 @@ def test_frontier_cli_writes_csv(tmp_path):
     subprocess.run([sys.executable, "-m", "vlmscale.cli", "frontier", str(fit), "--text-tokens", "0", "50",
                     "--flops", "1e12", "1e13", "--out", str(out)], check=True, capture_output=True)
     df = pd.read_csv(out)
-    assert len(df) == 4
-    q50 = df[df.text_tokens == 50].visual_tokens.iloc[0]
+    law_rows = df[df.method == "closed_form"]
+    assert len(law_rows) == 4
+    # the paper's own cells are on disk, so the best trained cell per budget comes too
+    assert set(df.method) == {"closed_form", "best_trained_cell"}
+    q50 = law_rows[law_rows.text_tokens == 50].visual_tokens.iloc[0]
     assert 10 < q50 < 18

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.slow
 MINI = {
     "grid": {"name": "mini", "visual_tokens": [1, 4, 16]},
     "data": {"source": "synthetic", "seed": 0, "train_images_per_family": 120, "test_images_per_family": 30,
-             "questions_per_image": 2, "tasks": ["colour", "relation", "read", "next"]},
+             "questions_per_image": {"reasoning": 2, "ocr": 2}, "tasks": ["colour", "relation", "read", "next"]},
     "vision": {"steps": 40, "hidden_size": 32, "num_heads": 2, "num_layers": 1, "batch_size": 32},
     "train": {"batch_size": 16, "seed": 0, "warmup_frac": 0.03, "log_every": 10, "checkpoint_every": 20,
               "stage1": {"steps": 5, "lr": 0.001}, "stage2": {"steps": 40, "lr": 0.003}},
@@ -68,7 +68,8 @@ def test_full_run_leaves_report_table_laws_and_figures(grid):
     assert (results / "report.md").read_text().startswith("# vlmscale report")
     assert {p.name for p in (results / "law").glob("*.json")} == {"reasoning.json", "ocr.json"}
     assert (results / "law/frontier.csv").exists()
-    assert len(list((results / "figures").glob("*.png"))) == 4  # 2 families x Q in {0, 50}
+    assert len(list((results / "figures").glob("*_q*.png"))) == 4  # 2 families x Q in {0, 50}
+    assert (results / "figures/optimal_tokens.png").exists()
     import pandas as pd
 
     table = pd.read_parquet(results / "grid.parquet")

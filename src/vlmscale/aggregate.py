@@ -53,6 +53,7 @@ def cell_rows(cell_dir: Path, benchmarks: list[str]) -> list[dict]:
                 "train_seconds": train["train_seconds"],
                 "final_loss": train["final_loss"],
                 "config_hash": train["config_hash"],
+                "run_key": train["run_key"],
                 "code_version": train["code_version"],
                 "mlflow_run_id": train.get("mlflow_run_id"),
                 **flop_cols,

@@ -99,14 +99,27 @@ def cmd_frontier(args) -> dict:
     for fit_path in args.fits:
         fit = law.FitResult.from_dict(read_json(fit_path))
         v_range = (args.v_min, args.v_max)
+        trained = _trained_cells(read_json(fit_path))
         for q in args.text_tokens:
             budgets = args.flops or list(_default_budgets(fit_path, q))
-            for row in law.frontier(fit, q, budgets, v_range):
+            for row in law.frontier(fit, q, budgets, v_range) + law.best_trained_cells(trained, q, budgets):
                 rows.append({"family": Path(fit_path).stem, **row})
     df = pd.DataFrame(rows)
     if args.out:
         atomic_write_text(args.out, df.to_csv(index=False))
     return {"rows": len(df), "frontier": df.to_dict(orient="records") if not args.out else args.out}
+
+
+def _trained_cells(fit: dict) -> list[dict]:
+    """The cells the fit came from (when its table is still there), for the best-trained-cell frontier."""
+    table = fit.get("table")
+    if not table or not Path(table).exists():
+        return []
+    from vlmscale.aggregate import family_table
+
+    family = fit.get("family")
+    t = family_table(table, None if family in (None, "all") else family)
+    return t[["llm", "llm_params", "visual_tokens", "error"]].to_dict(orient="records")
 
 
 def _default_budgets(fit_path, q):
@@ -130,6 +143,12 @@ def cmd_report(args) -> dict:
 
     return report.main({"grid": args.grid, "laws": args.laws, "frontier": args.frontier,
                         "text_tokens": args.text_tokens, "out_dir": args.out_dir})
+
+
+def cmd_plot(args) -> dict:
+    from vlmscale import report
+
+    return {"figure": report.plot(args.fit, args.table, args.family, args.text_tokens, args.out, args.overlay_paper)}
 
 
 def cmd_init_tracking(args) -> dict:
@@ -217,6 +236,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--text-tokens", type=int, nargs="+", default=[0, 50])
     p.add_argument("--out-dir", required=True)
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("plot", help="error vs FLOPs with the fitted law and frontier, for any fit and table")
+    p.add_argument("fit")
+    p.add_argument("--table", required=True, help="the table the fit came from (CSV or grid parquet)")
+    p.add_argument("--family", default=None)
+    p.add_argument("--text-tokens", type=int, default=0)
+    p.add_argument("--overlay-paper", action="store_true", help="add the paper's published cells in grey")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_plot)
 
     p = sub.add_parser("init-tracking", help="create the MLflow store and experiment once")
     p.add_argument("--uri", required=True)

@@ -224,7 +224,7 @@ def generate(spec: dict, out_dir: str | Path) -> dict:
                 for key, value in zip(("shape", "colour", "glyph"), patch):
                     labels[key].append(value)
                 if split == "train":
-                    for q in range(spec["questions_per_image"]):
+                    for q in range(spec["questions_per_image"][family]):
                         task = tasks[int(rng.integers(len(tasks)))]
                         text, answer = QUESTION_MAKERS[task](content, rng)
                         train_records.append(_conversation(f"{name}#{q}", name, text, answer, task))

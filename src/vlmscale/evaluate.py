@@ -8,7 +8,7 @@ import torch
 
 from vlmscale.data import load_benchmark
 from vlmscale.fileio import code_version, read_json, spec_hash, write_json
-from vlmscale.train import build_cell_model, encode_samples, load_features
+from vlmscale.train import build_cell_model, cell_key, encode_samples, load_features
 
 
 class StaleCheckpoint(RuntimeError):
@@ -17,7 +17,7 @@ class StaleCheckpoint(RuntimeError):
 
 def load_trained(spec: dict, checkpoint: str | Path, vocabulary: list[str], vision_dim: int):
     state = torch.load(checkpoint, weights_only=False)
-    if state.get("cell_hash") != spec_hash(spec):
+    if state.get("cell_hash") != cell_key(spec):
         raise StaleCheckpoint(f"{checkpoint} was trained for another spec of {spec['cell']}; retrain the cell")
     model, tokenizer = build_cell_model(spec, vocabulary, vision_dim)
     model.load_state_dict(state["model"])

@@ -165,7 +165,7 @@ def _grid_sse(form: str, data: LawData, alphas: np.ndarray, betas: np.ndarray, w
 
 def _search(form: str, data: LawData, starts: int, weights=None, rounds: int = 30) -> tuple[np.ndarray, np.ndarray, float, bool]:
     """Best exponents: a vectorised grid over (alpha, beta), then zoom in around the best point
-    (an 11x11 grid each round, the span shrinking by a third; bounded by construction)."""
+    (a 7x7 grid each round, the span shrinking by a third; bounded by construction)."""
     lo, hi = EXPONENT_BOUNDS
     grid = np.concatenate([np.linspace(0.0, 0.2, starts), np.linspace(0.25, hi, starts)])
     sse = _grid_sse(form, data, grid, grid, weights)
@@ -173,7 +173,7 @@ def _search(form: str, data: LawData, starts: int, weights=None, rounds: int = 3
     best, centre, span = sse[i, j], np.array([grid[i], grid[j]]), 0.1
     converged = False
     for _ in range(rounds):
-        axes = [np.unique(np.clip(np.linspace(c - span, c + span, 11), lo, hi)) for c in centre]
+        axes = [np.unique(np.clip(np.linspace(c - span, c + span, 7), lo, hi)) for c in centre]
         sse = _grid_sse(form, data, *axes, weights)
         i, j = np.unravel_index(np.argmin(sse), sse.shape)
         converged = best - sse[i, j] <= 1e-12 * max(best, 1e-300) and span < 1e-4
@@ -182,7 +182,7 @@ def _search(form: str, data: LawData, starts: int, weights=None, rounds: int = 3
     return centre, coefs, sse_best, converged or span < 1e-6
 
 
-def fit(data: LawData, form: str = "paper", starts: int = 24, huber_delta: float | None = None) -> FitResult:
+def fit(data: LawData, form: str = "paper", starts: int = 10, huber_delta: float | None = None) -> FitResult:
     """Fit one law form to a table; never raises for soft problems (see status/warnings)."""
     if form not in FORMS:
         raise LawInputError(f"unknown law form {form!r}; choose from {FORMS}")
@@ -223,7 +223,7 @@ def bootstrap(data: LawData, form: str = "paper", n_boot: int = 200, seed: int =
     for _ in range(n_boot):
         idx = rng.integers(0, n, size=n)
         try:
-            res = fit(data.subset(idx), form, starts=12)
+            res = fit(data.subset(idx), form)
         except LawInputError:  # a resample with one N or one V: skip, count it
             failed += 1
             continue

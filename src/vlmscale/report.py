@@ -18,9 +18,14 @@ from vlmscale.flops import paper_flops  # noqa: E402
 from vlmscale.law import FitResult  # noqa: E402
 
 
-def frontier_figure(table: pd.DataFrame, fit: FitResult, family: str, text_tokens: int, path: Path) -> Path:
-    """Error vs FLOPs = 2N(Q+V): one curve per LLM size (marker size grows with V), fitted curves, frontier."""
+def frontier_figure(table: pd.DataFrame, fit: FitResult, family: str, text_tokens: int, path: Path,
+                    reference: pd.DataFrame | None = None) -> Path:
+    """Error vs FLOPs = 2N(Q+V): one curve per LLM size (marker size grows with V), fitted curves, frontier;
+    optionally the paper's published cells (grey) on the same axes."""
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    if reference is not None:
+        ax.scatter(paper_flops(reference.llm_params, text_tokens, reference.visual_tokens), reference.error,
+                   s=12, color="0.6", marker="x", label="paper (Li et al. 2024), published cells", zorder=2)
     v_min, v_max = table.visual_tokens.min(), table.visual_tokens.max()
     colours = plt.cm.viridis(np.linspace(0, 0.9, table.llm_params.nunique()))
     for colour, (n, group) in zip(colours, table.groupby("llm_params")):
@@ -39,6 +44,42 @@ def frontier_figure(table: pd.DataFrame, fit: FitResult, family: str, text_token
     ax.set_ylabel(f"{family} error (1 − mean accuracy)")
     ax.set_title(f"{family}: α={fit.params.get('alpha', float('nan')):.3f}, β={fit.params.get('beta', float('nan')):.3f}, R²={fit.r2:.2f}")
     ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def residual_figure(table: pd.DataFrame, fit: FitResult, family: str, path: Path) -> Path:
+    """Observed minus fitted error per cell, LLM sizes as rows and V as columns."""
+    table = table.assign(residual=table.error - fit.predict(table.llm_params, table.visual_tokens))
+    grid = table.pivot_table(index="llm_params", columns="visual_tokens", values="residual")
+    fig, ax = plt.subplots(figsize=(5.6, 3.2))
+    bound = float(np.nanmax(np.abs(grid.values))) or 1.0
+    im = ax.imshow(grid.values, cmap="RdBu_r", vmin=-bound, vmax=bound, aspect="auto")
+    ax.set_xticks(range(grid.shape[1]), [str(v) for v in grid.columns])
+    ax.set_yticks(range(grid.shape[0]), [f"{n:.3g}" for n in grid.index])
+    for (i, j), value in np.ndenumerate(grid.values):
+        ax.text(j, i, f"{value:+.3f}", ha="center", va="center", fontsize=7)
+    ax.set_xlabel("visual tokens V")
+    ax.set_ylabel("LLM parameters N")
+    ax.set_title(f"{family}: residuals (observed − fitted error)")
+    fig.colorbar(im, ax=ax)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def optimal_tokens_figure(fits: dict[str, FitResult], v_range: tuple[float, float], path: Path) -> Path:
+    """V* = beta*Q/(alpha-beta) (clipped to the trained range) as a function of the text tokens Q."""
+    from vlmscale.law import optimal_tokens
+
+    qs = np.arange(0, 201)
+    fig, ax = plt.subplots(figsize=(5.6, 3.6))
+    for family, fit in fits.items():
+        ax.plot(qs, [optimal_tokens(fit.params["alpha"], fit.params["beta"], q, *v_range) for q in qs], label=family)
+    ax.set_xlabel("text tokens Q")
+    ax.set_ylabel("compute-optimal visual tokens V*")
+    ax.set_yscale("log")
+    ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
     return _save(fig, path)
@@ -96,11 +137,22 @@ def _ci(value: float, interval) -> str:
     return f"{value:.4f} [{interval[0]:.4f}, {interval[1]:.4f}]" if interval else f"{value:.4f}"
 
 
+REFERENCE_TABLE = Path(__file__).parent / "reference" / "paper_visual_reasoning.csv"
+
+
+def plot(fit_path: str, table_path: str, family: str | None, text_tokens: int, out: str, overlay_paper: bool) -> str:
+    """`vlmscale plot`: the frontier figure for any fit and table, optionally over the paper's cells."""
+    fit = FitResult.from_dict(read_json(fit_path))
+    table = family_table(table_path, family)
+    reference = family_table(REFERENCE_TABLE) if overlay_paper else None
+    frontier_figure(table, fit, family or "all", text_tokens, Path(out), reference)
+    return out
+
+
 def reference_fit() -> dict:
     from vlmscale import law
 
-    path = Path(__file__).parent / "reference" / "paper_visual_reasoning.csv"
-    table = family_table(path)
+    table = family_table(REFERENCE_TABLE)
     data = law.LawData.from_arrays(table.llm_params, table.visual_tokens, table.error)
     fit = law.fit(data)
     _, paper_sse = law._linear_part("paper", (0.077, 0.015), data)
@@ -116,6 +168,9 @@ def main(cfg: dict) -> dict:
         table = family_table(cfg["grid"], family)
         for q in cfg["text_tokens"]:
             figures.append(frontier_figure(table, fit, family, q, out_dir / "figures" / f"{family}_q{q}.png"))
+        figures.append(residual_figure(table, fit, family, out_dir / "figures" / f"{family}_residuals.png"))
+    v_range = (float(grid.visual_tokens.min()), float(grid.visual_tokens.max()))
+    figures.append(optimal_tokens_figure(fits, v_range, out_dir / "figures" / "optimal_tokens.png"))
     frontier = pd.read_csv(cfg["frontier"])
     markdown_report(grid, fits, frontier, figures, reference_fit(), out_dir / "report.md")
     return {"figures": [str(f) for f in figures], "report": str(out_dir / "report.md")}

@@ -75,7 +75,8 @@ class CellTracker:
 
     @classmethod
     def for_cell(cls, cfg: dict) -> "CellTracker":
-        from vlmscale.fileio import code_version, spec_hash
+        from vlmscale.fileio import code_version
+        from vlmscale.train import cell_key
 
         spec, tracking = cfg["spec"], cfg.get("tracking") or {}
         tags = {
@@ -88,7 +89,7 @@ class CellTracker:
         }
         return cls(
             tracking.get("uri", ""), tracking.get("experiment", "vlmscale"), tracking.get("grid", "grid"),
-            spec["cell"], spec_hash(spec), flatten(spec), tags,
+            spec["cell"], cell_key(spec), flatten(spec), tags,
         )
 
     def __enter__(self) -> "CellTracker":

@@ -24,12 +24,12 @@ def cell_metrics(rows: pd.DataFrame) -> dict:
 
 
 def ensure_cell_run(client, exp: str, grid: str, row) -> str:
-    runs = track.find_runs(client, exp, {track.CELL_TAG: row.cell, track.HASH_TAG: row.config_hash, track.GRID_TAG: grid})
+    runs = track.find_runs(client, exp, {track.CELL_TAG: row.cell, track.HASH_TAG: row.run_key, track.GRID_TAG: grid})
     if runs:
         return runs[0].info.run_id
     parent = track.parent_run_id(client, exp, grid)  # training could not reach the store: create it now
     run = client.create_run(exp, run_name=row.cell, tags={
-        track.CELL_TAG: row.cell, track.HASH_TAG: row.config_hash, track.GRID_TAG: grid,
+        track.CELL_TAG: row.cell, track.HASH_TAG: row.run_key, track.GRID_TAG: grid,
         "mlflow.parentRunId": parent, "llm": row.llm, "visual_tokens": str(row.visual_tokens),
         "vlmscale.replayed": "true"})
     return run.info.run_id

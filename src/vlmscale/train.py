@@ -20,6 +20,22 @@ from vlmscale.model import VLM, build_llm, count_llm_params
 from vlmscale.tokenizer import WordTokenizer
 
 STAGES = ("stage1", "stage2")
+TRAINING_CODE = ("train.py", "model.py", "tokenizer.py", "data.py")
+
+
+def code_fingerprint() -> str:
+    """Hash of the source that decides trained weights: a code change must not resume an old checkpoint."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name in TRAINING_CODE:
+        h.update((Path(__file__).parent / name).read_bytes())
+    return h.hexdigest()[:12]
+
+
+def cell_key(spec: dict) -> str:
+    """Identity of a trained cell: its resolved spec and the training code. Keys checkpoints and MLflow runs."""
+    return spec_hash({"spec": spec, "code": code_fingerprint()})
 
 
 class TrainingDiverged(RuntimeError):
@@ -121,7 +137,7 @@ class Checkpointer:
 def train_cell(cfg: dict, tracker=None, log=print) -> dict:
     spec = cfg["spec"]
     tspec = spec["train"]
-    cell_hash = spec_hash(spec)
+    cell_hash = cell_key(spec)
     torch.set_num_threads(cfg.get("threads", 1))
     manifest = read_json(Path(cfg["data_root"]) / "manifest.json")
     features, rows = load_features(cfg["features"])
@@ -192,7 +208,8 @@ def summarise(spec, cell_hash, model, state, ckpt, n_train) -> dict:
         "cell": spec["cell"],
         "llm": spec["llm"]["name"],
         "visual_tokens": spec["visual_tokens"],
-        "config_hash": cell_hash,
+        "config_hash": spec_hash(spec),
+        "run_key": cell_hash,
         "code_version": code_version(),
         "llm_params": count_llm_params(model.llm),
         "n_train_samples": n_train,

@@ -11,6 +11,16 @@ rule report:
             caption="../report/frontier.rst",
             category="Scaling law",
         ),
+        residuals=report(
+            expand(f"{RESULTS}/figures/{{family}}_residuals.png", family=FAMILIES),
+            caption="../report/residuals.rst",
+            category="Fit diagnostics",
+        ),
+        optimal_tokens=report(
+            f"{RESULTS}/figures/optimal_tokens.png",
+            caption="../report/optimal_tokens.rst",
+            category="Scaling law",
+        ),
     log:
         f"{RESULTS}/logs/report.log",
     params:

@@ -1,0 +1,64 @@
+"""Training a cell: a killed job resumes from its checkpoint to the same result; a diverging loss stops
+with a clear error and keeps the last good checkpoint; a checkpoint for another spec is not reused."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from vlmscale import train
+
+LLM = {"name": "t", "source": "config", "arch": "qwen2", "hidden_size": 16, "intermediate_size": 32,
+       "num_layers": 1, "num_heads": 2}
+
+
+def cell_cfg(small_data, small_features, ckpt_dir, **train_overrides):
+    tspec = {"batch_size": 8, "seed": 0, "warmup_frac": 0.1, "log_every": 5, "checkpoint_every": 10,
+             "stage1": {"steps": 6, "lr": 1e-3}, "stage2": {"steps": 30, "lr": 3e-3}, **train_overrides}
+    spec = {"cell": "t/v4", "llm": LLM, "visual_tokens": 4, "compressor": "avgpool", "train": tspec}
+    return {"spec": spec, "data_root": str(small_data), "features": str(small_features),
+            "checkpoint_dir": str(ckpt_dir), "threads": 1}
+
+
+class Killed(Exception):
+    pass
+
+
+def test_killed_training_resumes_to_identical_result(small_data, small_features, tmp_path, monkeypatch):
+    reference = train.train_cell(cell_cfg(small_data, small_features, tmp_path / "a"), log=lambda m: None)
+
+    original = train.record_progress
+    calls = {"n": 0}
+
+    def dies_midway(state, stage, step, *args, **kwargs):
+        original(state, stage, step, *args, **kwargs)
+        calls["n"] += 1
+        if stage == "stage2" and step + 1 == 25:  # after the step-20 checkpoint, before the end
+            raise Killed()
+
+    monkeypatch.setattr(train, "record_progress", dies_midway)
+    cfg = cell_cfg(small_data, small_features, tmp_path / "b")
+    with pytest.raises(Killed):
+        train.train_cell(cfg, log=lambda m: None)
+    monkeypatch.setattr(train, "record_progress", original)
+    messages = []
+    resumed = train.train_cell(cfg, log=messages.append)
+    assert any("resuming t/v4 at stage2 step 20" in m for m in messages)
+    assert resumed["history"] == reference["history"]
+    a = torch.load(tmp_path / "a/final.pt", weights_only=False)["model"]
+    b = torch.load(tmp_path / "b/final.pt", weights_only=False)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_divergence_stops_with_the_setting_to_change(small_data, small_features, tmp_path):
+    cfg = cell_cfg(small_data, small_features, tmp_path, stage2={"steps": 30, "lr": 1e12})
+    with pytest.raises(train.TrainingDiverged, match="lower train.stage2.lr"):
+        train.train_cell(cfg, log=lambda m: None)
+
+
+def test_checkpoint_of_another_spec_is_not_resumed(small_data, small_features, tmp_path):
+    cfg = cell_cfg(small_data, small_features, tmp_path)
+    train.train_cell(cfg, log=lambda m: None)
+    other = cell_cfg(small_data, small_features, tmp_path, seed=1)
+    messages = []
+    train.train_cell(other, log=messages.append)
+    assert not any("resuming" in m for m in messages)
