@@ -79,6 +79,17 @@ def test_paper_table_fit_beats_published_exponents():
     assert law.optimal_tokens(fit.params["alpha"], fit.params["beta"], 0, 1, 576) == 1
 
 
+def test_huber_fit_shrugs_off_one_corrupted_cell():
+    truth = {"K": 100.0, "alpha": 0.3, "beta": 0.15, "D": 0.1}
+    data = synthetic("paper", truth, 0.001, 7)
+    error = data.error.copy()
+    error[5] += 0.3
+    corrupted = law.LawData.from_arrays(data.llm_params, data.visual_tokens, error)
+    plain, robust = law.fit(corrupted), law.fit(corrupted, huber_delta=0.01)
+    assert abs(robust.params["beta"] - truth["beta"]) < abs(plain.params["beta"] - truth["beta"])
+    assert robust.params["beta"] == pytest.approx(truth["beta"], abs=0.02)
+
+
 def test_heldout_largest_model_is_predicted_within_two_percent():
     check = law.heldout_check(paper_table())
     assert check["status"] == "ok" and check["mean_abs_rel_error"] < 0.02
@@ -115,6 +126,7 @@ def test_fit_cli_on_a_csv_and_missing_column(tmp_path):
     fit = json.loads(out.read_text())
     assert {"form", "params", "sse", "r2", "n_points", "status", "ci"} <= set(fit)
     assert fit["n_points"] == 28 and 0 < fit["ci"]["alpha"][0] < fit["ci"]["alpha"][1]
+    assert 5 < fit["ci"]["v_star_q50"][0] <= 14 <= fit["ci"]["v_star_q50"][1] < 30
     bad = tmp_path / "bad.csv"
     bad.write_text("llm_params,error\n1,0.5\n")
     proc = subprocess.run([sys.executable, "-m", "vlmscale.cli", "fit", str(bad)], capture_output=True, text=True)

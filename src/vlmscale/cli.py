@@ -81,7 +81,7 @@ def cmd_fit(args) -> dict:
 
     table = family_table(args.table, args.family)
     data = law.LawData.from_arrays(table.llm_params, table.visual_tokens, table.error, args.text_tokens)
-    result = law.fit_with_checks(data, args.form, args.bootstrap, args.seed).to_dict()
+    result = law.fit_with_checks(data, args.form, args.bootstrap, args.seed, args.huber).to_dict()
     result["family"] = args.family or "all"
     result["table"] = str(args.table)
     if args.out:
@@ -217,6 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bootstrap", type=int, default=0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--text-tokens", type=int, default=0, help="Q, used by the paper-qv form")
+    p.add_argument("--huber", type=float, default=None, metavar="DELTA", help="robust fit: Huber loss with this delta")
     p.add_argument("--out")
     p.set_defaults(func=cmd_fit)
 

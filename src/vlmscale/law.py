@@ -229,6 +229,11 @@ def bootstrap(data: LawData, form: str = "paper", n_boot: int = 200, seed: int =
             continue
         for k, v in res.params.items():
             draws.setdefault(k, []).append(v)
+        if form != "additive":  # the frontier's V* at the two text-token settings the paper reports
+            v_range = (data.visual_tokens.min(), data.visual_tokens.max())
+            for q in (0, 50):
+                draws.setdefault(f"v_star_q{q}", []).append(
+                    optimal_tokens(res.params["alpha"], res.params["beta"], q, *v_range))
     lo, hi = (1 - level) / 2 * 100, (1 + level) / 2 * 100
     ci = {k: [float(np.percentile(v, lo)), float(np.percentile(v, hi))] for k, v in draws.items()}
     ci["_meta"] = {"n_boot": n_boot, "failed_resamples": failed, "level": level}
@@ -256,8 +261,9 @@ def heldout_check(data: LawData, form: str = "paper") -> dict:
     }
 
 
-def fit_with_checks(data: LawData, form: str = "paper", n_boot: int = 0, seed: int = 0) -> FitResult:
-    res = fit(data, form)
+def fit_with_checks(data: LawData, form: str = "paper", n_boot: int = 0, seed: int = 0,
+                    huber_delta: float | None = None) -> FitResult:
+    res = fit(data, form, huber_delta=huber_delta)
     ci = bootstrap(data, form, n_boot, seed) if n_boot else {}
     return FitResult(**{**res.__dict__, "ci": ci, "heldout": heldout_check(data, form)})
 
