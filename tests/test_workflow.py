@@ -107,3 +107,48 @@ def test_changing_one_llms_training_reruns_exactly_its_cells(grid):
     assert evaluated == trained
     assert not any(rule in {"prepare_data", "pretrain_vision", "flops"} for rule, _ in jobs)
     assert {"aggregate", "fit_law", "frontier", "report", "track_sync"} <= {rule for rule, _ in jobs}
+
+
+def vlmscale_status(workdir: Path, configfile: str) -> str:
+    proc = subprocess.run([sys.executable, "-m", "vlmscale.cli", "status", "--configfile", configfile],
+                          cwd=workdir, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def test_status_matrix_shows_done_stale_and_running(grid):
+    assert "6 cells: 6 done" in vlmscale_status(grid, "mini.yaml")
+    cfg = copy.deepcopy(MINI)
+    cfg["llms"][1]["train"] = {"stage2": {"lr": 0.002}}
+    (grid / "edited.yaml").write_text(yaml.safe_dump(cfg))
+    out = vlmscale_status(grid, "edited.yaml")
+    assert "3 done, 3 stale" in out
+    row_b = next(line for line in out.splitlines() if line.startswith("b "))
+    assert row_b.split()[0] == "b" and row_b.count("stale") == 3
+    # A cell whose training log is still growing shows its last step and job.
+    cfg["grid"]["visual_tokens"] = [1, 4, 16, 64]
+    (grid / "bigger.yaml").write_text(yaml.safe_dump(cfg))
+    log = grid / "results/logs/train/a/v64.log"
+    log.write_text("[vlmscale] train:a/v64: submitted job 4242 (local); logs: /nonexistent\nstage2 step 20/40 loss 1.0 train_acc 0.5\n")
+    out = vlmscale_status(grid, "bigger.yaml")
+    assert "running stage2 20/40 [job 4242]" in out and "not started" in out
+    log.unlink()
+
+
+def test_rerun_after_a_change_supersedes_exactly_that_llms_runs(grid):
+    # Runs last in this module: it retrains lm "b" for real.
+    proc = snakemake(grid, "edited.yaml")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    con = sqlite3.connect(grid / "results/mlflow.db")
+    rows = con.execute("""
+        SELECT r.name, r.run_uuid, max(CASE WHEN t.key = 'vlmscale.superseded' THEN t.value END)
+        FROM runs r JOIN tags t ON t.run_uuid = r.run_uuid
+        WHERE r.run_uuid IN (SELECT run_uuid FROM tags WHERE key = 'vlmscale.cell')
+        GROUP BY r.run_uuid""").fetchall()
+    con.close()
+    by_cell: dict[str, list] = {}
+    for name, _, superseded in rows:
+        by_cell.setdefault(name, []).append(superseded)
+    for v in (1, 4, 16):
+        assert sorted(by_cell[f"a/v{v}"], key=str) == [None]  # untouched: one run, not superseded
+        assert sorted(by_cell[f"b/v{v}"], key=str) == [None, "true"]  # a new run; the old one superseded

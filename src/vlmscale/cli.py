@@ -151,11 +151,16 @@ def cmd_plot(args) -> dict:
     return {"figure": report.plot(args.fit, args.table, args.family, args.text_tokens, args.out, args.overlay_paper)}
 
 
+def cmd_status(args) -> None:
+    from vlmscale import status
+
+    print(status.main(args.configfile))
+
+
 def cmd_init_tracking(args) -> dict:
     from vlmscale import track
 
-    exp = track.init_store(args.uri, args.experiment, args.artifact_root)
-    return {"experiment_id": exp, "uri": track.resolve_uri(args.uri)}
+    return track.init_store(args.uri, args.experiment, args.grid, args.artifact_root)
 
 
 def cmd_track_sync(args) -> dict:
@@ -247,9 +252,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_plot)
 
+    p = sub.add_parser("status", help="the grid as an LLM x V matrix: done / running / failed / stale / not started")
+    p.add_argument("--configfile", default="config.yaml")
+    p.set_defaults(func=cmd_status)
+
     p = sub.add_parser("init-tracking", help="create the MLflow store and experiment once")
     p.add_argument("--uri", required=True)
     p.add_argument("--experiment", required=True)
+    p.add_argument("--grid", required=True)
     p.add_argument("--artifact-root")
     p.set_defaults(func=cmd_init_tracking)
 

@@ -131,6 +131,12 @@ def cell_spec(cfg: dict, llm: str, visual_tokens: int) -> dict:
     }
 
 
+def architecture_spec(cfg: dict, llm: str, visual_tokens: int) -> dict:
+    """What decides a cell's inference cost: the model's shape, not how it was trained."""
+    spec = cell_spec(cfg, llm, visual_tokens)
+    return {k: spec[k] for k in ("cell", "llm", "visual_tokens", "compressor")}
+
+
 def benchmark_spec(cfg: dict, name: str) -> dict:
     for bench in cfg["benchmarks"]:
         if bench["name"] == name:

@@ -43,12 +43,15 @@ def ensure_experiment(client, name: str, artifact_root: str | None = None) -> st
     return client.create_experiment(name, artifact_location=location)
 
 
-def init_store(uri: str, experiment: str, artifact_root: str | None = None) -> str:
-    """Create the store and the experiment once, before parallel jobs (parallel first creation corrupts sqlite)."""
+def init_store(uri: str, experiment: str, grid: str, artifact_root: str | None = None) -> dict:
+    """Create the store, the experiment and the grid's parent run once, before parallel jobs: parallel
+    first creation corrupts sqlite, and parallel cells would each create a parent run."""
     uri = resolve_uri(uri)
     if uri.startswith("sqlite:///"):
         Path(uri[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
-    return ensure_experiment(client_for(uri), experiment, artifact_root)
+    client = client_for(uri)
+    exp = ensure_experiment(client, experiment, artifact_root)
+    return {"experiment_id": exp, "parent_run_id": parent_run_id(client, exp, grid), "uri": uri}
 
 
 def find_runs(client, experiment_id: str, tags: dict) -> list:

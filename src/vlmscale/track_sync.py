@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 from vlmscale import track
-from vlmscale.fileio import write_json
+from vlmscale.fileio import read_json, write_json
 
 
 def cell_metrics(rows: pd.DataFrame) -> dict:
@@ -23,16 +23,39 @@ def cell_metrics(rows: pd.DataFrame) -> dict:
     return metrics
 
 
-def ensure_cell_run(client, exp: str, grid: str, row) -> str:
+def ensure_cell_run(client, exp: str, grid: str, row, cell_dir: Path) -> str:
+    """The cell's run for its current key; created here, with its training history, when the training
+    job could not reach the store."""
     runs = track.find_runs(client, exp, {track.CELL_TAG: row.cell, track.HASH_TAG: row.run_key, track.GRID_TAG: grid})
     if runs:
         return runs[0].info.run_id
-    parent = track.parent_run_id(client, exp, grid)  # training could not reach the store: create it now
+    for old in track.find_runs(client, exp, {track.CELL_TAG: row.cell, track.GRID_TAG: grid}):
+        client.set_tag(old.info.run_id, "vlmscale.superseded", "true")
+    parent = track.parent_run_id(client, exp, grid)
     run = client.create_run(exp, run_name=row.cell, tags={
         track.CELL_TAG: row.cell, track.HASH_TAG: row.run_key, track.GRID_TAG: grid,
         "mlflow.parentRunId": parent, "llm": row.llm, "visual_tokens": str(row.visual_tokens),
         "vlmscale.replayed": "true"})
+    replay_training(client, run.info.run_id, read_json(cell_dir / "train.json"))
     return run.info.run_id
+
+
+def replay_training(client, run_id: str, trained: dict) -> None:
+    from mlflow.entities import Metric, Param
+
+    now = int(time.time() * 1000)
+    first_stage_steps = max((h["step"] for h in trained["history"] if h["stage"] == "stage1"), default=0)
+    metrics = []
+    for h in trained["history"]:
+        step = h["step"] + (first_stage_steps if h["stage"] == "stage2" else 0)
+        metrics += [Metric(f"{h['stage']}/loss", h["loss"], now, step),
+                    Metric(f"{h['stage']}/train_accuracy", h["train_accuracy"], now, step)]
+    metrics += [Metric("train_seconds", trained["train_seconds"], now, 0),
+                Metric("final_loss", trained["final_loss"] or 0.0, now, 0)]
+    for i in range(0, len(metrics), 500):
+        client.log_batch(run_id, metrics=metrics[i : i + 500])
+    params = [Param("config_hash", trained["config_hash"]), Param("llm_params", str(trained["llm_params"]["total"]))]
+    client.log_batch(run_id, params=params)
 
 
 def main(cfg: dict) -> dict:
@@ -45,7 +68,7 @@ def main(cfg: dict) -> dict:
     now = int(time.time() * 1000)
     synced = {}
     for cell, rows in grid.groupby("cell"):
-        run_id = ensure_cell_run(client, exp, tracking["grid"], rows.iloc[0])
+        run_id = ensure_cell_run(client, exp, tracking["grid"], rows.iloc[0], results / "cells" / cell)
         metrics = [Metric(k, float(v), now, 0) for k, v in cell_metrics(rows).items()]
         client.log_batch(run_id, metrics=metrics)
         client.log_artifacts(run_id, str(results / "cells" / cell), artifact_path="results")
@@ -56,8 +79,6 @@ def main(cfg: dict) -> dict:
     client.log_artifacts(parent, str(report_dir / "figures"), artifact_path="figures")
     client.log_artifact(parent, str(report_dir / "report.md"))
     for law_file in sorted((results / "law").glob("*.json")):
-        from vlmscale.fileio import read_json
-
         fit = read_json(law_file)
         client.log_batch(parent, metrics=[Metric(f"law/{law_file.stem}/{k}", float(v), now, 0) for k, v in fit["params"].items()]
                          + [Metric(f"law/{law_file.stem}/r2", float(fit["r2"]), now, 0)])

@@ -134,7 +134,11 @@ class Checkpointer:
         atomic_torch_save({**state, "cell_hash": self.cell_hash}, self.path)
 
 
-def train_cell(cfg: dict, tracker=None, log=print) -> dict:
+def _progress(message: str) -> None:
+    print(message, flush=True)  # flushed: `vlmscale status` reads the log while the job runs
+
+
+def train_cell(cfg: dict, tracker=None, log=_progress) -> dict:
     spec = cfg["spec"]
     tspec = spec["train"]
     cell_hash = cell_key(spec)

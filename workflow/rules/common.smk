@@ -42,10 +42,15 @@ LAUNCH_FLAGS = f"--executor {LAUNCH['executor']} --threads {LAUNCH['threads']} -
 
 
 onstart:
-    # Create the MLflow store once, before parallel jobs: concurrent first creation corrupts sqlite.
+    # Create the MLflow store, experiment and parent run once, before parallel jobs: concurrent first
+    # creation corrupts sqlite. A tracking server that is down only costs the browsing view: cells
+    # still run, and the track_sync rule replays their results once it is back.
     uri = config["tracking"]["uri"]
     if not uri.startswith("sqlite:///") or not Path(uri[len("sqlite:///"):]).exists():
         shell(
-            "vlmscale init-tracking --uri {uri:q} --experiment {exp:q} --artifact-root {root:q} > /dev/null",
-            uri=uri, exp=config["tracking"]["experiment"], root=f"{RESULTS}/mlartifacts",
+            "vlmscale init-tracking --uri {uri:q} --experiment {exp:q} --grid {grid:q} "
+            "--artifact-root {root:q} > /dev/null || echo 'vlmscale: MLflow store {uri} unreachable; "
+            "results are kept in JSON and replayed by track_sync' >&2",
+            uri=uri, exp=config["tracking"]["experiment"], grid=config["grid"]["name"],
+            root=f"{RESULTS}/mlartifacts",
         )

@@ -1,6 +1,6 @@
 def flops_spec(wildcards):
     return vcfg.as_param({
-        "cell": vcfg.cell_spec(config, wildcards.llm, int(wildcards.V)),
+        "cell": vcfg.architecture_spec(config, wildcards.llm, int(wildcards.V)),
         "vision": vcfg.vision_spec(config),
         "text_tokens": config["flops"]["text_tokens"],
     })

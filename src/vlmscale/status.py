@@ -1,0 +1,93 @@
+"""`vlmscale status`: the grid as an LLM x V matrix of cell states, read from the results folder alone.
+
+States: done (train, eval and FLOP files present, trained for the current spec), stale (trained for
+another spec: the next run retrains it), running (a training log that is still growing), failed (the
+training log ends in an error), not started. Running cells show their last step and job id.
+"""
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import Path
+
+import yaml
+
+from vlmscale import config as vcfg
+from vlmscale.fileio import spec_hash
+
+PROGRESS = re.compile(r"(stage[12]) step (\d+)/(\d+)")
+SUBMITTED = re.compile(r"submitted job (\S+) \((\w+)\); logs: (\S+)")
+
+
+def load_config(path: str | Path) -> dict:
+    from snakemake.utils import validate
+
+    schema = Path(__file__).resolve().parents[2] / "workflow/schemas/config.schema.yaml"
+    cfg = yaml.safe_load(Path(path).read_text())
+    validate(cfg, str(schema), set_default=True)
+    return vcfg.check(cfg)
+
+
+def _tail(path: Path, size: int = 20000) -> str:
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(max(0, path.stat().st_size - size))
+            return fh.read().decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def cell_state(cfg: dict, cell: vcfg.Cell, running_window_s: float = 120.0) -> dict:
+    results = Path(cfg["results"])
+    cell_dir = results / "cells" / cell.id
+    rule_log = results / "logs" / "train" / cell.llm / f"v{cell.visual_tokens}.log"
+    text = _tail(rule_log)
+    job = SUBMITTED.search(text)
+    job_log = Path(job.group(3)) if job else None
+    progress_text = text + (_tail(job_log) if job_log else "")
+    steps = PROGRESS.findall(progress_text)
+    info = {"cell": cell.id, "job": job.group(1) if job else "", "step": f"{steps[-1][0]} {steps[-1][1]}/{steps[-1][2]}" if steps else ""}
+    train_json = cell_dir / "train.json"
+    if train_json.exists():
+        trained = json.loads(train_json.read_text())
+        if trained.get("config_hash") != spec_hash(vcfg.cell_spec(cfg, cell.llm, cell.visual_tokens)):
+            return {**info, "state": "stale"}
+        evals = [cell_dir / "eval" / f"{b['name']}.json" for b in cfg["benchmarks"]]
+        complete = all(p.exists() for p in evals) and (cell_dir / "flops.json").exists()
+        return {**info, "state": "done" if complete else "trained"}
+    if not text and not steps:
+        return {**info, "state": "not started"}
+    newest = max((p.stat().st_mtime for p in (rule_log, job_log) if p and p.exists()), default=0)
+    if re.search(r"(Traceback|: error: |Error\b)", progress_text) and time.time() - newest > 5:
+        return {**info, "state": "failed"}
+    return {**info, "state": "running" if time.time() - newest < running_window_s else "stalled"}
+
+
+def matrix(cfg: dict) -> str:
+    states = {(c.llm, c.visual_tokens): cell_state(cfg, c) for c in vcfg.cells(cfg)}
+    vs = cfg["grid"]["visual_tokens"]
+    header = ["LLM \\ V"] + [str(v) for v in vs]
+    rows = [header]
+    for llm in [m["name"] for m in cfg["llms"]]:
+        row = [llm]
+        for v in vs:
+            s = states[(llm, v)]
+            text = s["state"]
+            if s["state"] in ("running", "stalled", "failed") and s["step"]:
+                text += f" {s['step']}"
+            if s["job"] and s["state"] != "done":
+                text += f" [job {s['job']}]"
+            row.append(text)
+        rows.append(row)
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths)) for r in rows]
+    counts = {}
+    for s in states.values():
+        counts[s["state"]] = counts.get(s["state"], 0) + 1
+    summary = ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
+    return "\n".join(lines) + f"\n\n{len(states)} cells: {summary}"
+
+
+def main(cfg_path: str) -> str:
+    return matrix(load_config(cfg_path))

@@ -1,0 +1,141 @@
+"""MLflow tracking: parallel cells on a fresh sqlite store, a store that is down during training, and
+a real `mlflow server` seen through its REST API."""
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+from vlmscale import track
+
+SPEC = {"cell": "x/v1", "llm": {"name": "x"}, "visual_tokens": 1, "train": {"lr": 0.1}}
+
+
+def _log_cell(uri: str, cell: str) -> None:
+    spec = {**SPEC, "cell": cell}
+    with track.CellTracker(uri, "parallel", "g", cell, f"key-{cell}", track.flatten(spec), {"llm": "x"}) as t:
+        for step in range(20):
+            t.log_metrics({"loss": 1.0 / (step + 1)}, step=step)
+
+
+def test_parallel_cells_on_a_fresh_sqlite_store(tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    track.init_store(uri, "parallel", "g")
+    cells = [f"m/v{v}" for v in (1, 4, 16, 64)]
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_log_cell, args=(uri, c)) for c in cells]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+        assert p.exitcode == 0
+    con = sqlite3.connect(tmp_path / "mlflow.db")
+    assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    names = sorted(n for (n,) in con.execute("SELECT name FROM runs"))
+    assert names == sorted(["grid:g", *cells])
+    counts = dict(con.execute("SELECT r.name, count(*) FROM metrics m JOIN runs r ON r.run_uuid = m.run_uuid GROUP BY r.name"))
+    assert all(counts[c] == 20 for c in cells)
+
+
+def test_unreachable_store_keeps_training_and_is_replayed_later(small_data, small_features, tmp_path, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    from vlmscale import train, track_sync
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
+    spec = {"cell": "t/v4", "llm": {"name": "t", "source": "config", "arch": "qwen2", "hidden_size": 16,
+            "intermediate_size": 32, "num_layers": 1, "num_heads": 2}, "visual_tokens": 4, "compressor": "avgpool",
+            "train": {"batch_size": 8, "seed": 0, "warmup_frac": 0.1, "log_every": 5, "checkpoint_every": 50,
+                      "stage1": {"steps": 5, "lr": 1e-3}, "stage2": {"steps": 10, "lr": 3e-3}}}
+    out = tmp_path / "cells/t/v4/train.json"
+    cfg = {"spec": spec, "data_root": str(small_data), "features": str(small_features), "out": str(out),
+           "checkpoint_dir": str(tmp_path / "ckpt"), "threads": 1,
+           "tracking": {"uri": "http://127.0.0.1:9", "experiment": "down", "grid": "g"}}
+    result = train.main(cfg)  # the store is down: training goes on, the JSON is intact
+    assert out.exists() and result["mlflow_run_id"] is None and len(result["history"]) == 3
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"  # the store is back
+    track.init_store(uri, "down", "g")
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("down").experiment_id
+    import pandas as pd
+
+    row = pd.Series({"cell": "t/v4", "run_key": result["run_key"], "llm": "t", "visual_tokens": 4})
+    run_id = track_sync.ensure_cell_run(client, exp, "g", row, out.parent)
+    history = client.get_metric_history(run_id, "stage2/loss")
+    assert [m.step for m in history] == [10, 15]
+    assert client.get_run(run_id).data.tags["vlmscale.replayed"] == "true"
+    assert track_sync.ensure_cell_run(client, exp, "g", row, out.parent) == run_id  # replay is idempotent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory):
+    root = tmp_path_factory.mktemp("server")
+    port = free_port()
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{root}/server.db",
+         "--default-artifact-root", str(root / "artifacts"), "--host", "127.0.0.1", "--port", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+    )
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(120):
+        try:
+            urllib.request.urlopen(f"{url}/health", timeout=1)
+            break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        proc.kill()
+        pytest.fail("mlflow server did not start")
+    yield url
+    proc.terminate()
+    proc.wait(10)
+
+
+def rest(url: str, path: str, body: dict) -> dict:
+    req = urllib.request.Request(f"{url}/api/2.0/mlflow/{path}", data=json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"})
+    return json.loads(urllib.request.urlopen(req, timeout=10).read())
+
+
+@pytest.mark.slow
+def test_grid_against_a_tracking_server(mlflow_server, tmp_path):
+    from test_workflow import MINI, snakemake
+
+    cfg = {**MINI, "tracking": {"uri": mlflow_server, "experiment": "served"}, "launch": {"executor": "inline"}}
+    (tmp_path / "served.yaml").write_text(yaml.safe_dump(cfg))
+    proc = snakemake(tmp_path, "served.yaml")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    exp_id = json.loads(urllib.request.urlopen(
+        f"{mlflow_server}/api/2.0/mlflow/experiments/get-by-name?experiment_name=served", timeout=10).read())["experiment"]["experiment_id"]
+    runs = rest(mlflow_server, "runs/search", {"experiment_ids": [exp_id], "max_results": 100})["runs"]
+    tags = [{t["key"]: t["value"] for t in r["data"].get("tags", [])} for r in runs]
+    parents = [t for t in tags if t.get("vlmscale.parent") == "true"]
+    children = [(r, t) for r, t in zip(runs, tags) if "vlmscale.cell" in t]
+    assert len(parents) == 1 and len(children) == 6
+    for run, t in children:
+        assert {"llm", "visual_tokens", "vlmscale.config_hash", "code_version", "executor", "flop_convention"} <= set(t)
+        assert t["mlflow.parentRunId"] == runs[tags.index(parents[0])]["info"]["run_id"]
+        params = {p["key"]: p["value"] for p in run["data"].get("params", [])}
+        assert params["train.stage2.lr"] == "0.003" and params["visual_tokens"] == t["visual_tokens"]
+        metrics = {m["key"] for m in run["data"].get("metrics", [])}
+        assert {"stage2/loss", "eval/read/accuracy", "eval/family/ocr/error", "flops_paper_q0"} <= metrics
