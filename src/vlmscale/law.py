@@ -155,9 +155,10 @@ def _grid_sse(form: str, data: LawData, alphas: np.ndarray, betas: np.ndarray, w
     for k in range(1, len(cols) + 1):
         for subset in combinations(range(len(cols)), k):
             x = np.stack([cols[c] for c in subset], axis=-1) * w[None, :, None]  # (G, n, k)
-            gram = np.einsum("gnp,gnq->gpq", x, x) + 1e-12 * np.eye(k)
-            coefs = np.linalg.solve(gram, np.einsum("gnp,n->gp", x, yw)[..., None])[..., 0]
-            sse = ((yw[None] - np.einsum("gnp,gp->gn", x, coefs)) ** 2).sum(1)
+            xt = x.transpose(0, 2, 1)
+            coefs = np.linalg.solve(xt @ x + 1e-12 * np.eye(k), xt @ yw[None, :, None])  # (G, k, 1)
+            sse = ((yw[None] - (x @ coefs)[..., 0]) ** 2).sum(1)
+            coefs = coefs[..., 0]
             feasible = (coefs >= 0).all(1)
             best = np.where(feasible & (sse < best), sse, best)
     return best.reshape(len(alphas), len(betas))
@@ -165,7 +166,7 @@ def _grid_sse(form: str, data: LawData, alphas: np.ndarray, betas: np.ndarray, w
 
 def _search(form: str, data: LawData, starts: int, weights=None, rounds: int = 30) -> tuple[np.ndarray, np.ndarray, float, bool]:
     """Best exponents: a vectorised grid over (alpha, beta), then zoom in around the best point
-    (a 7x7 grid each round, the span shrinking by a third; bounded by construction)."""
+    (a 7x7 grid each round, the span halving until it is below 1e-5; bounded by construction)."""
     lo, hi = EXPONENT_BOUNDS
     grid = np.concatenate([np.linspace(0.0, 0.2, starts), np.linspace(0.25, hi, starts)])
     sse = _grid_sse(form, data, grid, grid, weights)
@@ -177,9 +178,11 @@ def _search(form: str, data: LawData, starts: int, weights=None, rounds: int = 3
         sse = _grid_sse(form, data, *axes, weights)
         i, j = np.unravel_index(np.argmin(sse), sse.shape)
         converged = best - sse[i, j] <= 1e-12 * max(best, 1e-300) and span < 1e-4
-        best, centre, span = min(best, sse[i, j]), np.array([axes[0][i], axes[1][j]]), span / 1.5
+        best, centre, span = min(best, sse[i, j]), np.array([axes[0][i], axes[1][j]]), span / 2
+        if span < 1e-5:
+            break
     coefs, sse_best = _linear_part(form, centre, data, weights)
-    return centre, coefs, sse_best, converged or span < 1e-6
+    return centre, coefs, sse_best, converged or span < 1e-5
 
 
 def fit(data: LawData, form: str = "paper", starts: int = 10, huber_delta: float | None = None) -> FitResult:
