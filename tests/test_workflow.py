@@ -109,6 +109,39 @@ def test_changing_one_llms_training_reruns_exactly_its_cells(grid):
     assert {"aggregate", "fit_law", "frontier", "report", "track_sync"} <= {rule for rule, _ in jobs}
 
 
+def rules_planned(grid: Path, name: str, cfg: dict, header: str = "") -> dict[str, int]:
+    (grid / name).write_text(header + yaml.safe_dump(cfg))
+    counts: dict[str, int] = {}
+    for rule, _ in planned_jobs(grid, name):
+        counts[rule] = counts.get(rule, 0) + 1
+    return counts
+
+
+DOWNSTREAM = {"aggregate": 1, "fit_law": 2, "frontier": 1, "report": 1, "track_sync": 1, "all": 1}
+
+
+def test_each_kind_of_edit_reruns_exactly_its_stages(grid):
+    cfg = copy.deepcopy(MINI)
+    assert rules_planned(grid, "comment.yaml", cfg, header="# only a comment changed\n") == {}
+    fewer = copy.deepcopy(MINI)
+    fewer["benchmarks"] = [b for b in MINI["benchmarks"] if b["name"] != "next"]
+    assert rules_planned(grid, "fewer.yaml", fewer) == {"evaluate": 6, **DOWNSTREAM}
+    flops = copy.deepcopy(MINI)
+    flops["flops"] = {"text_tokens": [0, 100]}
+    assert rules_planned(grid, "flops.yaml", flops) == {"flops": 6, **DOWNSTREAM}
+    form = copy.deepcopy(MINI)
+    form["law"] = {**MINI["law"], "form": "additive"}
+    assert rules_planned(grid, "form.yaml", form) == {k: v for k, v in DOWNSTREAM.items() if k != "aggregate"}
+    # Evaluation code changed (content, not just its timestamp): re-evaluate every cell, retrain none.
+    code = REPO / "src/vlmscale/evaluate.py"
+    original, before = code.read_bytes(), code.stat()
+    try:
+        code.write_bytes(original + b"\n# an edit\n")
+        assert rules_planned(grid, "mini.yaml", MINI) == {"evaluate": 6, **DOWNSTREAM}
+    finally:
+        code.write_bytes(original)
+        os.utime(code, ns=(before.st_atime_ns, before.st_mtime_ns))
+
 def vlmscale_status(workdir: Path, configfile: str) -> str:
     proc = subprocess.run([sys.executable, "-m", "vlmscale.cli", "status", "--configfile", configfile],
                           cwd=workdir, capture_output=True, text=True)
