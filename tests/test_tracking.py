@@ -124,7 +124,6 @@ def test_grid_against_a_tracking_server(mlflow_server, tmp_path):
     (tmp_path / "served.yaml").write_text(yaml.safe_dump(cfg))
     proc = snakemake(tmp_path, "served.yaml")
     assert proc.returncode == 0, proc.stderr[-3000:]
-
     exp_id = json.loads(urllib.request.urlopen(
         f"{mlflow_server}/api/2.0/mlflow/experiments/get-by-name?experiment_name=served", timeout=10).read())["experiment"]["experiment_id"]
     runs = rest(mlflow_server, "runs/search", {"experiment_ids": [exp_id], "max_results": 100})["runs"]

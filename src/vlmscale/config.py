@@ -6,7 +6,6 @@ rerun must stay fast.
 from __future__ import annotations
 
 import copy
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -147,7 +146,3 @@ def benchmark_spec(cfg: dict, name: str) -> dict:
 def as_param(value) -> str:
     """The canonical string Snakemake compares to decide whether params changed."""
     return canonical_json(value)
-
-
-def visual_token_side(v: int) -> int:
-    return math.isqrt(v)
