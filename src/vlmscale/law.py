@@ -109,11 +109,9 @@ def _design(form, alpha, beta, n, v, q) -> np.ndarray:
 def _linear_part(form, exps, data: LawData, weights=None) -> tuple[np.ndarray, float]:
     """Non-negative least squares for the linear coefficients at fixed exponents: (coefs, SSE)."""
     x = _design(form, exps[0], exps[1], data.llm_params, data.visual_tokens, data.text_tokens)
-    y = data.error
-    if weights is not None:
-        x, y = x * weights[:, None], y * weights
-    coefs, _ = nnls(x, y)
-    resid = data.error - _design(form, exps[0], exps[1], data.llm_params, data.visual_tokens, data.text_tokens) @ coefs
+    w = np.ones_like(data.error) if weights is None else weights
+    coefs, _ = nnls(x * w[:, None], data.error * w)
+    resid = data.error - x @ coefs
     return coefs, float(resid @ resid)
 
 
@@ -298,9 +296,7 @@ def frontier(result: FitResult, text_tokens: int, budgets, v_range: tuple[float,
                 "flops": float(c),
                 "visual_tokens": v_star,
                 "llm_params": n_star,
-                "error": float(result.predict([n_star], [v_star])[0]) if result.form == "paper" else float(
-                    predict(result.form, result.params, np.array([n_star]), np.array([v_star]), text_tokens)[0]
-                ),
+                "error": float(predict(result.form, result.params, [n_star], [v_star], text_tokens)[0]),
                 "method": "closed_form",
             }
         )

@@ -67,6 +67,19 @@ def parent_run_id(client, experiment_id: str, grid: str) -> str:
     return run.info.run_id
 
 
+def cell_run(client, experiment_id: str, grid: str, cell: str, key: str, tags: dict) -> tuple[str, bool]:
+    """The run of `cell` for its current key: found (a resumed or replayed cell continues it) or created
+    under the grid's parent, tagging the cell's older runs as superseded. Returns (run_id, created)."""
+    same = find_runs(client, experiment_id, {CELL_TAG: cell, HASH_TAG: key, GRID_TAG: grid})
+    if same:
+        return same[0].info.run_id, False
+    for old in find_runs(client, experiment_id, {CELL_TAG: cell, GRID_TAG: grid}):
+        client.set_tag(old.info.run_id, "vlmscale.superseded", "true")
+    parent = parent_run_id(client, experiment_id, grid)
+    tags = {**tags, CELL_TAG: cell, HASH_TAG: key, GRID_TAG: grid, "mlflow.parentRunId": parent}
+    return client.create_run(experiment_id, run_name=cell, tags=tags).info.run_id, True
+
+
 class CellTracker:
     """Context manager for a cell's run; resumes the run of the same cell and spec after a requeue."""
 
@@ -108,20 +121,14 @@ class CellTracker:
 
     def _start(self) -> str:
         exp = ensure_experiment(self.client, self.experiment)
-        same = find_runs(self.client, exp, {CELL_TAG: self.cell, HASH_TAG: self.config_hash, GRID_TAG: self.grid})
-        if same:  # a requeued or restarted job continues its own run
-            return same[0].info.run_id
-        for old in find_runs(self.client, exp, {CELL_TAG: self.cell, GRID_TAG: self.grid}):
-            self.client.set_tag(old.info.run_id, "vlmscale.superseded", "true")
-        parent = parent_run_id(self.client, exp, self.grid)
-        tags = {**self.tags, CELL_TAG: self.cell, HASH_TAG: self.config_hash, GRID_TAG: self.grid,
-                "mlflow.parentRunId": parent}
-        run = self.client.create_run(exp, run_name=self.cell, tags=tags)
-        from mlflow.entities import Param
+        run_id, created = cell_run(self.client, exp, self.grid, self.cell, self.config_hash, self.tags)
+        if created:
+            from mlflow.entities import Param
 
-        items = [Param(k, str(v)[:6000]) for k, v in sorted(self.params.items())]
-        for i in range(0, len(items), 100):
-            self.client.log_batch(run.info.run_id, params=items[i : i + 100])
+            items = [Param(k, str(v)[:6000]) for k, v in sorted(self.params.items())]
+            for i in range(0, len(items), 100):
+                self.client.log_batch(run_id, params=items[i : i + 100])
+        return run_id
         return run.info.run_id
 
     def log_metrics(self, metrics: dict, step: int = 0) -> None:

@@ -26,18 +26,11 @@ def cell_metrics(rows: pd.DataFrame) -> dict:
 def ensure_cell_run(client, exp: str, grid: str, row, cell_dir: Path) -> str:
     """The cell's run for its current key; created here, with its training history, when the training
     job could not reach the store."""
-    runs = track.find_runs(client, exp, {track.CELL_TAG: row.cell, track.HASH_TAG: row.run_key, track.GRID_TAG: grid})
-    if runs:
-        return runs[0].info.run_id
-    for old in track.find_runs(client, exp, {track.CELL_TAG: row.cell, track.GRID_TAG: grid}):
-        client.set_tag(old.info.run_id, "vlmscale.superseded", "true")
-    parent = track.parent_run_id(client, exp, grid)
-    run = client.create_run(exp, run_name=row.cell, tags={
-        track.CELL_TAG: row.cell, track.HASH_TAG: row.run_key, track.GRID_TAG: grid,
-        "mlflow.parentRunId": parent, "llm": row.llm, "visual_tokens": str(row.visual_tokens),
-        "vlmscale.replayed": "true"})
-    replay_training(client, run.info.run_id, read_json(cell_dir / "train.json"))
-    return run.info.run_id
+    tags = {"llm": row.llm, "visual_tokens": str(row.visual_tokens), "vlmscale.replayed": "true"}
+    run_id, created = track.cell_run(client, exp, grid, row.cell, row.run_key, tags)
+    if created:
+        replay_training(client, run_id, read_json(cell_dir / "train.json"))
+    return run_id
 
 
 def replay_training(client, run_id: str, trained: dict) -> None:
