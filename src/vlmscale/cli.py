@@ -157,6 +157,15 @@ def cmd_status(args) -> None:
     print(status.main(args.configfile))
 
 
+def cmd_check_config(args) -> dict:
+    from vlmscale import config as vcfg
+
+    schema = Path(__file__).resolve().parents[2] / "workflow/schemas/config.schema.yaml"
+    cfg = vcfg.load_file(args.configfile, args.schema or schema)
+    cells = vcfg.cells(cfg)
+    return {"config": args.configfile, "ok": True, "cells": len(cells), "benchmarks": len(cfg["benchmarks"])}
+
+
 def cmd_init_tracking(args) -> dict:
     from vlmscale import track
 
@@ -256,6 +265,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--configfile", default="config.yaml")
     p.set_defaults(func=cmd_status)
 
+    p = sub.add_parser("check-config", help="check a config file (YAML syntax with its line, schema, grid) without running anything")
+    p.add_argument("configfile")
+    p.add_argument("--schema", default=None, help="default: the workflow's schema")
+    p.set_defaults(func=cmd_check_config)
+
     p = sub.add_parser("init-tracking", help="create the MLflow store and experiment once")
     p.add_argument("--uri", required=True)
     p.add_argument("--experiment", required=True)
@@ -275,12 +289,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _cell_label(args) -> str:
+    spec = getattr(args, "spec", None)
+    if isinstance(spec, dict):
+        cell = spec.get("cell")
+        cell = cell.get("cell") if isinstance(cell, dict) else cell
+        if cell:
+            return f" [{cell}]"
+    return ""
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         result = args.func(args)
-    except (ValueError, FileNotFoundError, RuntimeError) as exc:
-        print(f"vlmscale {args.command}: error: {exc}", file=sys.stderr)
+    except (ValueError, OSError, RuntimeError) as exc:
+        # Known failures print one message naming the cell; a traceback would bury it.
+        print(f"vlmscale {args.command}{_cell_label(args)}: error: {exc}", file=sys.stderr)
         return 2
     if result is not None:
         print(json.dumps(result, indent=2, default=str)[:4000])

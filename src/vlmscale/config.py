@@ -62,18 +62,33 @@ def check(cfg: dict) -> dict:
             )
     for i, llm in enumerate(cfg["llms"]):
         _check_llm(llm, f"llms[{i}] ({llm['name']})")
-    for i, bench in enumerate(cfg["benchmarks"]):
-        if cfg["data"]["source"] == "synthetic" and bench["name"] not in cfg["data"]["tasks"]:
-            raise ConfigError(
-                f"benchmarks[{i}].name: {bench['name']!r} is not a task of the synthetic data set "
-                f"(data.tasks: {cfg['data']['tasks']})"
-            )
+    _check_data(cfg)
     families = {b["family"] for b in cfg["benchmarks"]}
     if cfg["law"]["families"]:
         unknown = sorted(set(cfg["law"]["families"]) - families)
         if unknown:
             raise ConfigError(f"law.families: {unknown} have no benchmarks (families: {sorted(families)})")
     return cfg
+
+
+def _check_data(cfg: dict) -> None:
+    data = cfg["data"]
+    if data["source"] == "llava":
+        from vlmscale import llava  # no heavy imports: PIL loads only when images are checked
+
+        problems = llava.check_paths(data)
+        if problems:
+            raise ConfigError("; ".join(problems))
+    for i, bench in enumerate(cfg["benchmarks"]):
+        if data["source"] == "synthetic" and bench["name"] not in data["tasks"]:
+            raise ConfigError(
+                f"benchmarks[{i}].name: {bench['name']!r} is not a task of the synthetic data set "
+                f"(data.tasks: {data['tasks']})"
+            )
+        if data["source"] == "llava":
+            problem = llava.check_benchmark_files(data, bench["name"])
+            if problem:
+                raise ConfigError(f"benchmarks[{i}] ({bench['name']}): {problem}")
 
 
 def _check_unique(values: list, key: str) -> None:
@@ -97,6 +112,30 @@ def _check_llm(llm: dict, where: str) -> None:
         raise ConfigError(f"{where}.source: local model folder {llm['source']!r} does not exist")
 
 
+def load_file(path: str | Path, schema: str | Path) -> dict:
+    """Read, schema-validate (defaults filled) and check a config file; every failure is a ConfigError
+    naming the file and the line or key. Snakemake's own message for unparsable YAML names neither."""
+    import yaml
+    from snakemake.utils import validate
+
+    path = Path(path)
+    try:
+        cfg = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        raise ConfigError(f"{path}: not valid YAML ({where}{getattr(exc, 'problem', None) or exc})") from None
+    if not isinstance(cfg, dict):
+        raise ConfigError(f"{path}: expected a mapping of settings at the top level, got {type(cfg).__name__}")
+    try:
+        validate(cfg, str(schema), set_default=True)
+    except Exception as exc:  # snakemake's WorkflowError wraps jsonschema's message
+        raise ConfigError(f"{path}: {str(exc).strip()}") from None
+    return check(cfg)
+
+
 def cells(cfg: dict) -> list[Cell]:
     return [Cell(m["name"], v) for m in cfg["llms"] for v in cfg["grid"]["visual_tokens"]]
 
@@ -108,7 +147,13 @@ def llm_by_name(cfg: dict, name: str) -> dict:
     raise ConfigError(f"no LLM named {name!r} in llms (have {[m['name'] for m in cfg['llms']]})")
 
 
+LLAVA_KEYS = ("source", "train_json", "image_folder", "benchmark_folder")
+
+
 def data_spec(cfg: dict) -> dict:
+    """The data stage's settings; for real data only its locations (the synthetic defaults do not apply)."""
+    if cfg["data"]["source"] == "llava":
+        return {k: cfg["data"][k] for k in LLAVA_KEYS}
     return dict(cfg["data"])
 
 

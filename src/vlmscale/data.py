@@ -323,5 +323,10 @@ def load_benchmark(folder: str | Path) -> list[Sample]:
 
 
 def main(cfg: dict) -> dict:
-    """Stage entry point: generate the synthetic data set (cfg: {'data': spec, 'out': folder})."""
+    """Stage entry point (cfg: {'data': spec, 'out': folder}): generate the synthetic data set, or check a
+    real LLaVA-format one and write its manifest."""
+    if cfg["data"]["source"] == "llava":
+        from vlmscale import llava
+
+        return llava.prepare(cfg["data"], cfg["out"])
     return generate(cfg["data"], cfg["out"])

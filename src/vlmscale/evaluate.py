@@ -15,8 +15,18 @@ class StaleCheckpoint(RuntimeError):
     """The checkpoint on disk was trained for a different cell spec than the one being evaluated."""
 
 
+class UnreadableCheckpoint(RuntimeError):
+    """The trained cell's weights file is missing or cannot be loaded."""
+
+
 def load_trained(spec: dict, checkpoint: str | Path, vocabulary: list[str], vision_dim: int):
-    state = torch.load(checkpoint, weights_only=False)
+    try:
+        state = torch.load(checkpoint, weights_only=False)
+    except Exception as exc:  # torch raises several types for a torn or foreign file
+        raise UnreadableCheckpoint(
+            f"{spec['cell']}: cannot read its trained weights {checkpoint} ({type(exc).__name__}: {exc}); "
+            f"delete the cell's train.json and rerun the workflow to retrain it"
+        ) from None
     if state.get("cell_hash") != cell_key(spec):
         raise StaleCheckpoint(f"{checkpoint} was trained for another spec of {spec['cell']}; retrain the cell")
     model, tokenizer = build_cell_model(spec, vocabulary, vision_dim)

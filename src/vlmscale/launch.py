@@ -29,9 +29,26 @@ def run(fn: Callable[[dict], dict], cfg: dict, executor: str = "inline", log_dir
     print(f"[vlmscale] {name}: submitted job {job.job_id} ({executor}); logs: {job.paths.stdout}", file=sys.stderr)
     try:
         return job.result()
+    except submitit.core.utils.FailedJobError as exc:
+        raise JobFailed(f"{name}: job {job.job_id} failed: {last_error_line(str(exc))} "
+                        f"(traceback: {job.paths.stderr})") from None
     finally:
         _echo(job.paths.stdout, "stdout")
         _echo(job.paths.stderr, "stderr")
+
+
+class JobFailed(RuntimeError):
+    """A submitted stage raised; the message carries its final error line and where the traceback is."""
+
+
+def last_error_line(trace: str) -> str:
+    """The `SomeError: message` line of a Python traceback (what a user needs first)."""
+    lines = [line.strip() for line in trace.splitlines() if line.strip()]
+    for line in reversed(lines):
+        head = line.split(":", 1)[0]
+        if head.split(".")[-1].endswith(("Error", "Exception", "Diverged", "Checkpoint", "Memory")):
+            return line
+    return lines[-1] if lines else trace
 
 
 def _echo(path: Path, label: str) -> None:

@@ -42,6 +42,14 @@ class TrainingDiverged(RuntimeError):
     """Loss became NaN or infinite; the last good checkpoint is kept."""
 
 
+class CellOutOfMemory(RuntimeError):
+    """A training step ran out of (GPU or host) memory; the message names the cell and what to change."""
+
+
+def out_of_memory(exc: BaseException) -> bool:
+    return isinstance(exc, (torch.OutOfMemoryError, MemoryError)) or "out of memory" in str(exc).lower()
+
+
 @dataclass
 class Encoded:
     """A question set as tensors: feature row per sample, right-padded question ids, lengths, answer ids."""
@@ -176,7 +184,16 @@ def run_stage(model, features, data, tspec, stage_idx, state, ckpt, started, tra
         for group in opt.param_groups:
             group["lr"] = lr_at(step, total, peak, tspec["warmup_frac"])
         batch = data.take(batch_indices(len(data), tspec["batch_size"], tspec["seed"], stage_idx + 1, step))
-        loss, acc = step_loss(model, features, batch)
+        try:
+            loss, acc = step_loss(model, features, batch)
+        except (RuntimeError, MemoryError) as exc:
+            if not out_of_memory(exc):
+                raise
+            raise CellOutOfMemory(
+                f"{stage} step {step}: out of memory with train.batch_size {tspec['batch_size']}; lower it for "
+                f"this LLM (llms[].train.batch_size) or give the job more memory (launch resources). "
+                f"Last checkpoint kept at {ckpt.path}"
+            ) from exc
         if not torch.isfinite(loss):
             raise TrainingDiverged(
                 f"{stage} step {step}: loss is {loss.item()}; lower train.{stage}.lr (now {peak}). "

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from vlmscale.fileio import atomic_torch_save, write_json
+from vlmscale.fileio import atomic_torch_save, read_json, write_json
 from vlmscale.model import build_vision_tower, patch_features
 
 LABEL_CLASSES = {"shape": 5, "colour": 5, "glyph": 11, "object": 17}
@@ -24,10 +24,10 @@ def with_object_labels(labels: dict[str, torch.Tensor]) -> dict[str, torch.Tenso
     return {**labels, "object": joint}
 
 
-def load_pixels(root: Path, names: list[str]) -> torch.Tensor:
+def load_pixels(root: Path, names: list[str], size: int) -> torch.Tensor:
     from PIL import Image
 
-    arrays = [np.asarray(Image.open(root / n).convert("RGB")) for n in names]
+    arrays = [np.asarray(Image.open(root / n).convert("RGB").resize((size, size), Image.BICUBIC)) for n in names]
     return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 255.0
 
 
@@ -74,19 +74,32 @@ def encode_all(tower: nn.Module, pixels: torch.Tensor, batch: int = 256) -> torc
     return torch.cat([patch_features(tower, pixels[i : i + batch]) for i in range(0, len(pixels), batch)])
 
 
+def pretrained_on_patch_labels(spec: dict, root: Path):
+    npz = np.load(root / "patch_labels.npz")
+    names = [str(n) for n in npz["images"]]
+    pixels = load_pixels(root, names, spec["image_size"])
+    labels = with_object_labels({k: torch.from_numpy(npz[k]) for k in ("shape", "colour", "glyph")})
+    train = torch.tensor([n.startswith("images/train_") for n in names])
+    labeller = pretrain(spec, pixels[train], {k: v[train] for k, v in labels.items()})
+    held_out = patch_accuracy(labeller, pixels[~train], {k: v[~train] for k, v in labels.items()})
+    return names, pixels, labeller.tower, held_out
+
+
 def main(cfg: dict) -> dict:
     """Stage entry point. cfg: vision spec, data root, output folder; writes tower.pt, features.pt, tower.json."""
     torch.set_num_threads(cfg.get("threads", 1))
     start = time.time()
     spec, root, out = cfg["vision"], Path(cfg["data_root"]), Path(cfg["out"])
-    npz = np.load(root / "patch_labels.npz")
-    names = [str(n) for n in npz["images"]]
-    pixels = load_pixels(root, names)
-    labels = with_object_labels({k: torch.from_numpy(npz[k]) for k in ("shape", "colour", "glyph")})
-    train = torch.tensor([n.startswith("images/train_") for n in names])
-    labeller = pretrain(spec, pixels[train], {k: v[train] for k, v in labels.items()})
-    held_out = patch_accuracy(labeller, pixels[~train], {k: v[~train] for k, v in labels.items()})
-    tower = labeller.tower
+    manifest = read_json(root / "manifest.json")
+    if (root / "patch_labels.npz").exists():
+        names, pixels, tower, held_out = pretrained_on_patch_labels(spec, root)
+    else:
+        # Real data has no per-patch labels: the tiny tower stays at its seeded random init (a frozen
+        # random feature map). Real runs use a pretrained encoder instead.
+        print("no patch labels in the data set: the tiny tower is not pretrained (frozen random init)", flush=True)
+        torch.manual_seed(spec["seed"])
+        names, tower, held_out = manifest["images"], build_vision_tower(spec).eval(), {}
+        pixels = load_pixels(Path(manifest.get("image_root", root)), names, spec["image_size"])
     features = encode_all(tower, pixels)
     atomic_torch_save(tower.state_dict(), out / "tower.pt")
     atomic_torch_save({"images": names, "features": features.half()}, out / "features.pt")

@@ -1,4 +1,12 @@
+def data_files(wildcards):
+    # Real data: the conversation JSON is tracked, so replacing it re-checks the data (the image folder is
+    # not: hashing every image on each invocation would cost more than it protects).
+    return [config["data"]["train_json"]] if config["data"]["source"] == "llava" else []
+
+
 rule prepare_data:
+    input:
+        data_files,
     output:
         manifest=f"{RESULTS}/data/manifest.json",
     log:

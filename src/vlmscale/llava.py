@@ -1,0 +1,182 @@
+"""Real LLaVA-format data: check a data set completely before any training, and report what was found.
+
+Layout (LLaVA's own): a conversation JSON (`data.train_json`, a list of {"id", "image", "conversations":
+[{"from": "human", "value": "<image>\\n..."}, {"from": "gpt", "value": ...}, ...]}), an image folder
+(`data.image_folder`) that every "image" path is relative to, and a benchmark folder
+(`data.benchmark_folder`) with one sub-folder per benchmark holding LLaVA's evaluation files
+`questions.jsonl` ({"question_id", "image", "text"}) and `answers.jsonl` ({"question_id", "answer"}),
+their images relative to the same image folder.
+
+Every problem (unparsable JSON, a malformed record, a missing or corrupt image, a benchmark without
+questions or answers) is collected, written to `data_report.json` and raised as one `DataError` that
+names the file and record, so nothing fails hours later in the middle of training.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from vlmscale.data import Sample
+from vlmscale.fileio import write_json
+
+MAX_LISTED = 10
+
+
+class DataError(ValueError):
+    """The data set has problems; the message lists them (file, record, what is wrong)."""
+
+
+def check_paths(spec: dict) -> list[str]:
+    """Cheap checks at config load: the three locations exist. Returns problems, each naming its key."""
+    problems = []
+    for key, kind in (("train_json", "file"), ("image_folder", "folder"), ("benchmark_folder", "folder")):
+        value = spec.get(key)
+        if not value:
+            problems.append(f"data.{key}: required when data.source is 'llava'")
+        elif not (Path(value).is_file() if kind == "file" else Path(value).is_dir()):
+            problems.append(f"data.{key}: {kind} {value!r} does not exist")
+    return problems
+
+
+def check_benchmark_files(spec: dict, name: str) -> str | None:
+    """Cheap check at config load that a configured benchmark has a non-empty question file."""
+    questions = Path(spec["benchmark_folder"]) / name / "questions.jsonl"
+    if not questions.is_file():
+        return f"no question file {questions}"
+    with questions.open() as fh:
+        if not any(line.strip() for line in fh):
+            return f"{questions} has no questions"
+    return None
+
+
+def read_json_file(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
+
+
+def read_jsonl(path: Path, problems: list[str]) -> list[dict]:
+    rows = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as exc:
+            problems.append(f"{path}:{number}: not valid JSON ({exc.msg})")
+    return rows
+
+
+def conversation_samples(records, source: Path, problems: list[str]) -> list[Sample]:
+    """Samples from LLaVA conversation records; malformed records become problems, not exceptions."""
+    if not isinstance(records, list):
+        problems.append(f"{source}: expected a JSON list of conversation records, got {type(records).__name__}")
+        return []
+    samples = []
+    for k, rec in enumerate(records):
+        where = f"{source}: record {k} (id {rec.get('id')!r})" if isinstance(rec, dict) else f"{source}: record {k}"
+        turns = rec.get("conversations") if isinstance(rec, dict) else None
+        if not isinstance(rec, dict) or not isinstance(rec.get("image"), str):
+            problems.append(f"{where}: needs an 'image' path")
+            continue
+        if not isinstance(turns, list) or len(turns) < 2 or len(turns) % 2:
+            problems.append(f"{where}: needs an even number (>= 2) of conversation turns")
+            continue
+        for human, gpt in zip(turns[0::2], turns[1::2]):
+            ok = isinstance(human, dict) and isinstance(gpt, dict)
+            if not ok or human.get("from") != "human" or gpt.get("from") != "gpt" or \
+                    not isinstance(human.get("value"), str) or not isinstance(gpt.get("value"), str):
+                problems.append(f"{where}: turns must alternate human/gpt, each with a string 'value'")
+                break
+            question = human["value"].replace("<image>", "").strip()
+            samples.append(Sample(rec["image"], question, gpt["value"].strip(), rec.get("task", "")))
+    return samples
+
+
+def check_images(names: set[str], image_folder: Path, problems: list[str]) -> None:
+    from PIL import Image, UnidentifiedImageError
+
+    for name in sorted(names):
+        path = image_folder / name
+        if not path.is_file():
+            problems.append(f"image {name}: missing (looked in {image_folder})")
+            continue
+        try:
+            with Image.open(path) as img:
+                img.verify()
+        except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+            problems.append(f"image {name}: corrupt or not an image ({exc})")
+
+
+def benchmark_samples(folder: Path, problems: list[str]) -> list[Sample]:
+    questions_path, answers_path = folder / "questions.jsonl", folder / "answers.jsonl"
+    for path in (questions_path, answers_path):
+        if not path.is_file():
+            problems.append(f"benchmark {folder.name}: {path} is missing")
+            return []
+    questions, answers = read_jsonl(questions_path, problems), read_jsonl(answers_path, problems)
+    if not questions:
+        problems.append(f"benchmark {folder.name}: {questions_path} has no questions")
+        return []
+    by_id = {a.get("question_id"): a.get("answer") for a in answers}
+    samples = []
+    for q in questions:
+        if not {"question_id", "image", "text"} <= set(q):
+            problems.append(f"benchmark {folder.name}: question {q.get('question_id')!r} needs question_id, image and text")
+        elif by_id.get(q["question_id"]) is None:
+            problems.append(f"benchmark {folder.name}: question {q['question_id']!r} has no answer in {answers_path}")
+        else:
+            samples.append(Sample(q["image"], q["text"], str(by_id[q["question_id"]]), q.get("category", "")))
+    return samples
+
+
+def prepare(spec: dict, out_dir: str | Path) -> dict:
+    """Validate the whole data set; write data_report.json and, if it is clean, manifest.json."""
+    out = Path(out_dir)
+    problems: list[str] = []
+    train_json = Path(spec["train_json"]).resolve()
+    image_folder = Path(spec["image_folder"]).resolve()
+    train = conversation_samples(read_json_file(train_json), train_json, problems)
+    benchmarks = {
+        folder.name: benchmark_samples(folder, problems)
+        for folder in sorted(Path(spec["benchmark_folder"]).resolve().iterdir()) if folder.is_dir()
+    }
+    images = {s.image for s in train} | {s.image for items in benchmarks.values() for s in items}
+    check_images(images, image_folder, problems)
+    report = {
+        "train_json": str(train_json), "image_folder": str(image_folder),
+        "n_train_samples": len(train), "n_images": len(images),
+        "benchmarks": {name: len(items) for name, items in benchmarks.items()},
+        "multi_word_answers": sum(len(s.answer.split()) != 1 for s in train),
+        "problems": problems,
+    }
+    write_json(out / "data_report.json", report)
+    if problems:
+        listed = "\n  - ".join(problems[:MAX_LISTED])
+        more = f"\n  ... and {len(problems) - MAX_LISTED} more" if len(problems) > MAX_LISTED else ""
+        raise DataError(f"{len(problems)} problems in the data set (all of them: {out / 'data_report.json'}):\n  - {listed}{more}")
+    return _write_manifest(out, spec, train_json, image_folder, train, benchmarks, images)
+
+
+def _write_manifest(out, spec, train_json, image_folder, train, benchmarks, images) -> dict:
+    words: set[str] = set()
+    for s in train + [s for items in benchmarks.values() for s in items]:
+        words.update(s.question.split())
+        words.update(s.answer.split())
+    manifest = {
+        "spec": spec,
+        "source": "llava",
+        "root": str(out.resolve()),
+        "image_root": str(image_folder),
+        "train": str(train_json),
+        "images": sorted(images),
+        "n_train_samples": len(train),
+        "benchmarks": {
+            name: {"path": str(Path(spec["benchmark_folder"]).resolve() / name), "n_questions": len(items)}
+            for name, items in benchmarks.items()
+        },
+        "vocabulary": sorted(words),
+    }
+    write_json(out / "manifest.json", manifest)
+    return manifest
