@@ -81,6 +81,15 @@ def test_empty_grid_is_refused(tmp_path, key):
     assert "[] should be non-empty" in out and key in out
 
 
+def test_grid_too_small_for_the_law_is_refused_before_training(tmp_path):
+    cfg = default_config()
+    cfg["llms"] = cfg["llms"][:2]
+    cfg["grid"]["visual_tokens"] = [1, 4]
+    assert "grid: 4 cells cannot fit the paper law's 4 parameters" in snakemake_dry_run(tmp_path, cfg)
+    cfg["llms"] = cfg["llms"][:1]
+    assert "llms: the law's N exponent needs at least 2 LLM sizes" in snakemake_dry_run(tmp_path, cfg)
+
+
 def test_duplicate_model_names_are_named(tmp_path):
     cfg = default_config()
     cfg["llms"][2]["name"] = "lm-s"

@@ -13,6 +13,7 @@ from vlmscale.fileio import canonical_json, spec_hash
 
 KNOWN_ARCHS = ("qwen2", "llama", "mistral", "gpt2")
 COMPRESSORS = ("avgpool",)
+LAW_PARAMS = {"paper": 4, "paper-qv": 4, "additive": 5}  # free parameters of each law form
 
 
 class ConfigError(ValueError):
@@ -63,12 +64,27 @@ def check(cfg: dict) -> dict:
     for i, llm in enumerate(cfg["llms"]):
         _check_llm(llm, f"llms[{i}] ({llm['name']})")
     _check_data(cfg)
+    _check_grid_fits_law(cfg)
     families = {b["family"] for b in cfg["benchmarks"]}
     if cfg["law"]["families"]:
         unknown = sorted(set(cfg["law"]["families"]) - families)
         if unknown:
             raise ConfigError(f"law.families: {unknown} have no benchmarks (families: {sorted(families)})")
     return cfg
+
+
+def _check_grid_fits_law(cfg: dict) -> None:
+    """A grid too small for its law would train every cell and only fail at the fit: refuse it now."""
+    form, n_cells = cfg["law"]["form"], len(cells(cfg))
+    if len(cfg["llms"]) < 2:
+        raise ConfigError("llms: the law's N exponent needs at least 2 LLM sizes")
+    if len(cfg["grid"]["visual_tokens"]) < 2:
+        raise ConfigError("grid.visual_tokens: the law's V exponent needs at least 2 visual-token counts")
+    if n_cells <= LAW_PARAMS[form]:
+        raise ConfigError(
+            f"grid: {n_cells} cells cannot fit the {form} law's {LAW_PARAMS[form]} parameters; "
+            f"add LLM sizes (llms) or visual-token counts (grid.visual_tokens)"
+        )
 
 
 def _check_data(cfg: dict) -> None:

@@ -19,6 +19,8 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 from scipy.optimize import nnls
 
+from vlmscale.config import LAW_PARAMS as N_PARAMS  # shared with the config check
+
 FORMS = ("paper", "paper-qv", "additive")
 EXPONENT_BOUNDS = (0.0, 3.0)
 
@@ -71,7 +73,6 @@ class FitResult:
         return predict(self.form, self.params, np.asarray(n, float), np.asarray(v, float), self.text_tokens)
 
 
-N_PARAMS = {"paper": 4, "paper-qv": 4, "additive": 5}
 
 
 def validate(data: LawData, form: str = "paper") -> None:

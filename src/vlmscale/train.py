@@ -141,6 +141,19 @@ class Checkpointer:
     def save(self, state: dict) -> None:
         atomic_torch_save({**state, "cell_hash": self.cell_hash}, self.path)
 
+    def record_attempt(self, event: str, cell_hash: str, **fields) -> None:
+        """Append to attempts.jsonl: every start (with the step it resumes from) and every finish, so
+        a cell's history across kills, requeues and reruns can be audited."""
+        import json
+        import os
+        import socket
+
+        line = {"event": event, "time": round(time.time(), 3), "run_key": cell_hash, "host": socket.gethostname(),
+                "pid": os.getpid(), "slurm_job_id": os.environ.get("SLURM_JOB_ID"), **fields}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path.parent / "attempts.jsonl", "a") as fh:  # one short O_APPEND write per line
+            fh.write(json.dumps(line) + "\n")
+
 
 def _progress(message: str) -> None:
     print(message, flush=True)  # flushed: `vlmscale status` reads the log while the job runs
@@ -159,7 +172,9 @@ def train_cell(cfg: dict, tracker=None, log=_progress) -> dict:
     state = ckpt.load() or {"stage": 0, "step": 0, "history": [], "seconds": 0.0}
     if "model" in state:
         model.load_state_dict(state["model"])
-        log(f"resuming {spec['cell']} at {STAGES[state['stage']]} step {state['step']}")
+        log(f"resuming {spec['cell']} at {stage_name(state['stage'])} step {state['step']}")
+    start_at = global_step(tspec, state["stage"], state["step"])
+    ckpt.record_attempt("start", cell_hash, step=start_at)
     started = time.time() - state["seconds"]
     for stage_idx in range(state["stage"], len(STAGES)):
         run_stage(model, features, data, tspec, stage_idx, state, ckpt, started, tracker, log)
@@ -167,7 +182,18 @@ def train_cell(cfg: dict, tracker=None, log=_progress) -> dict:
     state["seconds"] = time.time() - started
     atomic_torch_save({"model": model.state_dict(), "cell_hash": cell_hash}, ckpt.final)
     ckpt.save({**state, "model": model.state_dict()})
+    total = global_step(tspec, len(STAGES), 0)
+    ckpt.record_attempt("finished", cell_hash, step=total, steps_run=total - start_at)
     return summarise(spec, cell_hash, model, state, ckpt, len(data))
+
+
+def stage_name(stage_idx: int) -> str:
+    return STAGES[stage_idx] if stage_idx < len(STAGES) else "done"
+
+
+def global_step(tspec: dict, stage_idx: int, step: int) -> int:
+    """Optimizer steps before (stage_idx, step), counting both stages."""
+    return sum(tspec[s]["steps"] for s in STAGES[:stage_idx]) + step
 
 
 def run_stage(model, features, data, tspec, stage_idx, state, ckpt, started, tracker, log) -> None:
