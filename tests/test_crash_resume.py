@@ -34,7 +34,7 @@ GRID = {
     "launch": {"executor": "local"},
     "tracking": {"experiment": "crash"},
 }
-VOLATILE = ("seconds", "latency", "run_id", "checkpoint", "time", "root", "code_version", "manifest")
+VOLATILE = ("seconds", "latency", "run_id", "checkpoint", "time", "root", "code_version", "manifest", "job")
 
 
 def snakemake(workdir: Path, *args: str, **popen) -> subprocess.Popen:

@@ -22,7 +22,8 @@ def _runtime(args) -> dict:
 def _launch(fn, cfg: dict, args, name: str) -> dict:
     from vlmscale import launch
 
-    return launch.run(fn, cfg, executor=args.executor, log_dir=Path(args.results) / "logs" / "submitit", name=name)
+    return launch.run(fn, cfg, executor=args.executor, log_dir=Path(args.results) / "logs" / "submitit", name=name,
+                      resources=args.slurm)
 
 
 def cmd_prepare_data(args) -> dict:
@@ -44,7 +45,18 @@ def cmd_train(args) -> dict:
         "spec": args.spec, "data_root": args.data_root, "features": args.features, "out": args.out,
         "checkpoint_dir": args.checkpoint_dir, "tracking": args.tracking, **_runtime(args),
     }
-    return _launch(train.main, cfg, args, f"train:{args.spec['cell']}")
+    result = _launch(train.main, cfg, args, f"train:{args.spec['cell']}")
+    write_outputs({args.out: result})
+    return result
+
+
+def write_outputs(files: dict) -> None:
+    """Write a stage's outputs here too, from its returned result: the job wrote them already, but a
+    driver that re-attached after a crash finds them deleted by Snakemake's incomplete-output cleanup."""
+    from vlmscale.fileio import write_json
+
+    for path, value in files.items():
+        write_json(path, value)
 
 
 def cmd_evaluate(args) -> dict:
@@ -56,7 +68,9 @@ def cmd_evaluate(args) -> dict:
         "spec": args.spec["cell"], "benchmarks": args.spec["benchmarks"], "data_root": args.data_root,
         "features": args.features, "checkpoint": trained["checkpoint"], "out_dir": args.out_dir, **_runtime(args),
     }
-    return _launch(evaluate.main, cfg, args, f"eval:{args.spec['cell']['cell']}")
+    result = _launch(evaluate.main, cfg, args, f"eval:{args.spec['cell']['cell']}")
+    write_outputs({Path(args.out_dir) / f"{r['benchmark']}.json": r for r in result["results"]})
+    return {r["benchmark"]: r["accuracy"] for r in result["results"]}
 
 
 def cmd_flops(args) -> dict:
@@ -197,6 +211,7 @@ def _stage(sub, name, fn, help_text, spec=True):
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--executor", default="inline", help="inline | debug | local | slurm")
     p.add_argument("--results", default="results")
+    p.add_argument("--slurm", type=_json, default={}, help="the Slurm job's request as JSON (launch.slurm keys)")
     p.set_defaults(func=fn)
     return p
 

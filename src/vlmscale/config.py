@@ -177,10 +177,19 @@ def vision_spec(cfg: dict) -> dict:
     return {**cfg["vision"], "data": spec_hash(data_spec(cfg))}
 
 
+def launch_resources(cfg: dict, llm: str | None = None) -> dict:
+    """A Slurm job's request: launch.slurm, with the LLM's own resources on top. Not part of any spec:
+    moving a cell to another partition or giving it more time must not retrain it."""
+    resources = dict(cfg["launch"].get("slurm") or {})
+    if llm is not None:
+        resources.update(llm_by_name(cfg, llm).get("resources") or {})
+    return resources
+
+
 def cell_spec(cfg: dict, llm: str, visual_tokens: int) -> dict:
     """Everything that decides a cell's trained weights, resolved (LLM-level train overrides merged)."""
     model = llm_by_name(cfg, llm)
-    arch = {k: v for k, v in model.items() if k != "train"}
+    arch = {k: v for k, v in model.items() if k not in ("train", "resources")}
     return {
         "cell": Cell(llm, int(visual_tokens)).id,
         "llm": arch,

@@ -83,4 +83,4 @@ def main(cfg: dict) -> dict:
     results = evaluate_cell(cfg)
     for result in results:
         write_json(Path(cfg["out_dir"]) / f"{result['benchmark']}.json", result)
-    return {r["benchmark"]: r["accuracy"] for r in results}
+    return {"results": results}

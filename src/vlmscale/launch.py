@@ -2,14 +2,79 @@
 
 The Snakemake job (on a laptop, or a cluster's login node) calls `run`, which submits the callable and
 waits for its result; job logs land in `log_dir`, and their location is printed for the rule's log.
+
+On Slurm:
+* resources (partition, account, GPUs, CPUs, memory, time, constraint, extra sbatch lines, setup lines)
+  come from config (`launch.slurm`, overridden per LLM by `llms[].resources`), never from code;
+* the callable is submitit-checkpointable: a preempted or timed-out job is requeued with the same
+  sbatch script (so the same number of GPUs/tasks) and the stage resumes from its own checkpoints;
+* each submission is recorded (`{log_dir}/{name}.job.json`); a restarted driver re-attaches to a job of
+  the same stage and settings that is still queued, running or finished instead of submitting it twice.
 """
 from __future__ import annotations
 
+import json
+import logging
+import subprocess
 import sys
 from pathlib import Path
 from typing import Callable
 
+import submitit
+
+from vlmscale.fileio import canonical_json, spec_hash, write_json
+
 EXECUTORS = ("inline", "debug", "local", "slurm")
+# config key -> submitit parameter (AutoExecutor names; slurm_* are Slurm-only)
+RESOURCE_KEYS = {
+    "time_min": "timeout_min", "cpus_per_task": "cpus_per_task", "mem_gb": "mem_gb",
+    "gpus_per_node": "gpus_per_node", "tasks_per_node": "tasks_per_node", "nodes": "nodes",
+    "partition": "slurm_partition", "account": "slurm_account", "qos": "slurm_qos",
+    "constraint": "slurm_constraint", "sbatch": "slurm_additional_parameters", "setup": "slurm_setup",
+    "signal_delay_s": "slurm_signal_delay_s", "max_requeues": "slurm_max_num_timeout",
+}
+ACTIVE_STATES = ("PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "RESIZING", "SUSPENDED")
+
+
+class LaunchError(RuntimeError):
+    """The scheduler refused the job (its own message is included), or the job could not be found."""
+
+
+class JobFailed(RuntimeError):
+    """A submitted stage raised; the message carries its final error line and where the traceback is."""
+
+
+class Stage(submitit.helpers.Checkpointable):
+    """A stage callable that Slurm may preempt: on requeue it is called again with the same cfg and
+    resumes from the checkpoints it wrote itself (training keeps last.pt every checkpoint_every steps)."""
+
+    def __init__(self, fn: Callable[[dict], dict]):
+        self.fn = fn
+
+    def __call__(self, cfg: dict) -> dict:
+        return self.fn(cfg)
+
+
+def current_job() -> dict:
+    """Inside a submitted job: its id and log files (linked from train.json and the MLflow run)."""
+    import os
+
+    if "SUBMITIT_FOLDER" not in os.environ:
+        return {}
+    env = submitit.JobEnvironment()
+    return {"job_id": str(env.job_id), "executor": os.environ.get("SUBMITIT_EXECUTOR", ""),
+            "stdout": str(env.paths.stdout.resolve()), "stderr": str(env.paths.stderr.resolve())}
+
+
+def submitit_parameters(resources: dict | None, executor: str, name: str) -> dict:
+    resources = dict(resources or {})
+    params = {"name": name, "timeout_min": resources.pop("time_min", 60)}
+    unknown = sorted(set(resources) - set(RESOURCE_KEYS))
+    if unknown:
+        raise LaunchError(f"launch resources: unknown keys {unknown}; known: {sorted(RESOURCE_KEYS)}")
+    if executor == "slurm":
+        params.update({RESOURCE_KEYS[k]: v for k, v in resources.items() if v is not None})
+    return params
 
 
 def run(fn: Callable[[dict], dict], cfg: dict, executor: str = "inline", log_dir: str | Path = "results/logs/submitit",
@@ -19,17 +84,19 @@ def run(fn: Callable[[dict], dict], cfg: dict, executor: str = "inline", log_dir
     cfg = {**cfg, "executor": executor}
     if executor == "inline":
         return fn(cfg)
-    import submitit
-
-    ex = submitit.AutoExecutor(folder=str(log_dir), cluster=executor)
-    ex.update_parameters(name=name, timeout_min=(resources or {}).get("timeout_min", 60))
-    if executor == "slurm" and resources:
-        ex.update_parameters(**{k: v for k, v in resources.items() if k != "timeout_min"})
-    job = ex.submit(fn, cfg)
-    print(f"[vlmscale] {name}: submitted job {job.job_id} ({executor}); logs: {job.paths.stdout}", file=sys.stderr)
+    logging.getLogger("submitit").addFilter(_QuietSacct())
+    record = Path(log_dir) / f"{safe_name(name)}.job.json"
+    key = spec_hash({"cfg": canonical_json(cfg), "resources": resources or {}})
+    job = reattach(record, key, executor)
+    if job is None:
+        job = submit(fn, cfg, executor, log_dir, name, resources)
+        write_json(record, {"job_id": job.job_id, "executor": executor, "folder": str(log_dir), "key": key, "name": name})
+    print(f"[vlmscale] {name}: submitted job {job.job_id} ({executor}); logs: {job.paths.stdout}", file=sys.stderr, flush=True)
     try:
+        if executor == "slurm":
+            wait_while_schedulable(job, name)
         return job.result()
-    except submitit.core.utils.FailedJobError as exc:
+    except submitit.core.utils.UncompletedJobError as exc:
         raise JobFailed(f"{name}: job {job.job_id} failed: {last_error_line(str(exc))} "
                         f"(traceback: {job.paths.stderr})") from None
     finally:
@@ -37,8 +104,93 @@ def run(fn: Callable[[dict], dict], cfg: dict, executor: str = "inline", log_dir
         _echo(job.paths.stderr, "stderr")
 
 
-class JobFailed(RuntimeError):
-    """A submitted stage raised; the message carries its final error line and where the traceback is."""
+def submit(fn, cfg: dict, executor: str, log_dir, name: str, resources: dict | None):
+    ex = submitit.AutoExecutor(folder=str(log_dir), cluster=executor)
+    ex.update_parameters(**submitit_parameters(resources, executor, name))
+    try:
+        return ex.submit(Stage(fn), cfg)
+    except subprocess.CalledProcessError as exc:  # sbatch refused: show Slurm's own words
+        said = (exc.output or b"").decode(errors="replace") if isinstance(exc.output, bytes) else (exc.output or "")
+        raise LaunchError(f"{name}: Slurm refused the job: {said.strip() or exc}") from None
+    except Exception as exc:
+        text = str(exc)
+        if "sbatch" in text or "error" in text.lower():
+            raise LaunchError(f"{name}: Slurm refused the job: {sbatch_error(text)}") from None
+        raise
+
+
+def sbatch_error(text: str) -> str:
+    lines = [line.strip() for line in text.splitlines() if "error" in line.lower()]
+    return " ".join(lines) if lines else text.strip()
+
+
+def reattach(record: Path, key: str, executor: str):
+    """The job this stage submitted before the driver died, if it has the same settings and is still
+    queued, running, or finished with a result; None means submit afresh."""
+    if executor != "slurm" or not record.exists():
+        return None
+    previous = json.loads(record.read_text())
+    if previous.get("key") != key:
+        return None
+    job = submitit.SlurmJob(folder=previous["folder"], job_id=previous["job_id"])
+    if job.paths.result_pickle.exists() or slurm_state(previous["job_id"]) in ACTIVE_STATES:
+        print(f"[vlmscale] {previous['name']}: re-attached to job {job.job_id} submitted by an earlier run",
+              file=sys.stderr, flush=True)
+        return job
+    return None
+
+
+def slurm_state(job_id: str) -> str:
+    """The job's state from squeue (works without accounting); '' once Slurm has forgotten it."""
+    return slurm_state_and_reason(job_id)[0]
+
+
+def slurm_state_and_reason(job_id: str) -> tuple[str, str]:
+    proc = subprocess.run(["squeue", "-h", "-j", str(job_id), "-o", "%T|%r"], capture_output=True, text=True)
+    if proc.returncode or not proc.stdout.strip():
+        return "", ""
+    state, _, reason = proc.stdout.strip().splitlines()[0].partition("|")
+    return state, reason
+
+
+# Pending reasons that no amount of waiting clears: the request exceeds what the partition can give.
+NEVER_SCHEDULED = ("PartitionConfig", "PartitionNodeLimit", "PartitionTimeLimit", "BadConstraints",
+                   "InvalidAccount", "InvalidQOS", "Resources_Unavailable")
+
+
+def wait_while_schedulable(job, name: str, poll_s: float = 5.0) -> None:
+    """Wait for the job to finish, printing its state changes; cancel it with Slurm's reason when it
+    is pending for a reason that never clears (more CPUs/GPUs/memory/time than the partition has)."""
+    import time
+
+    last = None
+    while not job.paths.result_pickle.exists():
+        state, reason = slurm_state_and_reason(job.job_id)
+        if (state, reason) != last:
+            print(f"[vlmscale] {name}: job {job.job_id} {state or 'not in squeue'} {reason}".rstrip(), file=sys.stderr, flush=True)
+            last = (state, reason)
+        if state == "PENDING" and reason in NEVER_SCHEDULED:
+            subprocess.run(["scancel", str(job.job_id)], capture_output=True)
+            raise LaunchError(
+                f"{name}: Slurm cannot run job {job.job_id} as requested (pending reason: {reason}); "
+                f"check the partition's limits (`scontrol show partition`) against launch.slurm / llms[].resources"
+            )
+        if not state and not job.paths.result_pickle.exists():
+            time.sleep(poll_s)  # between squeue forgetting the job and the result appearing on a shared FS
+            if not job.paths.result_pickle.exists():
+                return  # let submitit report what happened
+        time.sleep(poll_s)
+
+
+def safe_name(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-." else "_" for c in name)
+
+
+class _QuietSacct(logging.Filter):
+    """Clusters without accounting (no slurmdbd) make submitit warn on every poll; squeue still works."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Bypassing sacct error" not in record.getMessage()
 
 
 def last_error_line(trace: str) -> str:

@@ -103,6 +103,11 @@ class CellTracker:
             "slurm_job_id": os.environ.get("SLURM_JOB_ID", ""),
             "flop_convention": "2*N*(Q+V)",
         }
+        from vlmscale.launch import current_job
+
+        job = current_job()
+        if job:
+            tags.update(job_id=job["job_id"], job_log=job["stdout"])
         return cls(
             tracking.get("uri", ""), tracking.get("experiment", "vlmscale"), tracking.get("grid", "grid"),
             spec["cell"], cell_key(spec), flatten(spec), tags,
@@ -122,6 +127,10 @@ class CellTracker:
     def _start(self) -> str:
         exp = ensure_experiment(self.client, self.experiment)
         run_id, created = cell_run(self.client, exp, self.grid, self.cell, self.config_hash, self.tags)
+        if not created:  # resumed (requeue, restart): point the run at the job doing the work now
+            for key in ("slurm_job_id", "job_id", "job_log", "executor"):
+                if self.tags.get(key):
+                    self.client.set_tag(run_id, key, self.tags[key])
         if created:
             from mlflow.entities import Param
 
@@ -129,7 +138,6 @@ class CellTracker:
             for i in range(0, len(items), 100):
                 self.client.log_batch(run_id, params=items[i : i + 100])
         return run_id
-        return run.info.run_id
 
     def log_metrics(self, metrics: dict, step: int = 0) -> None:
         if self.client is None or self.run_id is None:

@@ -275,6 +275,9 @@ def main(cfg: dict) -> dict:
     with CellTracker.for_cell(cfg) as tracker:
         result = train_cell(cfg, tracker=tracker)
         result["mlflow_run_id"] = tracker.run_id
+        from vlmscale.launch import current_job
+
+        result["job"] = current_job()  # where this cell's job log is (empty when run in-process)
         tracker.log_metrics({"train_seconds": result["train_seconds"], "final_loss": result["final_loss"] or 0.0})
     write_json(cfg["out"], result)
     return result

@@ -37,6 +37,11 @@ def tracking_param():
     return vcfg.as_param({"uri": t["uri"], "experiment": t["experiment"], "grid": config["grid"]["name"]})
 
 
+def launch_resources(wildcards):
+    # A resource, not a param: a new partition or time limit reruns nothing.
+    return vcfg.as_param(vcfg.launch_resources(config, getattr(wildcards, "llm", None)))
+
+
 # Not result-affecting, so passed as plain flags rather than params (changing them reruns nothing).
 LAUNCH_FLAGS = f"--executor {LAUNCH['executor']} --threads {LAUNCH['threads']} --results {RESULTS}"
 

@@ -19,6 +19,8 @@ rule evaluate:
         spec=eval_spec,
         out_dir=f"{RESULTS}/cells/{{llm}}/v{{V}}/eval",
     threads: LAUNCH["threads"]
+    resources:
+        launch=launch_resources,
     shell:
         "vlmscale evaluate --spec {params.spec:q} --data-root {RESULTS}/data --features {input.features} "
-        "--train-json {input.train} --out-dir {params.out_dir} {LAUNCH_FLAGS} > {log} 2>&1"
+        "--train-json {input.train} --out-dir {params.out_dir} {LAUNCH_FLAGS} --slurm {resources.launch:q} > {log} 2>&1"

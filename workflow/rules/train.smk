@@ -14,7 +14,9 @@ rule train:
         tracking=tracking_param(),
         checkpoints=f"{RESULTS}/checkpoints/{{llm}}/v{{V}}",
     threads: LAUNCH["threads"]
+    resources:
+        launch=launch_resources,
     shell:
         "vlmscale train --spec {params.spec:q} --tracking {params.tracking:q} --data-root {RESULTS}/data "
         "--features {input.features} --checkpoint-dir {params.checkpoints} --out {output} "
-        "{LAUNCH_FLAGS} > {log} 2>&1"
+        "{LAUNCH_FLAGS} --slurm {resources.launch:q} > {log} 2>&1"

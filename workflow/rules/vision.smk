@@ -12,6 +12,8 @@ rule pretrain_vision:
     params:
         spec=vcfg.as_param(vcfg.vision_spec(config)),
     threads: 2
+    resources:
+        launch=launch_resources,
     shell:
         "vlmscale pretrain-vision --spec {params.spec:q} --data-root {RESULTS}/data --out {RESULTS}/vision "
-        "--executor {LAUNCH[executor]} --threads {threads} --results {RESULTS} > {log} 2>&1"
+        "--executor {LAUNCH[executor]} --threads {threads} --results {RESULTS} --slurm {resources.launch:q} > {log} 2>&1"

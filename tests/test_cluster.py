@@ -1,0 +1,176 @@
+"""On a real Slurm (single node, started by .ci/start-slurm): the small grid through submitit gives the
+local executor's results; a preempted training job is requeued and resumes to the uninterrupted result
+in one MLflow run; a killed driver re-attaches to its jobs; bad cluster settings fail with Slurm's words.
+
+Skipped, with the reason, where no Slurm answers (run `.ci/start-slurm` as root to get one).
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from test_crash_resume import GRID, attempts, results, snakemake, wait_for_training_progress
+
+REPO = Path(__file__).resolve().parents[1]
+ACCOUNT = "vlmscale"  # the test cluster's job_submit policy requires it, as many sites do
+
+
+def slurm_ready() -> str | None:
+    if shutil.which("sinfo") is None:
+        return "no Slurm client here: run .ci/start-slurm as root to start a single-node Slurm"
+    proc = subprocess.run(["sinfo", "-h", "-o", "%t"], capture_output=True, text=True)
+    states = proc.stdout.split()
+    if proc.returncode or not any(s.startswith(("idle", "mix", "alloc")) for s in states):
+        return f"Slurm does not answer or has no usable node (sinfo: {proc.stdout.strip() or proc.stderr.strip()})"
+    return None
+
+
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(slurm_ready() is not None, reason=str(slurm_ready()))]
+
+CLUSTER_GRID = copy.deepcopy(GRID)
+CLUSTER_GRID["train"]["stage2"]["steps"] = 150
+CLUSTER_GRID["tracking"]["experiment"] = "cluster"
+
+
+def grid_config(executor: str) -> dict:
+    cfg = copy.deepcopy(CLUSTER_GRID)
+    cfg["launch"] = {"executor": executor, "slurm": {"account": ACCOUNT, "cpus_per_task": 1, "mem_gb": 2, "time_min": 20}}
+    return cfg
+
+
+def run_grid(workdir: Path, executor: str) -> Path:
+    workdir.mkdir(exist_ok=True)
+    (workdir / "grid.yaml").write_text(yaml.safe_dump(grid_config(executor)))
+    proc = snakemake(workdir)
+    proc.wait(timeout=1500)
+    assert proc.returncode == 0, (workdir / "driver.log").read_text()[-5000:]
+    return workdir
+
+
+@pytest.fixture(scope="module")
+def local_grid(tmp_path_factory) -> Path:
+    return run_grid(tmp_path_factory.mktemp("cluster") / "local", "local")
+
+
+@pytest.fixture(scope="module")
+def slurm_grid(tmp_path_factory) -> Path:
+    return run_grid(tmp_path_factory.mktemp("cluster") / "slurm", "slurm")
+
+
+def test_grid_on_slurm_gives_the_local_executors_results(local_grid, slurm_grid):
+    assert results(slurm_grid) == results(local_grid)
+    trained = json.loads((slurm_grid / "results/cells/a/v4/train.json").read_text())
+    assert trained["job"]["executor"] == "slurm" and Path(trained["job"]["stdout"]).exists()
+    assert "stage2 step 150/150" in Path(trained["job"]["stdout"]).read_text()  # the log a user opens
+    con = sqlite3.connect(slurm_grid / "results/mlflow.db")
+    job_tags = dict(con.execute("""SELECT t.key, t.value FROM tags t JOIN runs r ON r.run_uuid = t.run_uuid
+                                  WHERE r.name = 'a/v4' AND t.key IN ('slurm_job_id', 'job_log')""").fetchall())
+    con.close()
+    assert job_tags["slurm_job_id"] == trained["job"]["job_id"] and job_tags["job_log"] == trained["job"]["stdout"]
+
+
+def train_cfg(workdir: Path, grid: Path) -> dict:
+    """A `vlmscale train` job for cell b/v16, reading the finished grid's data and tower features."""
+    from vlmscale import config as vcfg
+
+    cfg = yaml.safe_load((REPO / "config.yaml").read_text())
+    cfg.update(copy.deepcopy(CLUSTER_GRID))
+    from snakemake.utils import validate
+
+    validate(cfg, str(REPO / "workflow/schemas/config.schema.yaml"), set_default=True)
+    spec = vcfg.cell_spec(cfg, "b", 16)
+    spec["train"]["stage2"]["steps"] = 600  # long enough to be preempted mid-run
+    tracking = {"uri": f"sqlite:///{workdir / 'mlflow.db'}", "experiment": "preempt", "grid": "preempt"}
+    return {"spec": spec, "data_root": str(grid / "results/data"), "features": str(grid / "results/vision/features.pt"),
+            "out": str(workdir / "train.json"), "checkpoint_dir": str(workdir / "ckpt"), "tracking": tracking, "threads": 1}
+
+
+def test_preempted_training_is_requeued_and_resumes_to_the_same_result(slurm_grid, tmp_path):
+    import submitit
+
+    from vlmscale import launch, track, train
+
+    reference = train_cfg(tmp_path / "reference", slurm_grid)
+    expected = train.train_cell(reference, log=lambda m: None)
+
+    cfg = train_cfg(tmp_path / "preempted", slurm_grid)
+    track.init_store(cfg["tracking"]["uri"], "preempt", "preempt")
+    executor = submitit.AutoExecutor(folder=str(tmp_path / "jobs"), cluster="slurm")
+    executor.update_parameters(**launch.submitit_parameters({"account": ACCOUNT, "cpus_per_task": 1, "mem_gb": 2}, "slurm", "preempt"))
+    job = executor.submit(launch.Stage(train.main), {**cfg, "executor": "slurm"})
+    ckpt_log = tmp_path / "preempted/ckpt/attempts.jsonl"
+    deadline = time.time() + 300
+    while not (tmp_path / "preempted/ckpt/last.pt").exists():  # a checkpoint exists: preempt now
+        assert time.time() < deadline and not job.done(), job.stderr()
+        time.sleep(0.5)
+    job._interrupt()  # what Slurm does on preemption: SIGTERM then USR2; submitit requeues the job
+    result = job.result()
+
+    events = [json.loads(line) for line in ckpt_log.read_text().splitlines()]
+    starts = [e for e in events if e["event"] == "start"]
+    assert len(starts) == 2 and starts[1]["step"] > 0, events  # the requeued job resumed, did not restart
+    assert {e["slurm_job_id"] for e in events} == {job.job_id}  # same job id, requeued
+    assert result["history"] == expected["history"] and result["final_loss"] == expected["final_loss"]
+    con = sqlite3.connect(tmp_path / "preempted/mlflow.db")
+    runs = con.execute("SELECT run_uuid, status FROM runs WHERE name = 'b/v16'").fetchall()
+    con.close()
+    assert len(runs) == 1 and runs[0][1] == "FINISHED"
+
+
+def test_killed_driver_reattaches_to_running_jobs(local_grid, tmp_path):
+    workdir = tmp_path / "driver"
+    workdir.mkdir()
+    (workdir / "grid.yaml").write_text(yaml.safe_dump(grid_config("slurm")))
+    proc = snakemake(workdir, start_new_session=True)
+    assert wait_for_training_progress(workdir, proc, lines=4), (workdir / "driver.log").read_text()[-3000:]
+    os.killpg(proc.pid, signal.SIGKILL)  # the login-node driver dies; its Slurm jobs keep running
+    proc.wait()
+    running = subprocess.run(["squeue", "-h", "-o", "%i %j"], capture_output=True, text=True).stdout
+    assert "train:" in running, running
+    snakemake(workdir, "--unlock").wait(timeout=120)
+    proc = snakemake(workdir)
+    proc.wait(timeout=1500)
+    log = (workdir / "driver.log").read_text()
+    assert proc.returncode == 0, log[-5000:]
+    reattached = "".join(p.read_text() for p in (workdir / "results/logs/train").rglob("*.log"))
+    assert "re-attached to job" in reattached
+    for cell, events in attempts(workdir).items():
+        assert [e["event"] for e in events] == ["start", "finished"], (cell, events)  # trained once
+    assert results(workdir) == results(local_grid)
+
+
+@pytest.mark.parametrize("resources, slurm_says", [
+    ({"partition": "gpu-a100"}, "invalid partition specified: gpu-a100"),
+    ({"gpus_per_node": 4}, "Invalid generic resource (gres) specification"),
+    ({"account": None}, "this cluster needs --account=vlmscale"),
+    ({"cpus_per_task": 64}, "pending reason: PartitionConfig"),
+])
+def test_bad_cluster_settings_fail_with_slurms_message_and_the_cell(local_grid, tmp_path, resources, slurm_says):
+    workdir = tmp_path / "bad"
+    cfg = grid_config("slurm")
+    cfg["launch"]["slurm"].update(resources)
+    cfg["launch"]["slurm"] = {k: v for k, v in cfg["launch"]["slurm"].items() if v is not None}
+    (workdir / "results").mkdir(parents=True)
+    (workdir / "grid.yaml").write_text(yaml.safe_dump(cfg))
+    for stage in ("data", "vision"):  # prepared and encoded already: only the cells go to Slurm
+        shutil.copytree(local_grid / "results" / stage, workdir / "results" / stage)
+    start = time.time()
+    proc = snakemake(workdir, "--until", "train")
+    proc.wait(timeout=300)
+    assert proc.returncode != 0 and time.time() - start < 200  # fails, does not hang
+    logs = {p.relative_to(workdir / "results/logs/train").as_posix()[: -len(".log")]: p.read_text()
+            for p in (workdir / "results/logs/train").rglob("*.log")}
+    assert len(logs) == 6, logs.keys()
+    for cell, text in logs.items():
+        assert f"vlmscale train [{cell}]: error: train:{cell}:" in text and slurm_says in text, text
