@@ -158,7 +158,7 @@ NEVER_SCHEDULED = ("PartitionConfig", "PartitionNodeLimit", "PartitionTimeLimit"
                    "InvalidAccount", "InvalidQOS", "Resources_Unavailable")
 
 
-def wait_while_schedulable(job, name: str, poll_s: float = 5.0) -> None:
+def wait_while_schedulable(job, name: str, poll_s: float = 0.5, max_poll_s: float = 10.0) -> None:
     """Wait for the job to finish, printing its state changes; cancel it with Slurm's reason when it
     is pending for a reason that never clears (more CPUs/GPUs/memory/time than the partition has)."""
     import time
@@ -180,6 +180,7 @@ def wait_while_schedulable(job, name: str, poll_s: float = 5.0) -> None:
             if not job.paths.result_pickle.exists():
                 return  # let submitit report what happened
         time.sleep(poll_s)
+        poll_s = min(max_poll_s, poll_s * 1.5)  # short jobs return fast; long ones cost squeue little
 
 
 def safe_name(name: str) -> str:
