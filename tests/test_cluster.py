@@ -174,3 +174,23 @@ def test_bad_cluster_settings_fail_with_slurms_message_and_the_cell(local_grid, 
     assert len(logs) == 6, logs.keys()
     for cell, text in logs.items():
         assert f"vlmscale train [{cell}]: error: train:{cell}:" in text and slurm_says in text, text
+
+
+def test_two_task_slurm_job_trains_a_cell_with_deepspeed(slurm_grid, tmp_path):
+    """One task per GPU (here per CPU): submitit's distributed environment, DeepSpeed ZeRO-2, rank 0
+    writes; the loss curve is the single-process one."""
+    from vlmscale import launch, train
+
+    reference = train_cfg(tmp_path / "reference", slurm_grid)
+    reference["spec"]["train"]["stage2"]["steps"] = 60
+    expected = train.train_cell(reference, log=lambda m: None)
+
+    cfg = train_cfg(tmp_path / "two", slurm_grid)
+    cfg["spec"]["train"]["stage2"]["steps"] = 60
+    cfg["spec"]["train"]["zero_stage"] = {"stage1": 2, "stage2": 2}
+    cfg["tracking"] = {}
+    resources = {"account": ACCOUNT, "tasks_per_node": 2, "cpus_per_task": 1, "mem_gb": 4, "time_min": 15}
+    result = launch.run(train.main, cfg, executor="slurm", log_dir=tmp_path / "jobs", name="train:b/v16", resources=resources)
+    assert result["world_size"] == 2 and json.loads((tmp_path / "two/train.json").read_text())["world_size"] == 2
+    for ours, single in zip(result["history"], expected["history"]):
+        assert ours["loss"] == pytest.approx(single["loss"], rel=1e-3), (ours, single)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -46,7 +47,8 @@ def cmd_train(args) -> dict:
         "checkpoint_dir": args.checkpoint_dir, "tracking": args.tracking, **_runtime(args),
     }
     result = _launch(train.main, cfg, args, f"train:{args.spec['cell']}")
-    write_outputs({args.out: result})
+    if result.get("world_size", 1) == 1 or os.environ.get("RANK", "0") == "0":  # one writer per cell
+        write_outputs({args.out: result})
     return result
 
 

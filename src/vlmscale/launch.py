@@ -95,7 +95,7 @@ def run(fn: Callable[[dict], dict], cfg: dict, executor: str = "inline", log_dir
     try:
         if executor == "slurm":
             wait_while_schedulable(job, name)
-        return job.result()
+        return job.results()[0]  # a multi-task (one per GPU) job: rank 0 speaks for the cell
     except submitit.core.utils.UncompletedJobError as exc:
         raise JobFailed(f"{name}: job {job.job_id} failed: {last_error_line(str(exc))} "
                         f"(traceback: {job.paths.stderr})") from None
@@ -133,7 +133,7 @@ def reattach(record: Path, key: str, executor: str):
     if previous.get("key") != key:
         return None
     job = submitit.SlurmJob(folder=previous["folder"], job_id=previous["job_id"])
-    if job.paths.result_pickle.exists() or slurm_state(previous["job_id"]) in ACTIVE_STATES:
+    if finished(job) or slurm_state(previous["job_id"]) in ACTIVE_STATES:
         print(f"[vlmscale] {previous['name']}: re-attached to job {job.job_id} submitted by an earlier run",
               file=sys.stderr, flush=True)
         return job
@@ -158,13 +158,18 @@ NEVER_SCHEDULED = ("PartitionConfig", "PartitionNodeLimit", "PartitionTimeLimit"
                    "InvalidAccount", "InvalidQOS", "Resources_Unavailable")
 
 
+def finished(job) -> bool:
+    """Every task of the job has left its result (one task per GPU writes one each)."""
+    return all(task.paths.result_pickle.exists() for task in (job._sub_jobs or [job]))
+
+
 def wait_while_schedulable(job, name: str, poll_s: float = 0.5, max_poll_s: float = 10.0) -> None:
     """Wait for the job to finish, printing its state changes; cancel it with Slurm's reason when it
     is pending for a reason that never clears (more CPUs/GPUs/memory/time than the partition has)."""
     import time
 
     last = None
-    while not job.paths.result_pickle.exists():
+    while not finished(job):
         state, reason = slurm_state_and_reason(job.job_id)
         if (state, reason) != last:
             print(f"[vlmscale] {name}: job {job.job_id} {state or 'not in squeue'} {reason}".rstrip(), file=sys.stderr, flush=True)
@@ -175,9 +180,9 @@ def wait_while_schedulable(job, name: str, poll_s: float = 0.5, max_poll_s: floa
                 f"{name}: Slurm cannot run job {job.job_id} as requested (pending reason: {reason}); "
                 f"check the partition's limits (`scontrol show partition`) against launch.slurm / llms[].resources"
             )
-        if not state and not job.paths.result_pickle.exists():
+        if not state and not finished(job):
             time.sleep(poll_s)  # between squeue forgetting the job and the result appearing on a shared FS
-            if not job.paths.result_pickle.exists():
+            if not finished(job):
                 return  # let submitit report what happened
         time.sleep(poll_s)
         poll_s = min(max_poll_s, poll_s * 1.5)  # short jobs return fast; long ones cost squeue little

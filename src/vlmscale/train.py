@@ -15,12 +15,13 @@ import torch
 from torch.nn import functional as F
 
 from vlmscale.data import Sample, load_llava_conversations
+from vlmscale.distributed import World, make_stepper, mean_across, share, world_from_env
 from vlmscale.fileio import atomic_torch_save, code_version, read_json, spec_hash, write_json
 from vlmscale.model import VLM, build_llm, count_llm_params
 from vlmscale.tokenizer import WordTokenizer
 
 STAGES = ("stage1", "stage2")
-TRAINING_CODE = ("train.py", "model.py", "tokenizer.py", "data.py")
+TRAINING_CODE = ("train.py", "model.py", "tokenizer.py", "data.py", "distributed.py")
 
 
 def code_fingerprint() -> str:
@@ -164,6 +165,9 @@ def train_cell(cfg: dict, tracker=None, log=_progress) -> dict:
     tspec = spec["train"]
     cell_hash = cell_key(spec)
     torch.set_num_threads(cfg.get("threads", 1))
+    world = world_from_env()
+    if not world.is_main:  # one voice: rank 0 logs, checkpoints and writes; the others only compute
+        tracker, log = None, (lambda message: None)
     manifest = read_json(Path(cfg["data_root"]) / "manifest.json")
     features, rows = load_features(cfg["features"])
     model, tokenizer = build_cell_model(spec, manifest["vocabulary"], features.shape[-1])
@@ -174,17 +178,19 @@ def train_cell(cfg: dict, tracker=None, log=_progress) -> dict:
         model.load_state_dict(state["model"])
         log(f"resuming {spec['cell']} at {stage_name(state['stage'])} step {state['step']}")
     start_at = global_step(tspec, state["stage"], state["step"])
-    ckpt.record_attempt("start", cell_hash, step=start_at)
+    if world.is_main:
+        ckpt.record_attempt("start", cell_hash, step=start_at, world_size=world.size)
     started = time.time() - state["seconds"]
     for stage_idx in range(state["stage"], len(STAGES)):
-        run_stage(model, features, data, tspec, stage_idx, state, ckpt, started, tracker, log)
+        run_stage(model, features, data, tspec, stage_idx, state, ckpt, started, tracker, log, world)
         state.update(stage=stage_idx + 1, step=0)
     state["seconds"] = time.time() - started
-    atomic_torch_save({"model": model.state_dict(), "cell_hash": cell_hash}, ckpt.final)
-    ckpt.save({**state, "model": model.state_dict()})
     total = global_step(tspec, len(STAGES), 0)
-    ckpt.record_attempt("finished", cell_hash, step=total, steps_run=total - start_at)
-    return summarise(spec, cell_hash, model, state, ckpt, len(data))
+    if world.is_main:
+        atomic_torch_save({"model": model.state_dict(), "cell_hash": cell_hash}, ckpt.final)
+        ckpt.save({**state, "model": model.state_dict()})
+        ckpt.record_attempt("finished", cell_hash, step=total, steps_run=total - start_at)
+    return {**summarise(spec, cell_hash, model, state, ckpt, len(data)), "world_size": world.size}
 
 
 def stage_name(stage_idx: int) -> str:
@@ -196,22 +202,22 @@ def global_step(tspec: dict, stage_idx: int, step: int) -> int:
     return sum(tspec[s]["steps"] for s in STAGES[:stage_idx]) + step
 
 
-def run_stage(model, features, data, tspec, stage_idx, state, ckpt, started, tracker, log) -> None:
+def run_stage(model, features, data, tspec, stage_idx, state, ckpt, started, tracker, log, world=World()) -> None:
     stage = STAGES[stage_idx]
     total, peak = tspec[stage]["steps"], tspec[stage]["lr"]
-    params = trainable_params(model, stage)
-    opt = torch.optim.AdamW(params, lr=peak, weight_decay=tspec.get("weight_decay", 0.0))
+    stepper = make_stepper(model, trainable_params(model, stage), tspec, stage, world)
     if state.get("optimizer") and state["step"] > 0:
-        opt.load_state_dict(state["optimizer"])
+        stepper.load_optimizer_state(state["optimizer"])
     model.train()
     every = max(1, tspec.get("log_every", 50))
     window: list[tuple[float, float]] = []
     for step in range(state["step"], total):
-        for group in opt.param_groups:
+        for group in stepper.optimizer.param_groups:
             group["lr"] = lr_at(step, total, peak, tspec["warmup_frac"])
-        batch = data.take(batch_indices(len(data), tspec["batch_size"], tspec["seed"], stage_idx + 1, step))
+        indices = batch_indices(len(data), tspec["batch_size"], tspec["seed"], stage_idx + 1, step)
+        batch = data.take(share(indices, world))
         try:
-            loss, acc = step_loss(model, features, batch)
+            loss, acc = step_loss(stepper.model, features, batch)
         except (RuntimeError, MemoryError) as exc:
             if not out_of_memory(exc):
                 raise
@@ -225,18 +231,16 @@ def run_stage(model, features, data, tspec, stage_idx, state, ckpt, started, tra
                 f"{stage} step {step}: loss is {loss.item()}; lower train.{stage}.lr (now {peak}). "
                 f"Last good checkpoint kept at {ckpt.path}"
             )
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
+        stepper.step(loss)
+        loss, acc = mean_across(torch.stack([loss.detach(), acc.detach()]), world)
         window.append((loss.item(), acc.item()))
         if (step + 1) % every == 0 or step + 1 == total:
             offset = 0 if stage_idx == 0 else tspec[STAGES[0]]["steps"]
             record_progress(state, stage, step, total, offset, window, tracker, log)
             window = []
-        if (step + 1) % tspec.get("checkpoint_every", 500) == 0 and step + 1 < total:
+        if (step + 1) % tspec.get("checkpoint_every", 500) == 0 and step + 1 < total and world.is_main:
             state.update(step=step + 1, seconds=time.time() - started)
-            ckpt.save({**state, "model": model.state_dict(), "optimizer": opt.state_dict()})
+            ckpt.save({**state, "model": model.state_dict(), "optimizer": stepper.optimizer_state()})
     state.pop("optimizer", None)
 
 
@@ -272,6 +276,8 @@ def main(cfg: dict) -> dict:
     """Stage entry point (pickled by submitit): train one cell, log it to MLflow, write train.json."""
     from vlmscale.track import CellTracker
 
+    if not world_from_env().is_main:
+        return train_cell(cfg)
     with CellTracker.for_cell(cfg) as tracker:
         result = train_cell(cfg, tracker=tracker)
         result["mlflow_run_id"] = tracker.run_id

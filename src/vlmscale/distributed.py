@@ -1,0 +1,118 @@
+"""One training step, in one process (plain PyTorch) or in several (DeepSpeed ZeRO, one process per GPU,
+or per CPU with gloo). The same training loop drives both.
+
+The world comes from the environment a launcher sets (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT, as
+torchrun does); inside a multi-task Slurm job submitit's TorchDistributedEnvironment exports them. Each
+rank takes its equal share of the global batch, so the averaged gradient, the clipped update and the
+logged loss are those of the single-process step on the whole batch.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class World:
+    rank: int = 0
+    size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def world_from_env() -> World:
+    if int(os.environ.get("SLURM_NTASKS", "1")) > 1 and "RANK" not in os.environ:
+        import submitit
+
+        submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+    return World(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)))
+
+
+def share(indices: torch.Tensor, world: World) -> torch.Tensor:
+    """This rank's equal, contiguous share of the global batch."""
+    if len(indices) % world.size:
+        raise ValueError(f"train.batch_size ({len(indices)}) must be divisible by the number of processes ({world.size})")
+    return indices.chunk(world.size)[world.rank]
+
+
+def mean_across(values: torch.Tensor, world: World) -> torch.Tensor:
+    if world.size == 1:
+        return values
+    import torch.distributed as dist
+
+    values = values.detach().clone()
+    dist.all_reduce(values)
+    return values / world.size
+
+
+class TorchStepper:
+    """Plain AdamW with global-norm clipping at 1.0 (one process)."""
+
+    def __init__(self, model, params, lr: float, weight_decay: float):
+        self.model, self.params = model, params
+        self.optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+
+    def step(self, loss: torch.Tensor) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.params, 1.0)
+        self.optimizer.step()
+
+    def optimizer_state(self) -> dict | None:
+        return self.optimizer.state_dict()
+
+    def load_optimizer_state(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state)
+
+
+class DeepSpeedStepper:
+    """The same update through a DeepSpeed engine with ZeRO stage `zero` (0-2) over `world`."""
+
+    def __init__(self, model, params, lr: float, weight_decay: float, zero: int, micro_batch: int, world: World):
+        import deepspeed
+
+        init_process_group()
+        optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)  # a torch optimizer: no extra op build
+        config = {
+            "train_micro_batch_size_per_gpu": micro_batch,
+            "gradient_accumulation_steps": 1,
+            "gradient_clipping": 1.0,
+            "zero_optimization": {"stage": zero},
+            "steps_per_print": 10**9,
+        }
+        self.engine, self.optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=config)
+        self.model = self.engine
+
+    def step(self, loss: torch.Tensor) -> None:
+        self.engine.backward(loss)
+        self.engine.step()
+
+    def optimizer_state(self) -> dict | None:
+        return None  # partitioned across ranks under ZeRO: a resume restarts the optimizer's moments
+
+    def load_optimizer_state(self, state: dict) -> None:
+        pass
+
+
+def init_process_group() -> None:
+    """Initialise torch.distributed once: NCCL on GPUs, gloo on CPU (DeepSpeed's CPU accelerator)."""
+    import torch.distributed as dist
+
+    if not torch.cuda.is_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    if not dist.is_initialized():
+        import deepspeed
+
+        deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
+
+
+def make_stepper(model, params, tspec: dict, stage: str, world: World):
+    lr, decay = tspec[stage]["lr"], tspec.get("weight_decay", 0.0)
+    zero = (tspec.get("zero_stage") or {}).get(stage)
+    if zero is None and world.size == 1:
+        return TorchStepper(model, params, lr, decay)
+    return DeepSpeedStepper(model, params, lr, decay, zero or 0, tspec["batch_size"] // world.size, world)
