@@ -12,7 +12,7 @@ from pathlib import Path
 from vlmscale.fileio import canonical_json, spec_hash
 
 KNOWN_ARCHS = ("qwen2", "llama", "mistral", "gpt2")
-COMPRESSORS = ("avgpool",)
+COMPRESSORS = ("avgpool", "tokenpacker", "quecc")
 LAW_PARAMS = {"paper": 4, "paper-qv": 4, "additive": 5}  # free parameters of each law form
 
 
@@ -42,8 +42,11 @@ def patch_grid(cfg: dict) -> int:
 
 
 def producible_token_counts(cfg: dict) -> list[int]:
+    """avgpool pools to any k x k <= the grid; tokenpacker and quecc need k to divide the grid (equal regions)."""
     side = patch_grid(cfg)
-    return [k * k for k in range(1, side + 1)]
+    if cfg["compressor"] == "avgpool":
+        return [k * k for k in range(1, side + 1)]
+    return [k * k for k in range(1, side + 1) if side % k == 0]
 
 
 def check(cfg: dict) -> dict:

@@ -1,6 +1,7 @@
 """Evaluate one cell on one benchmark: greedy next-token answer, exact match against the reference."""
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 
@@ -19,7 +20,7 @@ class UnreadableCheckpoint(RuntimeError):
     """The trained cell's weights file is missing or cannot be loaded."""
 
 
-def load_trained(spec: dict, checkpoint: str | Path, vocabulary: list[str], vision_dim: int):
+def load_trained(spec: dict, checkpoint: str | Path, vocabulary: list[str], vision_dim: int, patch_grid: int | None = None):
     try:
         state = torch.load(checkpoint, weights_only=False)
     except Exception as exc:  # torch raises several types for a torn or foreign file
@@ -29,7 +30,7 @@ def load_trained(spec: dict, checkpoint: str | Path, vocabulary: list[str], visi
         ) from None
     if state.get("cell_hash") != cell_key(spec):
         raise StaleCheckpoint(f"{checkpoint} was trained for another spec of {spec['cell']}; retrain the cell")
-    model, tokenizer = build_cell_model(spec, vocabulary, vision_dim)
+    model, tokenizer = build_cell_model(spec, vocabulary, vision_dim, patch_grid)
     model.load_state_dict(state["model"])
     return model.eval(), tokenizer
 
@@ -51,7 +52,8 @@ def evaluate_cell(cfg: dict) -> list[dict]:
     root = Path(cfg["data_root"])
     manifest = read_json(root / "manifest.json")
     features, rows = load_features(cfg["features"])
-    model, tokenizer = load_trained(spec, cfg["checkpoint"], manifest["vocabulary"], features.shape[-1])
+    model, tokenizer = load_trained(spec, cfg["checkpoint"], manifest["vocabulary"], features.shape[-1],
+                                    math.isqrt(features.shape[1]))
     results = []
     for bench in cfg["benchmarks"]:
         if bench["name"] not in manifest["benchmarks"]:

@@ -53,7 +53,7 @@ def prefill_latency_ms(llm, embeds: torch.Tensor, repeats: int = 5) -> float:
 
 def count_cell(spec: dict, vision: dict, vocabulary: list[str], text_tokens: list[int]) -> dict:
     torch.manual_seed(0)
-    model, _ = build_cell_model(spec, vocabulary, vision["hidden_size"])
+    model, _ = build_cell_model(spec, vocabulary, vision["hidden_size"], vision["image_size"] // vision["patch_size"])
     llm, v = model.llm.eval(), spec["visual_tokens"]
     # Eager attention: its matmuls are visible to the FLOP counter (fused SDPA kernels on CPU are not).
     llm.set_attn_implementation("eager")

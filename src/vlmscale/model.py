@@ -55,7 +55,7 @@ class AvgPoolCompressor(nn.Module):
             raise ValueError(f"avgpool compressor needs a square number of visual tokens, got V={visual_tokens}")
         self.side = side
 
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
+    def forward(self, features: torch.Tensor, question: torch.Tensor | None = None) -> torch.Tensor:
         b, p, d = features.shape
         grid = math.isqrt(p)
         if self.side > grid:
@@ -65,7 +65,97 @@ class AvgPoolCompressor(nn.Module):
         return x.flatten(2).transpose(1, 2)
 
 
-COMPRESSORS = {"avgpool": AvgPoolCompressor}
+def token_side(visual_tokens: int, patch_grid: int, name: str) -> int:
+    """k for V = k*k tokens, each summarising an s x s region of the patch grid (s = patch_grid / k)."""
+    side = math.isqrt(visual_tokens)
+    if side * side != visual_tokens or patch_grid % side:
+        divisors = [k * k for k in range(1, patch_grid + 1) if patch_grid % k == 0]
+        raise ValueError(f"the {name} compressor cannot make V={visual_tokens} tokens from a {patch_grid}x{patch_grid} "
+                         f"patch grid (sqrt(V) must divide {patch_grid}); choose from {divisors}")
+    return side
+
+
+def regions(features: torch.Tensor, side: int) -> torch.Tensor:
+    """(B, g*g, D) -> (B, side*side, s*s, D): the patches of each token's own s x s region, row-major."""
+    b, p, d = features.shape
+    grid = math.isqrt(p)
+    s = grid // side
+    x = features.reshape(b, side, s, side, s, d).permute(0, 1, 3, 2, 4, 5)
+    return x.reshape(b, side * side, s * s, d)
+
+
+class LocalCrossAttention(nn.Module):
+    """Each query attends only to the patches of its own region (multi-head, pre-norm, residual)."""
+
+    def __init__(self, dim: int, kv_dim: int, heads: int):
+        super().__init__()
+        if dim % heads:
+            heads = 1
+        self.heads = heads
+        self.q_norm, self.kv_norm = nn.LayerNorm(dim), nn.LayerNorm(kv_dim)
+        self.q, self.kv, self.out = nn.Linear(dim, dim), nn.Linear(kv_dim, 2 * dim), nn.Linear(dim, dim)
+
+    def forward(self, queries: torch.Tensor, region_feats: torch.Tensor) -> torch.Tensor:
+        b, v, n, _ = region_feats.shape
+        d, h = queries.shape[-1], self.heads
+        q = self.q(self.q_norm(queries)).reshape(b, v, 1, h, d // h).transpose(2, 3)  # (B, V, H, 1, d)
+        k, val = self.kv(self.kv_norm(region_feats)).chunk(2, dim=-1)
+        k = k.reshape(b, v, n, h, d // h).transpose(2, 3)  # (B, V, H, n, d)
+        val = val.reshape(b, v, n, h, d // h).transpose(2, 3)
+        attended = F.scaled_dot_product_attention(q, k, val)  # (B, V, H, 1, d)
+        return queries + self.out(attended.transpose(2, 3).reshape(b, v, d))
+
+
+class TokenPackerCompressor(nn.Module):
+    """TokenPacker: low-resolution point queries (each region's mean) cross-attend to their own region of
+    the (optionally multi-level, channel-concatenated) encoder features. Independent of the question."""
+
+    def __init__(self, visual_tokens: int, dim: int, patch_grid: int, levels: int = 1, heads: int = 4, **_):
+        super().__init__()
+        self.side = token_side(visual_tokens, patch_grid, "tokenpacker")
+        self.dim = dim
+        self.attend = LocalCrossAttention(dim, dim * levels, heads)
+
+    def forward(self, features: torch.Tensor, question: torch.Tensor | None = None) -> torch.Tensor:
+        region_feats = regions(features, self.side)
+        queries = region_feats[..., : self.dim].mean(dim=2)  # the last level's (or only) features, pooled
+        return self.attend(queries, region_feats)
+
+
+class QueCCCompressor(nn.Module):
+    """QueCC (the paper's query-based convolutional cross-attention): the question, embedded by the LM
+    and projected, is added to every patch feature; a depthwise convolution with stride s downsamples
+    these question-aware features into V queries; each query cross-attends to its own region."""
+
+    def __init__(self, visual_tokens: int, dim: int, patch_grid: int, text_dim: int | None = None, heads: int = 4, **_):
+        super().__init__()
+        self.side = token_side(visual_tokens, patch_grid, "quecc")
+        stride = patch_grid // self.side
+        self.text = nn.Linear(text_dim or dim, dim)
+        self.down = nn.Conv2d(dim, dim, kernel_size=stride, stride=stride, groups=dim)
+        self.attend = LocalCrossAttention(dim, dim, heads)
+
+    def forward(self, features: torch.Tensor, question: torch.Tensor | None = None) -> torch.Tensor:
+        if question is None:
+            raise ValueError("the quecc compressor needs the question's embedding")
+        x = features + self.text(question)[:, None, :]
+        b, p, d = x.shape
+        grid = math.isqrt(p)
+        queries = self.down(x.transpose(1, 2).reshape(b, d, grid, grid)).flatten(2).transpose(1, 2)
+        return self.attend(queries, regions(x, self.side))
+
+
+COMPRESSORS = {"avgpool": AvgPoolCompressor, "tokenpacker": TokenPackerCompressor, "quecc": QueCCCompressor}
+
+
+def build_compressor(name: str, visual_tokens: int, dim: int, patch_grid: int | None, text_dim: int | None) -> nn.Module:
+    if name not in COMPRESSORS:
+        raise ValueError(f"unknown compressor {name!r}; choose from {sorted(COMPRESSORS)}")
+    if name == "avgpool":
+        return AvgPoolCompressor(visual_tokens)
+    if patch_grid is None:
+        raise ValueError(f"the {name} compressor needs the patch grid size")
+    return COMPRESSORS[name](visual_tokens, dim, patch_grid, text_dim=text_dim)
 
 
 def token_positions(side: int, n_freq: int = 3) -> torch.Tensor:
@@ -125,19 +215,25 @@ def count_llm_params(llm: nn.Module) -> dict:
 class VLM(nn.Module):
     """Compressor + projector + LM over precomputed (frozen) patch features."""
 
-    def __init__(self, llm: nn.Module, vision_dim: int, visual_tokens: int, compressor: str = "avgpool"):
+    def __init__(self, llm: nn.Module, vision_dim: int, visual_tokens: int, compressor: str = "avgpool",
+                 patch_grid: int | None = None):
         super().__init__()
-        if compressor not in COMPRESSORS:
-            raise ValueError(f"unknown compressor {compressor!r}; choose from {sorted(COMPRESSORS)}")
-        self.compressor = COMPRESSORS[compressor](visual_tokens)
+        text_dim = llm.get_input_embeddings().embedding_dim
+        self.compressor = build_compressor(compressor, visual_tokens, vision_dim, patch_grid, text_dim)
+        self.uses_question = compressor == "quecc"
         self.llm = llm
         positions = token_positions(math.isqrt(visual_tokens))
         self.register_buffer("positions", positions[None], persistent=False)
         self.projector = Projector(vision_dim, llm.get_input_embeddings().embedding_dim, positions.shape[-1])
         self.visual_tokens = visual_tokens
 
-    def visual_embeds(self, features: torch.Tensor) -> torch.Tensor:
-        return self.projector(self.compressor(features), self.positions)
+    def visual_embeds(self, features: torch.Tensor, question: torch.Tensor | None = None) -> torch.Tensor:
+        return self.projector(self.compressor(features, question), self.positions)
+
+    def question_embedding(self, text: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """Mean of the question's token embeddings (pads excluded): what QueCC conditions on."""
+        mask = (torch.arange(text.shape[1], device=text.device)[None, :] < lengths[:, None]).to(text.dtype)
+        return (text * mask[..., None]).sum(1) / lengths[:, None].to(text.dtype)
 
     def forward(self, features: torch.Tensor, question_ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """Logits for the token that follows each question: (B, vocab).
@@ -145,8 +241,8 @@ class VLM(nn.Module):
         Questions are right-padded; with causal attention no real token sees a pad, so the logits at
         each question's last real token are exact without an attention mask.
         """
-        vis = self.visual_embeds(features)
         text = self.llm.get_input_embeddings()(question_ids)
+        vis = self.visual_embeds(features, self.question_embedding(text, lengths) if self.uses_question else None)
         out = self.llm(inputs_embeds=torch.cat([vis, text], dim=1), use_cache=False)
         last = vis.shape[1] + lengths - 1
         return out.logits[torch.arange(len(lengths)), last]

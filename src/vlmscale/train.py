@@ -86,10 +86,10 @@ def load_features(path: str | Path) -> tuple[torch.Tensor, dict[str, int]]:
     return blob["features"], {name: i for i, name in enumerate(blob["images"])}
 
 
-def build_cell_model(spec: dict, vocabulary: list[str], vision_dim: int) -> tuple[VLM, WordTokenizer]:
+def build_cell_model(spec: dict, vocabulary: list[str], vision_dim: int, patch_grid: int | None = None) -> tuple[VLM, WordTokenizer]:
     tokenizer = WordTokenizer(vocabulary)
     llm = build_llm(spec["llm"], len(tokenizer))
-    return VLM(llm, vision_dim, spec["visual_tokens"], spec["compressor"]), tokenizer
+    return VLM(llm, vision_dim, spec["visual_tokens"], spec["compressor"], patch_grid), tokenizer
 
 
 def lr_at(step: int, total: int, peak: float, warmup_frac: float) -> float:
@@ -170,7 +170,7 @@ def train_cell(cfg: dict, tracker=None, log=_progress) -> dict:
         tracker, log = None, (lambda message: None)
     manifest = read_json(Path(cfg["data_root"]) / "manifest.json")
     features, rows = load_features(cfg["features"])
-    model, tokenizer = build_cell_model(spec, manifest["vocabulary"], features.shape[-1])
+    model, tokenizer = build_cell_model(spec, manifest["vocabulary"], features.shape[-1], math.isqrt(features.shape[1]))
     data = encode_samples(load_llava_conversations(Path(cfg["data_root"]) / manifest["train"]), tokenizer, rows)
     ckpt = Checkpointer(cfg["checkpoint_dir"], cell_hash)
     state = ckpt.load() or {"stage": 0, "step": 0, "history": [], "seconds": 0.0}

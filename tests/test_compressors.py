@@ -1,0 +1,59 @@
+"""Compressors: exactly V tokens for every V of the paper's grid from a 24x24 patch grid, gradients to
+every parameter, QueCC conditioned on the question and TokenPacker not, clear errors for impossible V."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from vlmscale import model
+
+PAPER_V = [1, 4, 16, 36, 64, 144, 576]
+DIM, GRID, TEXT = 32, 24, 48
+
+
+def make(name: str, v: int):
+    torch.manual_seed(0)
+    return model.build_compressor(name, v, DIM, GRID, TEXT)
+
+
+@pytest.mark.parametrize("name", ["avgpool", "tokenpacker", "quecc"])
+@pytest.mark.parametrize("v", PAPER_V)
+def test_every_paper_token_count_has_its_shape(name, v):
+    features, question = torch.randn(2, GRID * GRID, DIM), torch.randn(2, TEXT)
+    assert make(name, v)(features, question).shape == (2, v, DIM)
+
+
+@pytest.mark.parametrize("name", ["tokenpacker", "quecc"])
+def test_gradients_reach_every_parameter_and_the_features(name):
+    compressor = make(name, 16)
+    features = torch.randn(2, GRID * GRID, DIM, requires_grad=True)
+    question = torch.randn(2, TEXT)
+    compressor(features, question).square().mean().backward()
+    assert features.grad is not None and features.grad.abs().sum() > 0
+    for pname, p in compressor.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, pname
+
+
+def test_quecc_depends_on_the_question_and_tokenpacker_does_not():
+    features = torch.randn(1, GRID * GRID, DIM)
+    q1, q2 = torch.randn(1, TEXT), torch.randn(1, TEXT)
+    quecc, packer = make("quecc", 36), make("tokenpacker", 36)
+    assert not torch.allclose(quecc(features, q1), quecc(features, q2))
+    assert torch.equal(packer(features, q1), packer(features, q2))
+
+
+def test_token_counts_the_grid_cannot_divide_are_refused_with_the_choices():
+    with pytest.raises(ValueError, match=r"tokenpacker compressor cannot make V=25 .* 24x24 .* choose from \[1, 4, 9, 16, 36, 64, 144, 576\]"):
+        make("tokenpacker", 25)
+    with pytest.raises(ValueError, match="quecc compressor cannot make V=10"):
+        make("quecc", 10)
+
+
+def test_quecc_trains_a_cell_end_to_end(small_data, small_features, tmp_path):
+    from test_train import cell_cfg
+    from vlmscale import train
+
+    cfg = cell_cfg(small_data, small_features, tmp_path)
+    cfg["spec"]["compressor"] = "quecc"
+    result = train.train_cell(cfg, log=lambda m: None)
+    assert result["history"][-1]["step"] == 30 and result["final_loss"] < result["history"][0]["loss"]
