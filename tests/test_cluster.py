@@ -24,6 +24,7 @@ from test_crash_resume import GRID, attempts, results, snakemake, wait_for_train
 
 REPO = Path(__file__).resolve().parents[1]
 ACCOUNT = "vlmscale"  # the test cluster's job_submit policy requires it, as many sites do
+TEST_CLUSTER = "vlmscale-test"
 
 
 def slurm_ready() -> str | None:
@@ -33,6 +34,9 @@ def slurm_ready() -> str | None:
     states = proc.stdout.split()
     if proc.returncode or not any(s.startswith(("idle", "mix", "alloc")) for s in states):
         return f"Slurm does not answer or has no usable node (sinfo: {proc.stdout.strip() or proc.stderr.strip()})"
+    config = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True).stdout
+    if f"= {TEST_CLUSTER}" not in config:  # never submit test jobs to a real cluster's queue
+        return f"the Slurm here is not the test cluster '{TEST_CLUSTER}' started by .ci/start-slurm"
     return None
 
 
@@ -194,3 +198,31 @@ def test_two_task_slurm_job_trains_a_cell_with_deepspeed(slurm_grid, tmp_path):
     assert result["world_size"] == 2 and json.loads((tmp_path / "two/train.json").read_text())["world_size"] == 2
     for ours, single in zip(result["history"], expected["history"]):
         assert ours["loss"] == pytest.approx(single["loss"], rel=1e-3), (ours, single)
+
+
+def test_a_retry_resubmits_a_failed_job_but_reattaches_a_finished_one(tmp_path):
+    import cloudpickle
+
+    from vlmscale import launch
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the job cannot import this test module
+    resources = {"account": ACCOUNT, "cpus_per_task": 1, "mem_gb": 1}
+    flag = tmp_path / "fail-once"
+    flag.write_text("x")
+    cfg = {"flag": str(flag)}
+    with pytest.raises(launch.JobFailed, match="RuntimeError: failing once"):
+        launch.run(fails_once, cfg, executor="slurm", log_dir=tmp_path / "jobs", name="flaky", resources=resources)
+    first = json.loads((tmp_path / "jobs/flaky.job.json").read_text())["job_id"]
+    assert launch.run(fails_once, cfg, executor="slurm", log_dir=tmp_path / "jobs", name="flaky", resources=resources) == {"ok": True}
+    second = json.loads((tmp_path / "jobs/flaky.job.json").read_text())["job_id"]
+    assert second != first  # the failure was not replayed
+    assert launch.run(fails_once, cfg, executor="slurm", log_dir=tmp_path / "jobs", name="flaky", resources=resources) == {"ok": True}
+    assert json.loads((tmp_path / "jobs/flaky.job.json").read_text())["job_id"] == second  # finished: re-attached
+
+
+def fails_once(cfg: dict) -> dict:
+    flag = Path(cfg["flag"])
+    if flag.exists():
+        flag.unlink()
+        raise RuntimeError("failing once")
+    return {"ok": True}

@@ -133,7 +133,7 @@ def reattach(record: Path, key: str, executor: str):
     if previous.get("key") != key:
         return None
     job = submitit.SlurmJob(folder=previous["folder"], job_id=previous["job_id"])
-    if finished(job) or slurm_state(previous["job_id"]) in ACTIVE_STATES:
+    if (finished(job) and succeeded(job)) or slurm_state(previous["job_id"]) in ACTIVE_STATES:
         print(f"[vlmscale] {previous['name']}: re-attached to job {job.job_id} submitted by an earlier run",
               file=sys.stderr, flush=True)
         return job
@@ -161,6 +161,15 @@ NEVER_SCHEDULED = ("PartitionConfig", "PartitionNodeLimit", "PartitionTimeLimit"
 def finished(job) -> bool:
     """Every task of the job has left its result (one task per GPU writes one each)."""
     return all(task.paths.result_pickle.exists() for task in (job._sub_jobs or [job]))
+
+
+def succeeded(job) -> bool:
+    """A finished job's outcome; a failed one is submitted afresh (a retry must not replay the failure)."""
+    try:
+        outcome, _ = submitit.core.utils.pickle_load((job._sub_jobs or [job])[0].paths.result_pickle)
+    except Exception:
+        return False
+    return outcome == "success"
 
 
 def wait_while_schedulable(job, name: str, poll_s: float = 0.5, max_poll_s: float = 10.0) -> None:
