@@ -84,13 +84,13 @@ def run(fn: Callable[[dict], dict], cfg: dict, executor: str = "inline", log_dir
     cfg = {**cfg, "executor": executor}
     if executor == "inline":
         return fn(cfg)
-    logging.getLogger("submitit").addFilter(_QuietSacct())
     record = Path(log_dir) / f"{safe_name(name)}.job.json"
     key = spec_hash({"cfg": canonical_json(cfg), "resources": resources or {}})
     job = reattach(record, key, executor)
     if job is None:
         job = submit(fn, cfg, executor, log_dir, name, resources)
-        write_json(record, {"job_id": job.job_id, "executor": executor, "folder": str(log_dir), "key": key, "name": name})
+        write_json(record, {"job_id": job.job_id, "executor": executor, "folder": str(log_dir), "key": key, "name": name,
+                            "tasks": len(job._sub_jobs) or 1})
     print(f"[vlmscale] {name}: submitted job {job.job_id} ({executor}); logs: {job.paths.stdout}", file=sys.stderr, flush=True)
     try:
         if executor == "slurm":
@@ -132,7 +132,7 @@ def reattach(record: Path, key: str, executor: str):
     previous = json.loads(record.read_text())
     if previous.get("key") != key:
         return None
-    job = submitit.SlurmJob(folder=previous["folder"], job_id=previous["job_id"])
+    job = submitit.SlurmJob(folder=previous["folder"], job_id=previous["job_id"], tasks=tuple(range(previous.get("tasks", 1))))
     if (finished(job) and succeeded(job)) or slurm_state(previous["job_id"]) in ACTIVE_STATES:
         print(f"[vlmscale] {previous['name']}: re-attached to job {job.job_id} submitted by an earlier run",
               file=sys.stderr, flush=True)
@@ -206,6 +206,9 @@ class _QuietSacct(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         return "Bypassing sacct error" not in record.getMessage()
+
+
+logging.getLogger("submitit").addFilter(_QuietSacct())
 
 
 def last_error_line(trace: str) -> str:
