@@ -86,3 +86,15 @@ def test_measured_prefill_matches_2n_tokens_plus_attention():
         expected = row["flops_paper"] + row["flops_attention"]
         assert row["flops_llm_measured"] == pytest.approx(expected, rel=0.05)
         assert row["flops_vision"] > 0 and row["flops_projector"] > 0
+
+
+@pytest.mark.parametrize("compressor", ["tokenpacker", "quecc"])
+def test_learned_compressors_flops_are_measured_and_reported_apart(compressor):
+    spec = {"cell": "t/v4", "llm": LLM, "visual_tokens": 4, "compressor": compressor}
+    pooled = flops.count_cell({**spec, "compressor": "avgpool"}, SMALL_VISION, [f"w{i}" for i in range(40)], [0])
+    learned = flops.count_cell(spec, SMALL_VISION, [f"w{i}" for i in range(40)], [0])
+    row, base = learned["rows"][0], pooled["rows"][0]
+    # at least the key/value projection of every patch: 2 * P * D * 2D multiply-adds
+    n_patches, dim = (SMALL_VISION["image_size"] // SMALL_VISION["patch_size"]) ** 2, SMALL_VISION["hidden_size"]
+    assert row["flops_compressor"] >= 2 * n_patches * dim * 2 * dim > base["flops_compressor"]
+    assert row["flops_llm_measured"] == base["flops_llm_measured"]  # the LLM's cost does not include it

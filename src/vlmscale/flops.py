@@ -9,7 +9,8 @@ Everything the paper leaves out is reported beside it, never folded in:
 * `flops_llm_measured`: the LLM prefill counted by torch.utils.flop_counter (matmuls incl. attention
   and the output head over all L positions);
 * `flops_vision`: the vision encoder per image, measured the same way;
-* `flops_compressor`: avgpool, one add per patch feature element (P * D);
+* `flops_compressor`: avgpool, one add per patch feature element (P * D); tokenpacker and quecc,
+  measured like the encoder (their projections, convolution and local attention);
 * `flops_projector`: 2 * projector parameters * V;
 * `prefill_latency_ms`: measured wall time of one LLM prefill (batch 1, median of repeats, this machine).
 """
@@ -51,6 +52,15 @@ def prefill_latency_ms(llm, embeds: torch.Tensor, repeats: int = 5) -> float:
     return statistics.median(times[1:])
 
 
+def compressor_cost(model, n_patches: int, vision_dim: int, text_dim: int) -> float:
+    """Per image: P * D adds for avgpool (pooling is invisible to the FLOP counter), measured otherwise."""
+    if not any(True for _ in model.compressor.parameters()):
+        return float(n_patches * vision_dim)
+    features, question = torch.zeros(1, n_patches, vision_dim), torch.zeros(1, text_dim)
+    with torch.no_grad():
+        return float(measure_flops(lambda: model.compressor(features, question)))
+
+
 def count_cell(spec: dict, vision: dict, vocabulary: list[str], text_tokens: list[int]) -> dict:
     torch.manual_seed(0)
     model, _ = build_cell_model(spec, vocabulary, vision["hidden_size"], vision["image_size"] // vision["patch_size"])
@@ -64,6 +74,7 @@ def count_cell(spec: dict, vision: dict, vocabulary: list[str], text_tokens: lis
     with torch.no_grad():
         vision_flops = measure_flops(lambda: tower(pixel_values=pixels))
     n_patches = (vision["image_size"] // vision["patch_size"]) ** 2
+    compressor_flops = compressor_cost(model, n_patches, vision["hidden_size"], cfg.hidden_size)
     projector_params = sum(p.numel() for p in model.projector.parameters())
     rows = []
     for q in text_tokens:
@@ -77,7 +88,7 @@ def count_cell(spec: dict, vision: dict, vocabulary: list[str], text_tokens: lis
                 "flops_attention": attention_flops(cfg.num_hidden_layers, cfg.hidden_size, q + v),
                 "flops_llm_measured": float(measured),
                 "flops_vision": float(vision_flops),
-                "flops_compressor": float(n_patches * vision["hidden_size"]),
+                "flops_compressor": compressor_flops,
                 "flops_projector": 2.0 * projector_params * v,
                 "prefill_latency_ms": round(prefill_latency_ms(llm, embeds), 4),
             }
