@@ -28,8 +28,16 @@ def world_from_env() -> World:
     if int(os.environ.get("SLURM_NTASKS", "1")) > 1 and "RANK" not in os.environ:
         import submitit
 
-        submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+        # submitit draws the rendezvous port from 20000-60000, inside Linux's ephemeral range (32768+),
+        # where another process's outgoing connection can already hold it. Every task derives the same
+        # port from the job id, below that range.
+        os.environ.setdefault("MASTER_PORT", str(RENDEZVOUS_PORTS[0] + int(os.environ["SLURM_JOB_ID"]) % RENDEZVOUS_PORTS[1]))
+        submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
     return World(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)))
+
+
+RENDEZVOUS_PORTS = (15000, 15000)  # first port, how many: 15000-29999, below the ephemeral range
+RENDEZVOUS_TIMEOUT_S = 300  # a rank that never arrives fails the job in minutes, not torch's 30
 
 
 def share(indices: torch.Tensor, world: World) -> torch.Tensor:
@@ -107,7 +115,10 @@ def init_process_group() -> None:
     if not dist.is_initialized():
         import deepspeed
 
-        deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
+        from datetime import timedelta
+
+        deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo",
+                                   timeout=timedelta(seconds=RENDEZVOUS_TIMEOUT_S))
 
 
 def make_stepper(model, params, tspec: dict, stage: str, world: World):
