@@ -288,21 +288,38 @@ def vocabulary(train_records, questions) -> set[str]:
 
 # --------------------------------------------------------------------------- loading (synthetic and real)
 
-def load_llava_conversations(json_path: str | Path) -> list[Sample]:
-    """Read LLaVA conversation JSON into (image, question, answer) samples, one per human/gpt turn pair."""
-    records = json.loads(Path(json_path).read_text())
+def conversation_samples(records, source: Path, problems: list[str]) -> list[Sample]:
+    """Samples from LLaVA conversation records; malformed records become problems, not exceptions."""
     if not isinstance(records, list):
-        raise ValueError(f"{json_path}: expected a JSON list of conversation records")
+        problems.append(f"{source}: expected a JSON list of conversation records, got {type(records).__name__}")
+        return []
     samples = []
     for k, rec in enumerate(records):
-        turns = rec.get("conversations")
-        if "image" not in rec or not isinstance(turns, list) or len(turns) < 2:
-            raise ValueError(f"{json_path}: record {k} (id {rec.get('id')!r}) needs 'image' and >= 2 conversation turns")
+        where = f"{source}: record {k} (id {rec.get('id')!r})" if isinstance(rec, dict) else f"{source}: record {k}"
+        turns = rec.get("conversations") if isinstance(rec, dict) else None
+        if not isinstance(rec, dict) or not isinstance(rec.get("image"), str):
+            problems.append(f"{where}: needs an 'image' path")
+            continue
+        if not isinstance(turns, list) or len(turns) < 2 or len(turns) % 2:
+            problems.append(f"{where}: needs an even number (>= 2) of conversation turns")
+            continue
         for human, gpt in zip(turns[0::2], turns[1::2]):
-            if human.get("from") != "human" or gpt.get("from") != "gpt":
-                raise ValueError(f"{json_path}: record {k} (id {rec.get('id')!r}) turns must alternate human/gpt")
+            ok = isinstance(human, dict) and isinstance(gpt, dict)
+            if not ok or human.get("from") != "human" or gpt.get("from") != "gpt" or \
+                    not isinstance(human.get("value"), str) or not isinstance(gpt.get("value"), str):
+                problems.append(f"{where}: turns must alternate human/gpt, each with a string 'value'")
+                break
             question = human["value"].replace("<image>", "").strip()
             samples.append(Sample(rec["image"], question, gpt["value"].strip(), rec.get("task", "")))
+    return samples
+
+
+def load_llava_conversations(json_path: str | Path) -> list[Sample]:
+    """Read LLaVA conversation JSON into (image, question, answer) samples, one per human/gpt turn pair."""
+    problems: list[str] = []
+    samples = conversation_samples(json.loads(Path(json_path).read_text()), Path(json_path), problems)
+    if problems:
+        raise ValueError("; ".join(problems[:10]))
     return samples
 
 

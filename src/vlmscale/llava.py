@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from vlmscale.data import Sample
+from vlmscale.data import Sample, conversation_samples
 from vlmscale.fileio import write_json
 
 MAX_LISTED = 10
@@ -66,32 +66,6 @@ def read_jsonl(path: Path, problems: list[str]) -> list[dict]:
         except json.JSONDecodeError as exc:
             problems.append(f"{path}:{number}: not valid JSON ({exc.msg})")
     return rows
-
-
-def conversation_samples(records, source: Path, problems: list[str]) -> list[Sample]:
-    """Samples from LLaVA conversation records; malformed records become problems, not exceptions."""
-    if not isinstance(records, list):
-        problems.append(f"{source}: expected a JSON list of conversation records, got {type(records).__name__}")
-        return []
-    samples = []
-    for k, rec in enumerate(records):
-        where = f"{source}: record {k} (id {rec.get('id')!r})" if isinstance(rec, dict) else f"{source}: record {k}"
-        turns = rec.get("conversations") if isinstance(rec, dict) else None
-        if not isinstance(rec, dict) or not isinstance(rec.get("image"), str):
-            problems.append(f"{where}: needs an 'image' path")
-            continue
-        if not isinstance(turns, list) or len(turns) < 2 or len(turns) % 2:
-            problems.append(f"{where}: needs an even number (>= 2) of conversation turns")
-            continue
-        for human, gpt in zip(turns[0::2], turns[1::2]):
-            ok = isinstance(human, dict) and isinstance(gpt, dict)
-            if not ok or human.get("from") != "human" or gpt.get("from") != "gpt" or \
-                    not isinstance(human.get("value"), str) or not isinstance(gpt.get("value"), str):
-                problems.append(f"{where}: turns must alternate human/gpt, each with a string 'value'")
-                break
-            question = human["value"].replace("<image>", "").strip()
-            samples.append(Sample(rec["image"], question, gpt["value"].strip(), rec.get("task", "")))
-    return samples
 
 
 def check_images(names: set[str], image_folder: Path, problems: list[str]) -> None:
