@@ -19,7 +19,8 @@ SMALL_DATA = {
 }
 SMALL_VISION = {
     "source": "tiny", "image_size": 32, "patch_size": 4, "hidden_size": 32, "num_layers": 1,
-    "num_heads": 2, "steps": 20, "lr": 0.003, "batch_size": 16, "seed": 0,
+    "num_heads": 2, "steps": 20, "lr": 0.003, "batch_size": 16, "seed": 0, "cache": True, "feature_layer": -2,
+    "bf16": False,
 }
 
 
@@ -33,9 +34,9 @@ def small_data(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def small_features(small_data, tmp_path_factory) -> Path:
+def small_vision(small_data, tmp_path_factory) -> Path:
     from vlmscale import vision
 
     out = tmp_path_factory.mktemp("vision")
     vision.main({"vision": SMALL_VISION, "data_root": str(small_data), "out": str(out), "threads": 1})
-    return out / "features.pt"
+    return out / "tower.json"

@@ -193,31 +193,31 @@ def test_benchmark_question_without_answer_is_named(tmp_path, llava_data):
 # --------------------------------------------------------------------------- checkpoints and training
 
 
-def test_unreadable_trained_weights_name_the_cell(tmp_path, small_data, small_features):
+def test_unreadable_trained_weights_name_the_cell(tmp_path, small_data, small_vision):
     from test_train import cell_cfg
 
-    spec = cell_cfg(small_data, small_features, tmp_path)["spec"]
+    spec = cell_cfg(small_data, small_vision, tmp_path)["spec"]
     (tmp_path / "final.pt").write_bytes(b"torn")
     (tmp_path / "train.json").write_text(json.dumps({"checkpoint": str(tmp_path / "final.pt")}))
     eval_spec = json.dumps({"cell": spec, "benchmarks": [{"name": "colour", "family": "reasoning"}]})
-    out = vlmscale(tmp_path, "evaluate", "--spec", eval_spec, "--data-root", str(small_data), "--features",
-                   str(small_features), "--train-json", str(tmp_path / "train.json"), "--out-dir", str(tmp_path / "eval"))
+    out = vlmscale(tmp_path, "evaluate", "--spec", eval_spec, "--data-root", str(small_data), "--vision",
+                   str(small_vision), "--train-json", str(tmp_path / "train.json"), "--out-dir", str(tmp_path / "eval"))
     assert "vlmscale evaluate [t/v4]: error: t/v4: cannot read its trained weights" in out and "retrain it" in out
 
 
-def test_unreadable_resume_checkpoint_restarts_the_cell_and_says_so(tmp_path, small_data, small_features, capsys):
+def test_unreadable_resume_checkpoint_restarts_the_cell_and_says_so(tmp_path, small_data, small_vision, capsys):
     from test_train import cell_cfg
     from vlmscale import train
 
     (tmp_path / "ckpt").mkdir()
     (tmp_path / "ckpt/last.pt").write_bytes(b"torn by a kill")
-    result = train.train_cell(cell_cfg(small_data, small_features, tmp_path / "ckpt"), log=lambda m: None)
+    result = train.train_cell(cell_cfg(small_data, small_vision, tmp_path / "ckpt"), log=lambda m: None)
     printed = capsys.readouterr().out
     assert "last.pt is unreadable" in printed and "training from scratch" in printed
     assert result["history"][-1]["step"] == 30
 
 
-def test_out_of_memory_names_the_setting(tmp_path, small_data, small_features, monkeypatch):
+def test_out_of_memory_names_the_setting(tmp_path, small_data, small_vision, monkeypatch):
     from test_train import cell_cfg
     from vlmscale import train
 
@@ -226,4 +226,4 @@ def test_out_of_memory_names_the_setting(tmp_path, small_data, small_features, m
 
     monkeypatch.setattr(train, "step_loss", exhausted)
     with pytest.raises(train.CellOutOfMemory, match="out of memory with train.batch_size 8; lower it"):
-        train.train_cell(cell_cfg(small_data, small_features, tmp_path / "ckpt"), log=lambda m: None)
+        train.train_cell(cell_cfg(small_data, small_vision, tmp_path / "ckpt"), log=lambda m: None)

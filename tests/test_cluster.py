@@ -96,7 +96,7 @@ def train_cfg(workdir: Path, grid: Path) -> dict:
     spec = vcfg.cell_spec(cfg, "b", 16)
     spec["train"]["stage2"]["steps"] = 600  # long enough to be preempted mid-run
     tracking = {"uri": f"sqlite:///{workdir / 'mlflow.db'}", "experiment": "preempt", "grid": "preempt"}
-    return {"spec": spec, "data_root": str(grid / "results/data"), "features": str(grid / "results/vision/features.pt"),
+    return {"spec": spec, "data_root": str(grid / "results/data"), "vision": str(grid / "results/vision/tower.json"),
             "out": str(workdir / "train.json"), "checkpoint_dir": str(workdir / "ckpt"), "tracking": tracking, "threads": 1}
 
 

@@ -49,11 +49,11 @@ def test_token_counts_the_grid_cannot_divide_are_refused_with_the_choices():
         make("quecc", 10)
 
 
-def test_quecc_trains_a_cell_end_to_end(small_data, small_features, tmp_path):
+def test_quecc_trains_a_cell_end_to_end(small_data, small_vision, tmp_path):
     from test_train import cell_cfg
     from vlmscale import train
 
-    cfg = cell_cfg(small_data, small_features, tmp_path)
+    cfg = cell_cfg(small_data, small_vision, tmp_path)
     cfg["spec"]["compressor"] = "quecc"
     result = train.train_cell(cfg, log=lambda m: None)
     assert result["history"][-1]["step"] == 30 and result["final_loss"] < result["history"][0]["loss"]

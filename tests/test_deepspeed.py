@@ -23,13 +23,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_process_zero2_matches_single_process(small_data, small_features, tmp_path):
+def test_two_process_zero2_matches_single_process(small_data, small_vision, tmp_path):
     from vlmscale import train
 
-    single = train.train_cell(cell_cfg(small_data, small_features, tmp_path / "single"), log=lambda m: None)
+    single = train.train_cell(cell_cfg(small_data, small_vision, tmp_path / "single"), log=lambda m: None)
 
-    cfg = cell_cfg(small_data, small_features, tmp_path / "zero2", zero_stage={"stage1": 2, "stage2": 2})
-    args = ["--spec", json.dumps(cfg["spec"]), "--data-root", cfg["data_root"], "--features", cfg["features"],
+    cfg = cell_cfg(small_data, small_vision, tmp_path / "zero2", zero_stage={"stage1": 2, "stage2": 2})
+    args = ["--spec", json.dumps(cfg["spec"]), "--data-root", cfg["data_root"], "--vision", cfg["vision"],
             "--out", str(tmp_path / "train.json"), "--checkpoint-dir", cfg["checkpoint_dir"], "--executor", "inline"]
     port = free_port()
     procs = []

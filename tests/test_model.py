@@ -29,38 +29,57 @@ def test_non_square_or_too_many_tokens_are_refused():
         model.AvgPoolCompressor(81)(torch.randn(1, 64, 4))
 
 
+def word_batch(vlm, questions, answers, features):
+    from vlmscale.data import Sample
+    from vlmscale.tokenizer import WordTokenizer
+
+    tok = WordTokenizer("what colour is it now which side red left".split())
+    samples = [Sample(f"img{i}", q, a) for i, (q, a) in enumerate(zip(questions, answers))]
+    return train.make_batch(samples, tok, vlm.visual_tokens, lambda paths: features[: len(paths)]), tok
+
+
 @pytest.mark.parametrize("v", [1, 4, 16, 64])
-def test_vlm_forward_gives_next_token_logits(v):
-    llm = model.build_llm(LLM, vocab_size=40)
-    vlm = model.VLM(llm, vision_dim=16, visual_tokens=v)
-    ids = torch.tensor([[5, 6, 7, 0], [5, 6, 0, 0]])
-    logits = vlm(torch.randn(2, 64, 16), ids, torch.tensor([3, 2]))
-    assert logits.shape == (2, 40)
+def test_vlm_forward_gives_logits_for_each_answer_token(v):
+    vlm = model.VLM(model.build_llm(LLM, vocab_size=40), vision_dim=16, visual_tokens=v)
+    batch, tok = word_batch(vlm, ["what colour is it", "which side"], ["red", "left"], torch.randn(2, 64, 16))
+    assert batch.input_ids.shape == (2, v + 4 + 1)  # V placeholders, the longest question, the answer
+    logits, targets = vlm(batch)
+    assert logits.shape == (2, 40) and targets.tolist() == [tok.answer_id("red"), tok.answer_id("left")]
 
 
 def test_right_padding_does_not_change_logits():
     torch.manual_seed(0)
     vlm = model.VLM(model.build_llm(LLM, vocab_size=40), vision_dim=16, visual_tokens=4).eval()
-    feats = torch.randn(1, 64, 16)
-    short = vlm(feats, torch.tensor([[5, 6]]), torch.tensor([2]))
-    padded = vlm(feats, torch.tensor([[5, 6, 0, 0]]), torch.tensor([2]))
-    assert torch.allclose(short, padded, atol=1e-5)
+    feats = torch.randn(2, 64, 16)
+    both, _ = word_batch(vlm, ["which side", "what colour is it"], ["left", "red"], feats)
+    alone, _ = word_batch(vlm, ["which side", "which side"], ["left", "left"], feats)
+    assert torch.allclose(vlm(both)[0][0], vlm(alone)[0][0], atol=1e-5)
 
 
-def test_training_steps_reduce_loss_on_real_data(small_data, small_features):
+def test_greedy_generation_with_left_padding_agrees_with_the_training_forward():
+    torch.manual_seed(0)
+    vlm = model.VLM(model.build_llm(LLM, vocab_size=40), vision_dim=16, visual_tokens=4).eval()
+    batch, _ = word_batch(vlm, ["which side", "what colour is it now"], ["left", "red"], torch.randn(2, 64, 16))
+    logits, _ = vlm(batch)
+    assert vlm.generate(batch, 1, None) == [[i] for i in logits.argmax(-1).tolist()]
+    assert [len(row) for row in vlm.generate(batch, 3, None)] == [3, 3]  # no end token: runs to the limit
+
+
+def test_training_steps_reduce_loss_on_real_data(small_data, small_vision):
     from vlmscale.data import load_llava_conversations
     from vlmscale.fileio import read_json
+    from vlmscale.vision import feature_source
 
     torch.manual_seed(0)
-    features, rows = train.load_features(small_features)
-    spec = {"llm": LLM, "visual_tokens": 16, "compressor": "avgpool"}
-    vlm, tok = train.build_cell_model(spec, read_json(small_data / "manifest.json")["vocabulary"], features.shape[-1])
-    encoded = train.encode_samples(load_llava_conversations(small_data / "train.json"), tok, rows)
-    batch = encoded.take(torch.arange(64))
+    features, summary = feature_source(small_vision, str(small_data))
+    spec = {"llm": LLM, "visual_tokens": 16, "compressor": "avgpool", "train": {}}
+    vlm, tok = train.build_cell_model(spec, read_json(small_data / "manifest.json")["vocabulary"], summary["hidden_size"])
+    samples = train.with_image_root(load_llava_conversations(small_data / "train.json"), str(small_data))
+    batch = train.make_batch(samples[:64], tok, 16, features)
     opt = torch.optim.AdamW(vlm.parameters(), lr=3e-3)
-    first, _ = train.step_loss(vlm, features, batch)
+    first, _ = train.step_loss(vlm, batch)
     for _ in range(30):
-        loss, _ = train.step_loss(vlm, features, batch)
+        loss, _ = train.step_loss(vlm, batch)
         opt.zero_grad()
         loss.backward()
         opt.step()

@@ -47,7 +47,7 @@ def test_parallel_cells_on_a_fresh_sqlite_store(tmp_path):
     assert all(counts[c] == 20 for c in cells)
 
 
-def test_unreachable_store_keeps_training_and_is_replayed_later(small_data, small_features, tmp_path, monkeypatch):
+def test_unreachable_store_keeps_training_and_is_replayed_later(small_data, small_vision, tmp_path, monkeypatch):
     from mlflow.tracking import MlflowClient
 
     from vlmscale import train, track_sync
@@ -59,7 +59,7 @@ def test_unreachable_store_keeps_training_and_is_replayed_later(small_data, smal
             "train": {"batch_size": 8, "seed": 0, "warmup_frac": 0.1, "log_every": 5, "checkpoint_every": 50,
                       "stage1": {"steps": 5, "lr": 1e-3}, "stage2": {"steps": 10, "lr": 3e-3}}}
     out = tmp_path / "cells/t/v4/train.json"
-    cfg = {"spec": spec, "data_root": str(small_data), "features": str(small_features), "out": str(out),
+    cfg = {"spec": spec, "data_root": str(small_data), "vision": str(small_vision), "out": str(out),
            "checkpoint_dir": str(tmp_path / "ckpt"), "threads": 1,
            "tracking": {"uri": "http://127.0.0.1:9", "experiment": "down", "grid": "g"}}
     result = train.main(cfg)  # the store is down: training goes on, the JSON is intact

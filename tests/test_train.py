@@ -11,11 +11,11 @@ LLM = {"name": "t", "source": "config", "arch": "qwen2", "hidden_size": 16, "int
        "num_layers": 1, "num_heads": 2}
 
 
-def cell_cfg(small_data, small_features, ckpt_dir, **train_overrides):
+def cell_cfg(small_data, small_vision, ckpt_dir, **train_overrides):
     tspec = {"batch_size": 8, "seed": 0, "warmup_frac": 0.1, "log_every": 5, "checkpoint_every": 10,
              "stage1": {"steps": 6, "lr": 1e-3}, "stage2": {"steps": 30, "lr": 3e-3}, **train_overrides}
     spec = {"cell": "t/v4", "llm": LLM, "visual_tokens": 4, "compressor": "avgpool", "train": tspec}
-    return {"spec": spec, "data_root": str(small_data), "features": str(small_features),
+    return {"spec": spec, "data_root": str(small_data), "vision": str(small_vision),
             "checkpoint_dir": str(ckpt_dir), "threads": 1}
 
 
@@ -23,8 +23,8 @@ class Killed(Exception):
     pass
 
 
-def test_killed_training_resumes_to_identical_result(small_data, small_features, tmp_path, monkeypatch):
-    reference = train.train_cell(cell_cfg(small_data, small_features, tmp_path / "a"), log=lambda m: None)
+def test_killed_training_resumes_to_identical_result(small_data, small_vision, tmp_path, monkeypatch):
+    reference = train.train_cell(cell_cfg(small_data, small_vision, tmp_path / "a"), log=lambda m: None)
 
     original = train.record_progress
     calls = {"n": 0}
@@ -36,7 +36,7 @@ def test_killed_training_resumes_to_identical_result(small_data, small_features,
             raise Killed()
 
     monkeypatch.setattr(train, "record_progress", dies_midway)
-    cfg = cell_cfg(small_data, small_features, tmp_path / "b")
+    cfg = cell_cfg(small_data, small_vision, tmp_path / "b")
     with pytest.raises(Killed):
         train.train_cell(cfg, log=lambda m: None)
     monkeypatch.setattr(train, "record_progress", original)
@@ -49,16 +49,16 @@ def test_killed_training_resumes_to_identical_result(small_data, small_features,
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_divergence_stops_with_the_setting_to_change(small_data, small_features, tmp_path):
-    cfg = cell_cfg(small_data, small_features, tmp_path, stage2={"steps": 30, "lr": 1e12})
+def test_divergence_stops_with_the_setting_to_change(small_data, small_vision, tmp_path):
+    cfg = cell_cfg(small_data, small_vision, tmp_path, stage2={"steps": 30, "lr": 1e12})
     with pytest.raises(train.TrainingDiverged, match="lower train.stage2.lr"):
         train.train_cell(cfg, log=lambda m: None)
 
 
-def test_checkpoint_of_another_spec_is_not_resumed(small_data, small_features, tmp_path):
-    cfg = cell_cfg(small_data, small_features, tmp_path)
+def test_checkpoint_of_another_spec_is_not_resumed(small_data, small_vision, tmp_path):
+    cfg = cell_cfg(small_data, small_vision, tmp_path)
     train.train_cell(cfg, log=lambda m: None)
-    other = cell_cfg(small_data, small_features, tmp_path, seed=1)
+    other = cell_cfg(small_data, small_vision, tmp_path, seed=1)
     messages = []
     train.train_cell(other, log=messages.append)
     assert not any("resuming" in m for m in messages)

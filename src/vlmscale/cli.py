@@ -43,7 +43,7 @@ def cmd_train(args) -> dict:
     from vlmscale import train
 
     cfg = {
-        "spec": args.spec, "data_root": args.data_root, "features": args.features, "out": args.out,
+        "spec": args.spec, "data_root": args.data_root, "vision": args.vision, "out": args.out,
         "checkpoint_dir": args.checkpoint_dir, "tracking": args.tracking, **_runtime(args),
     }
     result = _launch(train.main, cfg, args, f"train:{args.spec['cell']}")
@@ -68,7 +68,8 @@ def cmd_evaluate(args) -> dict:
     trained = read_json(args.train_json)
     cfg = {
         "spec": args.spec["cell"], "benchmarks": args.spec["benchmarks"], "data_root": args.data_root,
-        "features": args.features, "checkpoint": trained["checkpoint"], "out_dir": args.out_dir, **_runtime(args),
+        "vision": args.vision, "checkpoint": trained["checkpoint"], "out_dir": args.out_dir,
+        "max_new_tokens": args.spec.get("max_new_tokens", 16), **_runtime(args),
     }
     result = _launch(evaluate.main, cfg, args, f"eval:{args.spec['cell']['cell']}")
     write_outputs({Path(args.out_dir) / f"{r['benchmark']}.json": r for r in result["results"]})
@@ -227,11 +228,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root", required=True)
     p.add_argument("--out", required=True)
     p = _stage(sub, "train", cmd_train, "train one cell (two stages)")
-    for flag in ("--data-root", "--features", "--out", "--checkpoint-dir"):
+    for flag in ("--data-root", "--vision", "--out", "--checkpoint-dir"):
         p.add_argument(flag, required=True)
     p.add_argument("--tracking", type=_json, default={})
     p = _stage(sub, "evaluate", cmd_evaluate, "evaluate one cell on its benchmarks (one JSON each)")
-    for flag in ("--data-root", "--features", "--train-json", "--out-dir"):
+    for flag in ("--data-root", "--vision", "--train-json", "--out-dir"):
         p.add_argument(flag, required=True)
     p = _stage(sub, "flops", cmd_flops, "count one cell's inference FLOPs")
     p.add_argument("--manifest", required=True)

@@ -67,6 +67,7 @@ def check(cfg: dict) -> dict:
     for i, llm in enumerate(cfg["llms"]):
         _check_llm(llm, f"llms[{i}] ({llm['name']})")
     _check_data(cfg)
+    _check_local_source(vision["source"], "vision.source", allowed=("tiny",))
     _check_grid_fits_law(cfg)
     families = {b["family"] for b in cfg["benchmarks"]}
     if cfg["law"]["families"]:
@@ -127,8 +128,20 @@ def _check_llm(llm: dict, where: str) -> None:
                 raise ConfigError(f"{where}.{key}: required when source is 'config'")
         if llm["hidden_size"] % llm["num_heads"]:
             raise ConfigError(f"{where}.num_heads ({llm['num_heads']}) must divide hidden_size ({llm['hidden_size']})")
-    elif llm["source"].startswith((".", "/")) and not Path(llm["source"]).exists():
-        raise ConfigError(f"{where}.source: local model folder {llm['source']!r} does not exist")
+    else:
+        _check_local_source(llm["source"], f"{where}.source")
+        _check_local_source(llm.get("tokenizer", ""), f"{where}.tokenizer")
+
+
+def _check_local_source(source: str, key: str, allowed: tuple = ()) -> None:
+    """A local model folder must exist now; a Hugging Face id is resolved by the job (or its cache)."""
+    if source in allowed or not source.startswith((".", "/", "~")):
+        return
+    folder = Path(source).expanduser()
+    if not folder.is_dir():
+        raise ConfigError(f"{key}: local model folder {source!r} does not exist")
+    if not (folder / "config.json").is_file():
+        raise ConfigError(f"{key}: {source!r} has no config.json (save the model with save_pretrained)")
 
 
 def load_file(path: str | Path, schema: str | Path) -> dict:
@@ -166,13 +179,13 @@ def llm_by_name(cfg: dict, name: str) -> dict:
     raise ConfigError(f"no LLM named {name!r} in llms (have {[m['name'] for m in cfg['llms']]})")
 
 
-LLAVA_KEYS = ("source", "train_json", "image_folder", "benchmark_folder")
+LLAVA_KEYS = ("source", "train_json", "image_folder", "benchmark_folder", "stage1", "stage2")
 
 
 def data_spec(cfg: dict) -> dict:
     """The data stage's settings; for real data only its locations (the synthetic defaults do not apply)."""
     if cfg["data"]["source"] == "llava":
-        return {k: cfg["data"][k] for k in LLAVA_KEYS}
+        return {k: cfg["data"][k] for k in LLAVA_KEYS if k in cfg["data"]}
     return dict(cfg["data"])
 
 

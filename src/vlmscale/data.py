@@ -36,10 +36,12 @@ TASKS = tuple(FAMILY_OF_TASK)
 class Sample:
     """One question about one image: what every loader (synthetic or real LLaVA) yields."""
 
-    image: str  # path relative to the data root
+    image: str  # path relative to the data root (absolute once a loader joins its image folder)
     question: str
     answer: str
     task: str = ""
+    references: tuple[str, ...] = ()  # benchmarks: every annotator's answer (VQA soft accuracy)
+    options: tuple[str, ...] = ()  # benchmarks: the choices of a multiple-choice question, in letter order
 
 
 # --------------------------------------------------------------------------- drawing
@@ -297,6 +299,8 @@ def conversation_samples(records, source: Path, problems: list[str]) -> list[Sam
     for k, rec in enumerate(records):
         where = f"{source}: record {k} (id {rec.get('id')!r})" if isinstance(rec, dict) else f"{source}: record {k}"
         turns = rec.get("conversations") if isinstance(rec, dict) else None
+        if isinstance(rec, dict) and "image" not in rec:
+            continue  # a text-only record (the 665K mix has ~40K): no visual tokens to train; counted by llava.prepare
         if not isinstance(rec, dict) or not isinstance(rec.get("image"), str):
             problems.append(f"{where}: needs an 'image' path")
             continue
@@ -336,7 +340,15 @@ def load_benchmark(folder: str | Path) -> list[Sample]:
     missing = [q["question_id"] for q in questions if q["question_id"] not in answers]
     if missing:
         raise ValueError(f"benchmark {folder}: {len(missing)} questions have no answer (first: {missing[0]})")
-    return [Sample(q["image"], q["text"], answers[q["question_id"]], q.get("category", "")) for q in questions]
+    return [benchmark_sample(q, answers[q["question_id"]]) for q in questions]
+
+
+def benchmark_sample(question: dict, answer) -> Sample:
+    """An answer is one string, or (VQA) the list of the annotators' answers; the first is the reference
+    shown in examples and used by the single-answer metrics."""
+    references = tuple(str(a) for a in answer) if isinstance(answer, list) else (str(answer),)
+    return Sample(question["image"], question["text"], references[0], question.get("category", ""),
+                  references, tuple(str(o) for o in question.get("options", ())))
 
 
 def main(cfg: dict) -> dict:

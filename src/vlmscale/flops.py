@@ -12,7 +12,9 @@ Everything the paper leaves out is reported beside it, never folded in:
 * `flops_compressor`: avgpool, one add per patch feature element (P * D); tokenpacker and quecc,
   measured like the encoder (their projections, convolution and local attention);
 * `flops_projector`: 2 * projector parameters * V;
-* `prefill_latency_ms`: measured wall time of one LLM prefill (batch 1, median of repeats, this machine).
+* `prefill_latency_ms`: measured wall time of one LLM prefill (batch 1, median of repeats, this machine);
+  null for pretrained LLMs, which are counted on PyTorch's meta device: shapes only, no weights loaded,
+  so a 14B model is counted in seconds on a login node.
 """
 from __future__ import annotations
 
@@ -52,33 +54,48 @@ def prefill_latency_ms(llm, embeds: torch.Tensor, repeats: int = 5) -> float:
     return statistics.median(times[1:])
 
 
-def compressor_cost(model, n_patches: int, vision_dim: int, text_dim: int) -> float:
+def compressor_cost(model, n_patches: int, vision_dim: int, text_dim: int, device="cpu") -> float:
     """Per image: P * D adds for avgpool (pooling is invisible to the FLOP counter), measured otherwise."""
     if not any(True for _ in model.compressor.parameters()):
         return float(n_patches * vision_dim)
-    features, question = torch.zeros(1, n_patches, vision_dim), torch.zeros(1, text_dim)
+    features = torch.zeros(1, n_patches, vision_dim, device=device)
+    question = torch.zeros(1, text_dim, device=device)
     with torch.no_grad():
         return float(measure_flops(lambda: model.compressor(features, question)))
 
 
+def vision_encoder(vision: dict):
+    """The encoder's architecture on the meta device (tiny ViT from the spec, CLIP from its config)."""
+    from transformers import AutoConfig, CLIPVisionModel
+
+    with torch.device("meta"):
+        if vision.get("source", "tiny") == "tiny":
+            return build_vision_tower(vision).eval(), vision["hidden_size"]
+        config = AutoConfig.from_pretrained(vision["source"])
+        config = getattr(config, "vision_config", config)
+        return CLIPVisionModel(config).eval(), config.hidden_size
+
+
 def count_cell(spec: dict, vision: dict, vocabulary: list[str], text_tokens: list[int]) -> dict:
     torch.manual_seed(0)
-    model, _ = build_cell_model(spec, vocabulary, vision["hidden_size"], vision["image_size"] // vision["patch_size"])
+    pretrained = spec["llm"].get("source", "config") != "config"
+    tower, vision_dim = vision_encoder(vision)
+    grid = vision["image_size"] // vision["patch_size"]
+    model, _ = build_cell_model(spec, vocabulary, vision_dim, grid, on_meta=pretrained)
     llm, v = model.llm.eval(), spec["visual_tokens"]
     # Eager attention: its matmuls are visible to the FLOP counter (fused SDPA kernels on CPU are not).
     llm.set_attn_implementation("eager")
     params = count_llm_params(llm)
     cfg = llm.config
-    tower = build_vision_tower(vision).eval()
-    pixels = torch.zeros(1, 3, vision["image_size"], vision["image_size"])
+    device = "meta" if pretrained else "cpu"
+    pixels = torch.zeros(1, 3, vision["image_size"], vision["image_size"], device="meta")
     with torch.no_grad():
         vision_flops = measure_flops(lambda: tower(pixel_values=pixels))
-    n_patches = (vision["image_size"] // vision["patch_size"]) ** 2
-    compressor_flops = compressor_cost(model, n_patches, vision["hidden_size"], cfg.hidden_size)
+    compressor_flops = compressor_cost(model, grid * grid, vision_dim, cfg.hidden_size, device)
     projector_params = sum(p.numel() for p in model.projector.parameters())
     rows = []
     for q in text_tokens:
-        embeds = torch.zeros(1, q + v, cfg.hidden_size)
+        embeds = torch.zeros(1, q + v, cfg.hidden_size, device=device)
         with torch.no_grad():
             measured = measure_flops(lambda: llm(inputs_embeds=embeds, use_cache=False))
         rows.append(
@@ -90,7 +107,7 @@ def count_cell(spec: dict, vision: dict, vocabulary: list[str], text_tokens: lis
                 "flops_vision": float(vision_flops),
                 "flops_compressor": compressor_flops,
                 "flops_projector": 2.0 * projector_params * v,
-                "prefill_latency_ms": round(prefill_latency_ms(llm, embeds), 4),
+                "prefill_latency_ms": None if pretrained else round(prefill_latency_ms(llm, embeds), 4),
             }
         )
     return {"llm_params": params, "rows": rows}

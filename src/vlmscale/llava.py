@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from vlmscale.data import Sample, conversation_samples
+from vlmscale.data import Sample, benchmark_sample, conversation_samples
 from vlmscale.fileio import write_json
 
 MAX_LISTED = 10
@@ -26,15 +26,33 @@ class DataError(ValueError):
     """The data set has problems; the message lists them (file, record, what is wrong)."""
 
 
+STAGES = ("stage1", "stage2")
+
+
+def stage_data(spec: dict, stage: str) -> dict:
+    """A training stage's conversation JSON and image folder: its own, else data.train_json/image_folder."""
+    own = spec.get(stage) or {}
+    return {key: own.get(key) or spec.get(key) for key in ("train_json", "image_folder")}
+
+
 def check_paths(spec: dict) -> list[str]:
-    """Cheap checks at config load: the three locations exist. Returns problems, each naming its key."""
+    """Cheap checks at config load: the locations exist. Returns problems, each naming its key."""
     problems = []
-    for key, kind in (("train_json", "file"), ("image_folder", "folder"), ("benchmark_folder", "folder")):
-        value = spec.get(key)
+    keys = [("image_folder", "folder", spec.get("image_folder")), ("benchmark_folder", "folder", spec.get("benchmark_folder"))]
+    for stage in STAGES:
+        paths = stage_data(spec, stage)
+        where = f"data.{stage}." if stage in spec else "data."
+        keys += [(f"{where}train_json", "file", paths["train_json"]), (f"{where}image_folder", "folder", paths["image_folder"])]
+    seen = set()
+    for key, kind, value in keys:
+        key = key if key.startswith("data.") else f"data.{key}"
+        if (key, value) in seen:
+            continue
+        seen.add((key, value))
         if not value:
-            problems.append(f"data.{key}: required when data.source is 'llava'")
+            problems.append(f"{key}: required when data.source is 'llava'")
         elif not (Path(value).is_file() if kind == "file" else Path(value).is_dir()):
-            problems.append(f"data.{key}: {kind} {value!r} does not exist")
+            problems.append(f"{key}: {kind} {value!r} does not exist")
     return problems
 
 
@@ -98,10 +116,10 @@ def benchmark_samples(folder: Path, problems: list[str]) -> list[Sample]:
     for q in questions:
         if not {"question_id", "image", "text"} <= set(q):
             problems.append(f"benchmark {folder.name}: question {q.get('question_id')!r} needs question_id, image and text")
-        elif by_id.get(q["question_id"]) is None:
+        elif by_id.get(q["question_id"]) in (None, []):
             problems.append(f"benchmark {folder.name}: question {q['question_id']!r} has no answer in {answers_path}")
         else:
-            samples.append(Sample(q["image"], q["text"], str(by_id[q["question_id"]]), q.get("category", "")))
+            samples.append(benchmark_sample(q, by_id[q["question_id"]]))
     return samples
 
 
@@ -109,20 +127,32 @@ def prepare(spec: dict, out_dir: str | Path) -> dict:
     """Validate the whole data set; write data_report.json and, if it is clean, manifest.json."""
     out = Path(out_dir)
     problems: list[str] = []
-    train_json = Path(spec["train_json"]).resolve()
     image_folder = Path(spec["image_folder"]).resolve()
-    train = conversation_samples(read_json_file(train_json), train_json, problems)
+    stages, train, images, text_only = {}, {}, set(), 0
+    for stage in STAGES:
+        paths = stage_data(spec, stage)
+        source = (Path(paths["train_json"]).resolve(), Path(paths["image_folder"]).resolve())
+        if source not in train:
+            records = read_json_file(source[0])
+            train[source] = conversation_samples(records, source[0], problems)
+            text_only += sum(isinstance(r, dict) and "image" not in r for r in records) if isinstance(records, list) else 0
+            check_images({s.image for s in train[source]}, source[1], problems)
+            images |= {str(source[1] / s.image) for s in train[source]}
+        stages[stage] = {"json": str(source[0]), "image_folder": str(source[1]), "n_samples": len(train[source])}
     benchmarks = {
         folder.name: benchmark_samples(folder, problems)
         for folder in sorted(Path(spec["benchmark_folder"]).resolve().iterdir()) if folder.is_dir()
     }
-    images = {s.image for s in train} | {s.image for items in benchmarks.values() for s in items}
-    check_images(images, image_folder, problems)
+    bench_images = {s.image for items in benchmarks.values() for s in items}
+    check_images(bench_images, image_folder, problems)
+    images |= {str(image_folder / name) for name in bench_images}
+    all_train = [s for samples in train.values() for s in samples]
     report = {
-        "train_json": str(train_json), "image_folder": str(image_folder),
-        "n_train_samples": len(train), "n_images": len(images),
+        "stages": stages, "image_folder": str(image_folder),
+        "n_train_samples": len(all_train), "n_images": len(images),
         "benchmarks": {name: len(items) for name, items in benchmarks.items()},
-        "multi_word_answers": sum(len(s.answer.split()) != 1 for s in train),
+        "multi_word_answers": sum(len(s.answer.split()) != 1 for s in all_train),
+        "text_only_records_skipped": text_only,
         "problems": problems,
     }
     write_json(out / "data_report.json", report)
@@ -130,10 +160,10 @@ def prepare(spec: dict, out_dir: str | Path) -> dict:
         listed = "\n  - ".join(problems[:MAX_LISTED])
         more = f"\n  ... and {len(problems) - MAX_LISTED} more" if len(problems) > MAX_LISTED else ""
         raise DataError(f"{len(problems)} problems in the data set (all of them: {out / 'data_report.json'}):\n  - {listed}{more}")
-    return _write_manifest(out, spec, train_json, image_folder, train, benchmarks, images)
+    return _write_manifest(out, spec, stages, image_folder, all_train, benchmarks, images)
 
 
-def _write_manifest(out, spec, train_json, image_folder, train, benchmarks, images) -> dict:
+def _write_manifest(out, spec, stages, image_folder, train, benchmarks, images) -> dict:
     words: set[str] = set()
     for s in train + [s for items in benchmarks.values() for s in items]:
         words.update(s.question.split())
@@ -143,8 +173,8 @@ def _write_manifest(out, spec, train_json, image_folder, train, benchmarks, imag
         "source": "llava",
         "root": str(out.resolve()),
         "image_root": str(image_folder),
-        "train": str(train_json),
-        "images": sorted(images),
+        "train": {stage: {"json": info["json"], "image_folder": info["image_folder"]} for stage, info in stages.items()},
+        "images": sorted(images),  # absolute: the stages' image folders may differ
         "n_train_samples": len(train),
         "benchmarks": {
             name: {"path": str(Path(spec["benchmark_folder"]).resolve() / name), "n_questions": len(items)}

@@ -1,5 +1,7 @@
 """Benchmark metrics in the forms LLaVA's evaluation scripts use.
 
+* exact             the prediction equals the answer, character for character (the synthetic grid's:
+                    there "a" is a glyph's name, which the VQA normalisation would drop as an article).
 * exact_match       GQA-style: the normalised prediction equals the normalised answer.
 * vqa               VQAv2/TextVQA soft accuracy: with the standard answer normalisation, a prediction
                     scores min(1, matches/3) against each leave-one-out subset of the 10 annotators'
@@ -118,6 +120,9 @@ def yes_no_scores(predictions: Sequence[str], answers: Sequence[str]) -> dict:
             "yes_ratio": (tp + fp) / len(truth)}
 
 
+METRICS = ("exact", "exact_match", "vqa", "multiple_choice", "yes_no")
+
+
 def score(metric: str, predictions: Sequence[str], references: Sequence, options: Sequence[Sequence[str]] | None = None) -> dict:
     """One benchmark's score. references: an answer per question (a list of annotator answers for vqa)."""
     if len(predictions) != len(references) or not predictions:
@@ -131,6 +136,8 @@ def score(metric: str, predictions: Sequence[str], references: Sequence, options
         per = [multiple_choice(p, r, o) for p, r, o in zip(predictions, references, opts)]
     elif metric == "exact_match":
         per = [exact_match(p, r) for p, r in zip(predictions, references)]
+    elif metric == "exact":
+        per = [float(p.strip() == r.strip()) for p, r in zip(predictions, references)]
     else:
-        raise ValueError(f"unknown metric {metric!r}; choose from exact_match, vqa, multiple_choice, yes_no")
+        raise ValueError(f"unknown metric {metric!r}; choose from {', '.join(METRICS)}")
     return {"accuracy": sum(per) / len(per)}

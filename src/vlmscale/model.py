@@ -182,13 +182,14 @@ class Projector(nn.Module):
 
 # --------------------------------------------------------------------------- language model
 
-def build_llm(spec: dict, vocab_size: int) -> nn.Module:
-    """Causal LM: random-init from a transformers config (source 'config') or from_pretrained (id/path)."""
-    from transformers import AutoConfig, AutoModelForCausalLM
+def llm_config(spec: dict, vocab_size: int):
+    """The LM's transformers config: built from the spec's keys (source 'config'), or read from the
+    Hugging Face id / local folder (config.json only: no weights are loaded)."""
+    from transformers import AutoConfig
 
     if spec.get("source", "config") != "config":
-        return AutoModelForCausalLM.from_pretrained(spec["source"], dtype=torch.float32)
-    config = AutoConfig.for_model(
+        return AutoConfig.from_pretrained(spec["source"])
+    return AutoConfig.for_model(
         spec.get("arch", "qwen2"),
         vocab_size=vocab_size,
         hidden_size=spec["hidden_size"],
@@ -199,21 +200,42 @@ def build_llm(spec: dict, vocab_size: int) -> nn.Module:
         max_position_embeddings=256,
         tie_word_embeddings=True,
     )
+
+
+def build_llm(spec: dict, vocab_size: int, on_meta: bool = False) -> nn.Module:
+    """Causal LM: random-init from its config (source 'config'), or from_pretrained (id or folder).
+    on_meta: the architecture without weights (shapes only), for counting parameters and FLOPs."""
+    from transformers import AutoModelForCausalLM
+
+    config = llm_config(spec, vocab_size)
+    if on_meta:
+        with torch.device("meta"):
+            return AutoModelForCausalLM.from_config(config)
+    if spec.get("source", "config") != "config":
+        return AutoModelForCausalLM.from_pretrained(spec["source"], dtype=torch.float32)
     torch.manual_seed(spec.get("init_seed", 0))
     return AutoModelForCausalLM.from_config(config)
 
 
 def count_llm_params(llm: nn.Module) -> dict:
-    """Total and non-embedding parameter counts (a tied output head is counted once, in the embedding)."""
+    """Total and non-embedding parameter counts. Non-embedding leaves out the input embedding and, when
+    untied (Qwen-1.5), the output head; a tied head is one tensor and counted once."""
     total = sum(p.numel() for p in llm.parameters())
     embedding = llm.get_input_embeddings().weight.numel()
+    head = llm.get_output_embeddings()
+    if head is not None and head.weight is not llm.get_input_embeddings().weight:
+        embedding += head.weight.numel()
     return {"total": total, "non_embedding": total - embedding}
 
 
 # --------------------------------------------------------------------------- the VLM
 
 class VLM(nn.Module):
-    """Compressor + projector + LM over precomputed (frozen) patch features."""
+    """Compressor + projector + LM over (frozen) patch features.
+
+    A batch's `input_ids` hold V IMAGE placeholders where the visual tokens go (tokenizer.IMAGE); they
+    are replaced by the projected compressor output, so any chat template can place the image.
+    """
 
     def __init__(self, llm: nn.Module, vision_dim: int, visual_tokens: int, compressor: str = "avgpool",
                  patch_grid: int | None = None):
@@ -224,28 +246,67 @@ class VLM(nn.Module):
         self.llm = llm
         positions = token_positions(math.isqrt(visual_tokens))
         self.register_buffer("positions", positions[None], persistent=False)
-        self.projector = Projector(vision_dim, llm.get_input_embeddings().embedding_dim, positions.shape[-1])
+        self.projector = Projector(vision_dim, text_dim, positions.shape[-1])
         self.visual_tokens = visual_tokens
 
     def visual_embeds(self, features: torch.Tensor, question: torch.Tensor | None = None) -> torch.Tensor:
         return self.projector(self.compressor(features, question), self.positions)
 
-    def question_embedding(self, text: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    def question_embedding(self, question_ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """Mean of the question's token embeddings (pads excluded): what QueCC conditions on."""
+        text = self.llm.get_input_embeddings()(question_ids)
         mask = (torch.arange(text.shape[1], device=text.device)[None, :] < lengths[:, None]).to(text.dtype)
         return (text * mask[..., None]).sum(1) / lengths[:, None].to(text.dtype)
 
-    def forward(self, features: torch.Tensor, question_ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """Logits for the token that follows each question: (B, vocab).
+    def embed(self, input_ids: torch.Tensor, features: torch.Tensor, question_ids=None, question_lengths=None):
+        """Token embeddings with the V visual tokens written over each row's IMAGE placeholders."""
+        from vlmscale.tokenizer import IMAGE
 
-        Questions are right-padded; with causal attention no real token sees a pad, so the logits at
-        each question's last real token are exact without an attention mask.
+        is_image = input_ids == IMAGE
+        embeds = self.llm.get_input_embeddings()(input_ids.masked_fill(is_image, 0))
+        question = self.question_embedding(question_ids, question_lengths) if self.uses_question else None
+        vis = self.visual_embeds(features.to(embeds.dtype), question)
+        return embeds.masked_scatter(is_image[..., None], vis.to(embeds.dtype))
+
+    def forward(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits, targets) at the supervised positions only: the LM head runs on the answer tokens,
+        not on all Q + V positions (a 150k-word head over every position would dominate memory).
+
+        Rows are right-padded; with causal attention no real token sees a pad, so no mask is needed.
         """
-        text = self.llm.get_input_embeddings()(question_ids)
-        vis = self.visual_embeds(features, self.question_embedding(text, lengths) if self.uses_question else None)
-        out = self.llm(inputs_embeds=torch.cat([vis, text], dim=1), use_cache=False)
-        last = vis.shape[1] + lengths - 1
-        return out.logits[torch.arange(len(lengths)), last]
+        from vlmscale.tokenizer import IGNORE
+
+        embeds = self.embed(batch.input_ids, batch.features, batch.question_ids, batch.question_lengths)
+        hidden = self.llm.base_model(inputs_embeds=embeds, use_cache=False).last_hidden_state
+        targets = batch.labels[:, 1:]
+        keep = targets != IGNORE
+        logits = self.llm.get_output_embeddings()(hidden[:, :-1][keep])
+        return logits, targets[keep]
+
+    @torch.no_grad()
+    def generate(self, batch, max_new_tokens: int, eos_id: int | None) -> list[list[int]]:
+        """Greedy decoding of each row's prompt (left-padded, with the KV cache); stops at eos_id."""
+        prompts = [row[:n] for row, n in zip(batch.input_ids, batch.prompt_lengths.tolist())]
+        width = max(len(p) for p in prompts)
+        ids = torch.zeros(len(prompts), width, dtype=torch.long, device=batch.input_ids.device)
+        mask = torch.zeros_like(ids)
+        for i, p in enumerate(prompts):
+            ids[i, width - len(p):], mask[i, width - len(p):] = p, 1
+        embeds = self.embed(ids, batch.features, batch.question_ids, batch.question_lengths)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        out = self.llm(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=True,
+                       logits_to_keep=1)
+        tokens = [out.logits[:, -1].argmax(-1)]
+        done = tokens[0] == eos_id if eos_id is not None else torch.zeros_like(tokens[0], dtype=torch.bool)
+        while len(tokens) < max_new_tokens and not bool(done.all()):
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+            positions = positions[:, -1:] + 1
+            step = self.llm.get_input_embeddings()(tokens[-1])[:, None]
+            out = self.llm(inputs_embeds=step, attention_mask=mask, position_ids=positions,
+                           past_key_values=out.past_key_values, use_cache=True, logits_to_keep=1)
+            tokens.append(out.logits[:, -1].argmax(-1))
+            done |= tokens[-1] == eos_id
+        return torch.stack(tokens, dim=1).tolist()
 
     def freeze_llm(self, frozen: bool) -> None:
         for p in self.llm.parameters():

@@ -1,12 +1,31 @@
-"""A word-level tokenizer for the synthetic grid (the real path uses the LM's own AutoTokenizer)."""
+"""Text codecs: how a (question, answer) pair becomes one training sequence, and generated ids text.
+
+Both codecs lay a sample out the same way, so training, evaluation and the FLOP count share one path:
+
+    prefix ids | IMAGE x V | prompt ids | answer ids
+    loss only on the answer ids (labels elsewhere are IGNORE)
+
+* `WordTokenizer` (the synthetic grid): a word vocabulary built from the data; no prefix, the prompt is
+  the question's words, the answer is one word (greedy decoding stops after one token).
+* `ChatTokenizer` (Hugging Face LMs): the LM's own `AutoTokenizer` and chat template. The user turn is
+  "<image>\\n{question}" rendered with the template (generation prompt added); the image placeholder
+  splits it into prefix and prompt; the answer is followed by the tokenizer's end-of-turn token, which
+  is also where greedy decoding stops.
+"""
 from __future__ import annotations
 
 import torch
 
 SPECIALS = ("<pad>", "<unk>")
+IMAGE = -200  # placeholder id: replaced by the V projected visual tokens (LLaVA's IMAGE_TOKEN_INDEX)
+IGNORE = -100  # label of every position that is not part of an answer
 
 
 class WordTokenizer:
+    max_new_tokens = 1
+    pad_id = 0
+    eos_id = None
+
     def __init__(self, words: list[str]):
         self.vocab = list(SPECIALS) + sorted(set(words) - set(SPECIALS))
         self.index = {w: i for i, w in enumerate(self.vocab)}
@@ -23,11 +42,74 @@ class WordTokenizer:
             raise ValueError(f"answers must be one word on the synthetic grid, got {answer!r}")
         return ids[0]
 
+    def layout(self, question: str) -> tuple[list[int], list[int]]:
+        """(ids before the image, ids after it) of the prompt."""
+        return [], self.encode(question)
+
+    def answer_ids(self, answer: str) -> list[int]:
+        return [self.answer_id(answer)]
+
+    def question_ids(self, question: str) -> list[int]:
+        return self.encode(question)
+
+    def decode(self, ids: list[int]) -> str:
+        return " ".join(self.vocab[i] for i in ids)
+
     def batch(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Right-padded ids (B, L) and lengths (B,)."""
-        encoded = [self.encode(t) for t in texts]
-        lengths = torch.tensor([len(e) for e in encoded])
-        ids = torch.zeros(len(encoded), int(lengths.max()), dtype=torch.long)
-        for i, e in enumerate(encoded):
-            ids[i, : len(e)] = torch.tensor(e)
-        return ids, lengths
+        return pad_right([self.encode(t) for t in texts], self.pad_id)
+
+
+class ChatTokenizer:
+    """A Hugging Face tokenizer with its chat template (Qwen's ChatML for the paper's grid)."""
+
+    max_new_tokens = None  # as the evaluation configures it
+
+    def __init__(self, source: str):
+        from transformers import AutoTokenizer
+
+        self.tok = AutoTokenizer.from_pretrained(source)
+        if not self.tok.chat_template:
+            raise ValueError(f"the tokenizer of {source!r} has no chat template; use the chat (instruct) "
+                             f"variant's tokenizer or add a chat_template to its tokenizer_config.json")
+        self.eos_id = self.tok.convert_tokens_to_ids("<|im_end|>") if "<|im_end|>" in self.tok.get_vocab() \
+            else self.tok.eos_token_id
+        self.pad_id = self.tok.pad_token_id if self.tok.pad_token_id is not None else self.eos_id
+
+    def __len__(self) -> int:
+        return len(self.tok)
+
+    def _ids(self, text: str) -> list[int]:
+        return self.tok(text, add_special_tokens=False)["input_ids"]
+
+    def layout(self, question: str) -> tuple[list[int], list[int]]:
+        text = self.tok.apply_chat_template([{"role": "user", "content": f"<image>\n{question}"}],
+                                            add_generation_prompt=True, tokenize=False)
+        before, after = text.split("<image>", 1)
+        return self._ids(before), self._ids(after)
+
+    def answer_ids(self, answer: str) -> list[int]:
+        return self._ids(answer) + [self.eos_id]
+
+    def question_ids(self, question: str) -> list[int]:
+        return self._ids(question) or [self.pad_id]
+
+    def decode(self, ids: list[int]) -> str:
+        if self.eos_id in ids:
+            ids = ids[: ids.index(self.eos_id)]
+        return self.tok.decode(ids, skip_special_tokens=True).strip()
+
+
+def build_tokenizer(llm_spec: dict, vocabulary: list[str]):
+    """The synthetic grid's word tokenizer for LMs built from a config; the LM's own tokenizer otherwise."""
+    if llm_spec.get("source", "config") == "config":
+        return WordTokenizer(vocabulary)
+    return ChatTokenizer(llm_spec.get("tokenizer") or llm_spec["source"])
+
+
+def pad_right(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    lengths = torch.tensor([len(r) for r in rows])
+    ids = torch.full((len(rows), int(lengths.max())), pad, dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
+    return ids, lengths

@@ -6,7 +6,9 @@ outputs) hold everything else, so a killed or requeued job resumes to the same r
 """
 from __future__ import annotations
 
+import dataclasses
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +20,8 @@ from vlmscale.data import Sample, load_llava_conversations
 from vlmscale.distributed import World, make_stepper, mean_across, share, world_from_env
 from vlmscale.fileio import atomic_torch_save, code_version, read_json, spec_hash, write_json
 from vlmscale.model import VLM, build_llm, count_llm_params
-from vlmscale.tokenizer import WordTokenizer
+from vlmscale.tokenizer import IGNORE, IMAGE, WordTokenizer, build_tokenizer, pad_right
+from vlmscale.vision import device_for_job, feature_source
 
 STAGES = ("stage1", "stage2")
 TRAINING_CODE = ("train.py", "model.py", "tokenizer.py", "data.py", "distributed.py")
@@ -52,43 +55,84 @@ def out_of_memory(exc: BaseException) -> bool:
 
 
 @dataclass
-class Encoded:
-    """A question set as tensors: feature row per sample, right-padded question ids, lengths, answer ids."""
+class Batch:
+    """Sequences laid out as tokenizer.py describes: right-padded ids with V IMAGE placeholders, labels on
+    the answers only, each row's prompt length (what generation starts from), the question alone (what
+    QueCC conditions on) and the rows' patch features."""
 
-    image_rows: torch.Tensor
+    input_ids: torch.Tensor
+    labels: torch.Tensor
+    prompt_lengths: torch.Tensor
     question_ids: torch.Tensor
-    lengths: torch.Tensor
-    answers: torch.Tensor
+    question_lengths: torch.Tensor
+    features: torch.Tensor
 
-    def __len__(self) -> int:
-        return len(self.answers)
-
-    def take(self, idx: torch.Tensor) -> "Encoded":
-        ids = self.question_ids[idx][:, : int(self.lengths[idx].max())]
-        return Encoded(self.image_rows[idx], ids, self.lengths[idx], self.answers[idx])
+    def to(self, device) -> "Batch":
+        return Batch(*(t.to(device) for t in (self.input_ids, self.labels, self.prompt_lengths,
+                                               self.question_ids, self.question_lengths, self.features)))
 
 
-def encode_samples(samples: list[Sample], tokenizer: WordTokenizer, image_rows: dict[str, int]) -> Encoded:
-    missing = sorted({s.image for s in samples if s.image not in image_rows})
+def make_batch(samples: list[Sample], tokenizer, visual_tokens: int, features) -> Batch:
+    """Tokenise a few samples (tokenising per batch keeps a 665K-sample set out of memory) and fetch
+    their features from the feature source."""
+    rows, labels, prompt_lengths = [], [], []
+    for s in samples:
+        prefix, prompt = tokenizer.layout(s.question)
+        head = prefix + [IMAGE] * visual_tokens + prompt
+        answer = tokenizer.answer_ids(s.answer)
+        rows.append(head + answer)
+        labels.append([IGNORE] * len(head) + answer)
+        prompt_lengths.append(len(head))
+    ids, _ = pad_right(rows, tokenizer.pad_id)
+    label_ids, _ = pad_right(labels, IGNORE)
+    question_ids, question_lengths = pad_right([tokenizer.question_ids(s.question) for s in samples], tokenizer.pad_id)
+    return Batch(ids, label_ids, torch.tensor(prompt_lengths), question_ids, question_lengths,
+                 features([s.image for s in samples]))
+
+
+def check_samples(samples: list[Sample], tokenizer, features, what: str) -> None:
+    """Before the first step: every image has features (or exists) and every answer can be encoded."""
+    missing = features.missing(s.image for s in samples)
     if missing:
-        raise FileNotFoundError(f"{len(missing)} images have no tower features (first: {missing[0]})")
-    ids, lengths = tokenizer.batch([s.question for s in samples])
-    return Encoded(
-        torch.tensor([image_rows[s.image] for s in samples]),
-        ids,
-        lengths,
-        torch.tensor([tokenizer.answer_id(s.answer) for s in samples]),
-    )
+        raise FileNotFoundError(f"{what}: {len(missing)} images have no tower features (first: {missing[0]})")
+    if isinstance(tokenizer, WordTokenizer):
+        for s in samples:
+            tokenizer.answer_ids(s.answer)
 
 
-def load_features(path: str | Path) -> tuple[torch.Tensor, dict[str, int]]:
-    blob = torch.load(path, weights_only=False)
-    return blob["features"], {name: i for i, name in enumerate(blob["images"])}
+def train_sources(manifest: dict, data_root: str | Path) -> dict[str, tuple[Path, str]]:
+    """Per training stage: (conversation JSON, the folder its image paths are relative to).
+    The synthetic set has one JSON for both stages; real data may give each stage its own (558K, 665K)."""
+    root = Path(data_root)
+    image_root = manifest.get("image_root", str(root))
+    train = manifest["train"]
+    if isinstance(train, str):
+        return {stage: (root / train, image_root) for stage in STAGES}
+    return {stage: (Path(train[stage]["json"]), train[stage]["image_folder"]) for stage in STAGES}
 
 
-def build_cell_model(spec: dict, vocabulary: list[str], vision_dim: int, patch_grid: int | None = None) -> tuple[VLM, WordTokenizer]:
-    tokenizer = WordTokenizer(vocabulary)
-    llm = build_llm(spec["llm"], len(tokenizer))
+def load_stage_samples(manifest: dict, data_root) -> dict[str, list[Sample]]:
+    """Samples per stage with absolute image paths; a JSON shared by both stages is read once."""
+    loaded: dict[tuple, list[Sample]] = {}
+    for stage, (path, image_root) in train_sources(manifest, data_root).items():
+        if (path, image_root) not in loaded:
+            loaded[(path, image_root)] = with_image_root(load_llava_conversations(path), image_root)
+    return {stage: loaded[key] for stage, key in train_sources(manifest, data_root).items()}
+
+
+def with_image_root(samples: list[Sample], image_root: str) -> list[Sample]:
+    return [dataclasses.replace(s, image=os.path.join(image_root, s.image)) for s in samples]
+
+
+def build_cell_model(spec: dict, vocabulary: list[str], vision_dim: int, patch_grid: int | None = None,
+                     on_meta: bool = False):
+    tokenizer = build_tokenizer(spec["llm"], vocabulary)
+    llm = build_llm(spec["llm"], len(tokenizer), on_meta=on_meta)
+    if spec.get("train", {}).get("gradient_checkpointing") and not on_meta:
+        llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if on_meta:
+        with torch.device("meta"):
+            return VLM(llm, vision_dim, spec["visual_tokens"], spec["compressor"], patch_grid), tokenizer
     return VLM(llm, vision_dim, spec["visual_tokens"], spec["compressor"], patch_grid), tokenizer
 
 
@@ -106,10 +150,12 @@ def batch_indices(n: int, batch_size: int, seed: int, stage: int, step: int) -> 
     return torch.randint(n, (batch_size,), generator=gen)
 
 
-def step_loss(model: VLM, features: torch.Tensor, batch: Encoded) -> tuple[torch.Tensor, torch.Tensor]:
-    logits = model(features[batch.image_rows].float(), batch.question_ids, batch.lengths)
-    loss = F.cross_entropy(logits, batch.answers)
-    correct = (logits.argmax(-1) == batch.answers).float().mean()
+def step_loss(model: VLM, batch: Batch, bf16: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean cross-entropy over the answer tokens, and the share of them predicted right."""
+    with torch.autocast(batch.input_ids.device.type, dtype=torch.bfloat16, enabled=bf16):
+        logits, targets = model(batch)
+    loss = F.cross_entropy(logits.float(), targets)
+    correct = (logits.argmax(-1) == targets).float().mean()
     return loss, correct
 
 
@@ -169,20 +215,26 @@ def train_cell(cfg: dict, tracker=None, log=_progress) -> dict:
     if not world.is_main:  # one voice: rank 0 logs, checkpoints and writes; the others only compute
         tracker, log = None, (lambda message: None)
     manifest = read_json(Path(cfg["data_root"]) / "manifest.json")
-    features, rows = load_features(cfg["features"])
-    model, tokenizer = build_cell_model(spec, manifest["vocabulary"], features.shape[-1], math.isqrt(features.shape[1]))
-    data = encode_samples(load_llava_conversations(Path(cfg["data_root"]) / manifest["train"]), tokenizer, rows)
+    device = device_for_job()
+    features, vision = feature_source(cfg["vision"], manifest.get("image_root", cfg["data_root"]), device)
+    model, tokenizer = build_cell_model(spec, manifest["vocabulary"], vision["hidden_size"], vision["patch_grid"])
+    model.to(device)
+    data = load_stage_samples(manifest, cfg["data_root"])
+    for stage, samples in data.items():
+        check_samples(samples, tokenizer, features, f"{spec['cell']} {stage}")
+    source = TrainingData(data, tokenizer, spec["visual_tokens"], features, device)
     ckpt = Checkpointer(cfg["checkpoint_dir"], cell_hash)
     state = ckpt.load() or {"stage": 0, "step": 0, "history": [], "seconds": 0.0}
     if "model" in state:
         model.load_state_dict(state["model"])
+        model.to(device)
         log(f"resuming {spec['cell']} at {stage_name(state['stage'])} step {state['step']}")
     start_at = global_step(tspec, state["stage"], state["step"])
     if world.is_main:
         ckpt.record_attempt("start", cell_hash, step=start_at, world_size=world.size)
     started = time.time() - state["seconds"]
     for stage_idx in range(state["stage"], len(STAGES)):
-        run_stage(model, features, data, tspec, stage_idx, state, ckpt, started, tracker, log, world)
+        run_stage(model, source, tspec, stage_idx, state, ckpt, started, tracker, log, world)
         state.update(stage=stage_idx + 1, step=0)
     state["seconds"] = time.time() - started
     total = global_step(tspec, len(STAGES), 0)
@@ -190,7 +242,8 @@ def train_cell(cfg: dict, tracker=None, log=_progress) -> dict:
         atomic_torch_save({"model": model.state_dict(), "cell_hash": cell_hash}, ckpt.final)
         ckpt.save({**state, "model": model.state_dict()})
         ckpt.record_attempt("finished", cell_hash, step=total, steps_run=total - start_at)
-    return {**summarise(spec, cell_hash, model, state, ckpt, len(data)), "world_size": world.size}
+    n_train = {stage: len(samples) for stage, samples in data.items()}
+    return {**summarise(spec, cell_hash, model, state, ckpt, n_train), "world_size": world.size}
 
 
 def stage_name(stage_idx: int) -> str:
@@ -202,7 +255,22 @@ def global_step(tspec: dict, stage_idx: int, step: int) -> int:
     return sum(tspec[s]["steps"] for s in STAGES[:stage_idx]) + step
 
 
-def run_stage(model, features, data, tspec, stage_idx, state, ckpt, started, tracker, log, world=World()) -> None:
+@dataclass
+class TrainingData:
+    """Each stage's samples and how a batch of them becomes tensors on the job's device."""
+
+    samples: dict[str, list[Sample]]
+    tokenizer: object
+    visual_tokens: int
+    features: object
+    device: torch.device
+
+    def batch(self, stage: str, indices: torch.Tensor) -> Batch:
+        rows = [self.samples[stage][i] for i in indices.tolist()]
+        return make_batch(rows, self.tokenizer, self.visual_tokens, self.features).to(self.device)
+
+
+def run_stage(model, data: TrainingData, tspec, stage_idx, state, ckpt, started, tracker, log, world=World()) -> None:
     stage = STAGES[stage_idx]
     total, peak = tspec[stage]["steps"], tspec[stage]["lr"]
     stepper = make_stepper(model, trainable_params(model, stage), tspec, stage, world)
@@ -214,10 +282,10 @@ def run_stage(model, features, data, tspec, stage_idx, state, ckpt, started, tra
     for step in range(state["step"], total):
         for group in stepper.optimizer.param_groups:
             group["lr"] = lr_at(step, total, peak, tspec["warmup_frac"])
-        indices = batch_indices(len(data), tspec["batch_size"], tspec["seed"], stage_idx + 1, step)
-        batch = data.take(share(indices, world))
+        indices = batch_indices(len(data.samples[stage]), tspec["batch_size"], tspec["seed"], stage_idx + 1, step)
+        batch = data.batch(stage, share(indices, world))
         try:
-            loss, acc = step_loss(stepper.model, features, batch)
+            loss, acc = step_loss(stepper.model, batch, tspec.get("bf16", False))
         except (RuntimeError, MemoryError) as exc:
             if not out_of_memory(exc):
                 raise
@@ -263,7 +331,8 @@ def summarise(spec, cell_hash, model, state, ckpt, n_train) -> dict:
         "run_key": cell_hash,
         "code_version": code_version(),
         "llm_params": count_llm_params(model.llm),
-        "n_train_samples": n_train,
+        "n_train_samples": max(n_train.values()),
+        "n_train_samples_by_stage": n_train,
         "final_loss": last.get("loss"),
         "final_train_accuracy": last.get("train_accuracy"),
         "train_seconds": round(state["seconds"], 2),

@@ -1,7 +1,18 @@
-"""The shared, frozen vision tower: pretrained once on dense per-patch labels, then run once over every
-image. It plays CLIP's role in the paper; its features make every cell of the grid cheaper, too."""
+"""The shared, frozen vision encoder and where a cell's patch features come from.
+
+* `vision.source: tiny` (the synthetic grid): a tiny ViT pretrained once on dense per-patch labels; it
+  plays CLIP's role in the paper.
+* any other source: a pretrained CLIP vision model (Hugging Face id or local folder) loaded with
+  `from_pretrained`, its features taken from `vision.feature_layer` (LLaVA's: the second-to-last layer),
+  CLS token dropped, images prepared by the model's own image processor.
+
+`vision.cache: true` runs the encoder once over every image here and stores the features (a grid of
+cells then never runs the encoder again); `false` records the encoder only, and each training or
+evaluation job runs it on its batches (LLaVA-558K at 576 x 1024 features per image would be ~660 GB).
+"""
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -27,8 +38,7 @@ def with_object_labels(labels: dict[str, torch.Tensor]) -> dict[str, torch.Tenso
 def load_pixels(root: Path, names: list[str], size: int) -> torch.Tensor:
     from PIL import Image
 
-    arrays = [np.asarray(Image.open(root / n).convert("RGB").resize((size, size), Image.BICUBIC)) for n in names]
-    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 255.0
+    return torch.stack([pixels_of(Image.open(root / n).convert("RGB"), size) for n in names])
 
 
 class PatchLabeller(nn.Module):
@@ -69,11 +79,6 @@ def patch_accuracy(model: PatchLabeller, pixels, labels, max_images: int = 1000)
     return {k: float((out[k].argmax(-1) == labels[k][:max_images].flatten(1)).float().mean()) for k in LABEL_CLASSES}
 
 
-@torch.no_grad()
-def encode_all(tower: nn.Module, pixels: torch.Tensor, batch: int = 256) -> torch.Tensor:
-    return torch.cat([patch_features(tower, pixels[i : i + batch]) for i in range(0, len(pixels), batch)])
-
-
 def pretrained_on_patch_labels(spec: dict, root: Path):
     npz = np.load(root / "patch_labels.npz")
     names = [str(n) for n in npz["images"]]
@@ -85,30 +90,146 @@ def pretrained_on_patch_labels(spec: dict, root: Path):
     return names, pixels, labeller.tower, held_out
 
 
+class ImageEncoder:
+    """The frozen encoder as the cells see it: image files in, (B, P, D) patch features out."""
+
+    def __init__(self, summary: dict, folder: Path, device: str | torch.device = "cpu"):
+        spec = summary["spec"]
+        self.device = torch.device(device)
+        self.dtype = torch.bfloat16 if spec.get("bf16") and self.device.type == "cuda" else torch.float32
+        if spec["source"] == "tiny":
+            self.model = build_vision_tower(spec)
+            self.model.load_state_dict(torch.load(folder / "tower.pt", weights_only=True))
+            self.processor, self.layer, self.size = None, None, spec["image_size"]
+        else:
+            from transformers import AutoImageProcessor, CLIPVisionModel
+
+            self.model = CLIPVisionModel.from_pretrained(spec["source"], dtype=self.dtype)
+            self.processor = AutoImageProcessor.from_pretrained(spec["source"])
+            self.layer = spec["feature_layer"]
+        self.model.to(self.device).eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def __call__(self, paths: list[str]) -> torch.Tensor:
+        from PIL import Image
+
+        images = [Image.open(p).convert("RGB") for p in paths]
+        if self.processor is None:
+            pixels = torch.stack([pixels_of(img, self.size) for img in images])
+            return patch_features(self.model, pixels.to(self.device)).float()
+        pixels = self.processor(images=images, return_tensors="pt")["pixel_values"].to(self.device, self.dtype)
+        hidden = self.model(pixel_values=pixels, output_hidden_states=True).hidden_states[self.layer]
+        return hidden[:, 1:].float()
+
+
+def pixels_of(img, size: int) -> torch.Tensor:
+    from PIL import Image
+
+    array = np.array(img.resize((size, size), Image.BICUBIC))
+    return torch.from_numpy(array).permute(2, 0, 1).float() / 255.0
+
+
+class CachedFeatures:
+    """Features computed once by the vision stage, looked up by image path."""
+
+    def __init__(self, path: Path, image_root: str):
+        blob = torch.load(path, weights_only=False)
+        self.features = blob["features"]
+        self.rows = {os.path.join(image_root, name): i for i, name in enumerate(blob["images"])}
+
+    def missing(self, paths) -> list[str]:
+        return sorted({p for p in paths if p not in self.rows})
+
+    def __call__(self, paths: list[str]) -> torch.Tensor:
+        return self.features[torch.tensor([self.rows[p] for p in paths])].float()
+
+
+class OnlineFeatures:
+    """The encoder run on each batch inside the job (nothing cached); a missing image is found up front."""
+
+    def __init__(self, encoder: ImageEncoder):
+        self.encoder = encoder
+
+    def missing(self, paths) -> list[str]:
+        return sorted({p for p in paths if not os.path.isfile(p)})
+
+    def __call__(self, paths: list[str]) -> torch.Tensor:
+        return self.encoder(paths).cpu()
+
+
+def feature_source(summary_path: str | Path, image_root: str, device="cpu"):
+    """Where a cell's features come from, as the vision stage recorded it in tower.json."""
+    folder = Path(summary_path).parent
+    summary = read_json(summary_path)
+    if summary.get("features"):
+        return CachedFeatures(folder / summary["features"], image_root), summary
+    return OnlineFeatures(ImageEncoder(summary, folder, device)), summary
+
+
+def check_pretrained(spec: dict) -> dict:
+    """The pretrained encoder's shape, checked against the grid's vision.image_size / patch_size."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(spec["source"])
+    config = getattr(config, "vision_config", config)  # a full CLIP checkpoint holds the vision config inside
+    for key in ("image_size", "patch_size"):
+        if getattr(config, key) != spec[key]:
+            raise ValueError(f"vision.{key}: {spec['source']} has {key} {getattr(config, key)}, the config says "
+                             f"{spec[key]}; set vision.{key}: {getattr(config, key)}")
+    layers = config.num_hidden_layers
+    if not -layers <= spec["feature_layer"] <= layers:
+        raise ValueError(f"vision.feature_layer: {spec['feature_layer']} is outside the encoder's {layers} layers")
+    return {"hidden_size": config.hidden_size, "num_layers": layers}
+
+
 def main(cfg: dict) -> dict:
-    """Stage entry point. cfg: vision spec, data root, output folder; writes tower.pt, features.pt, tower.json."""
+    """Stage entry point. cfg: vision spec, data root, output folder; writes tower.json (+ tower.pt for the
+    tiny tower, + features.pt when vision.cache is on)."""
     torch.set_num_threads(cfg.get("threads", 1))
     start = time.time()
     spec, root, out = cfg["vision"], Path(cfg["data_root"]), Path(cfg["out"])
     manifest = read_json(root / "manifest.json")
-    if (root / "patch_labels.npz").exists():
+    image_root = manifest.get("image_root", str(root))
+    held_out, names = {}, manifest["images"]
+    if spec["source"] != "tiny":
+        shape = check_pretrained(spec)
+    elif (root / "patch_labels.npz").exists():
         names, pixels, tower, held_out = pretrained_on_patch_labels(spec, root)
+        atomic_torch_save(tower.state_dict(), out / "tower.pt")
+        shape = {"hidden_size": spec["hidden_size"]}
     else:
         # Real data has no per-patch labels: the tiny tower stays at its seeded random init (a frozen
         # random feature map). Real runs use a pretrained encoder instead.
         print("no patch labels in the data set: the tiny tower is not pretrained (frozen random init)", flush=True)
         torch.manual_seed(spec["seed"])
-        names, tower, held_out = manifest["images"], build_vision_tower(spec).eval(), {}
-        pixels = load_pixels(Path(manifest.get("image_root", root)), names, spec["image_size"])
-    features = encode_all(tower, pixels)
-    atomic_torch_save(tower.state_dict(), out / "tower.pt")
-    atomic_torch_save({"images": names, "features": features.half()}, out / "features.pt")
+        atomic_torch_save(build_vision_tower(spec).state_dict(), out / "tower.pt")
+        shape = {"hidden_size": spec["hidden_size"]}
     summary = {
         "spec": spec,
+        **shape,
+        "patch_grid": spec["image_size"] // spec["patch_size"],
+        "features": "features.pt" if spec["cache"] else None,
         "held_out_patch_accuracy": held_out,
         "n_images": len(names),
-        "feature_shape": list(features.shape),
-        "seconds": round(time.time() - start, 1),
     }
+    if spec["cache"]:
+        features = encode_images(ImageEncoder(summary, out, device_for_job()), image_root, names)
+        atomic_torch_save({"images": names, "features": features.half()}, out / "features.pt")
+        summary["feature_shape"] = list(features.shape)
+    summary["seconds"] = round(time.time() - start, 1)
     write_json(out / "tower.json", summary)
     return summary
+
+
+def encode_images(encoder: ImageEncoder, image_root: str, names: list[str], batch: int = 256) -> torch.Tensor:
+    chunks = []
+    for i in range(0, len(names), batch):
+        chunks.append(encoder([os.path.join(image_root, n) for n in names[i : i + batch]]).cpu())
+        if (i // batch) % 20 == 0:
+            print(f"encoded {min(i + batch, len(names))}/{len(names)} images", flush=True)
+    return torch.cat(chunks)
+
+
+def device_for_job() -> torch.device:
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")

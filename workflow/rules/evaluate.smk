@@ -2,6 +2,7 @@ def eval_spec(wildcards):
     return vcfg.as_param({
         "cell": vcfg.cell_spec(config, wildcards.llm, int(wildcards.V)),
         "benchmarks": [vcfg.benchmark_spec(config, b) for b in BENCHMARKS],
+        "max_new_tokens": config["evaluation"]["max_new_tokens"],
     })
 
 
@@ -9,7 +10,7 @@ def eval_spec(wildcards):
 rule evaluate:
     input:
         train=rules.train.output[0],
-        features=rules.pretrain_vision.output.features,
+        vision=rules.pretrain_vision.output.summary,
         code=[f"{SRC}/evaluate.py", f"{SRC}/data.py"],
     output:
         expand(f"{RESULTS}/cells/{{{{llm}}}}/v{{{{V}}}}/eval/{{benchmark}}.json", benchmark=BENCHMARKS),
@@ -22,5 +23,5 @@ rule evaluate:
     resources:
         launch=launch_resources,
     shell:
-        "vlmscale evaluate --spec {params.spec:q} --data-root {RESULTS}/data --features {input.features} "
+        "vlmscale evaluate --spec {params.spec:q} --data-root {RESULTS}/data --vision {input.vision} "
         "--train-json {input.train} --out-dir {params.out_dir} {LAUNCH_FLAGS} --slurm {resources.launch:q} > {log} 2>&1"

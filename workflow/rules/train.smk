@@ -1,7 +1,7 @@
 rule train:
     input:
         manifest=rules.prepare_data.output.manifest,
-        features=rules.pretrain_vision.output.features,
+        vision=rules.pretrain_vision.output.summary,
         code=[f"{SRC}/train.py", f"{SRC}/model.py", f"{SRC}/tokenizer.py"],
     output:
         f"{RESULTS}/cells/{{llm}}/v{{V}}/train.json",
@@ -18,5 +18,5 @@ rule train:
         launch=launch_resources,
     shell:
         "vlmscale train --spec {params.spec:q} --tracking {params.tracking:q} --data-root {RESULTS}/data "
-        "--features {input.features} --checkpoint-dir {params.checkpoints} --out {output} "
+        "--vision {input.vision} --checkpoint-dir {params.checkpoints} --out {output} "
         "{LAUNCH_FLAGS} --slurm {resources.launch:q} > {log} 2>&1"

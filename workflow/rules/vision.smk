@@ -3,7 +3,8 @@ rule pretrain_vision:
         manifest=rules.prepare_data.output.manifest,
         code=[f"{SRC}/vision.py", f"{SRC}/model.py"],
     output:
-        features=f"{RESULTS}/vision/features.pt",
+        # features.pt only when the encoder's output is cached; tower.json says where features come from
+        **({"features": f"{RESULTS}/vision/features.pt"} if config["vision"]["cache"] else {}),
         summary=f"{RESULTS}/vision/tower.json",
     log:
         f"{RESULTS}/logs/pretrain_vision.log",
