@@ -193,12 +193,18 @@ def vision_spec(cfg: dict) -> dict:
     return {**cfg["vision"], "data": spec_hash(data_spec(cfg))}
 
 
-def launch_resources(cfg: dict, llm: str | None = None) -> dict:
+def launch_resources(cfg: dict, llm: str | None = None, single_task: bool = False) -> dict:
     """A Slurm job's request: launch.slurm, with the LLM's own resources on top. Not part of any spec:
-    moving a cell to another partition or giving it more time must not retrain it."""
+    moving a cell to another partition or giving it more time must not retrain it.
+    single_task: one process on one GPU (evaluation is not distributed; the LLM's training request of
+    several tasks would run it several times over)."""
     resources = dict(cfg["launch"].get("slurm") or {})
     if llm is not None:
         resources.update(llm_by_name(cfg, llm).get("resources") or {})
+    if single_task:
+        resources.update(nodes=1, tasks_per_node=1)
+        if resources.get("gpus_per_node"):
+            resources["gpus_per_node"] = 1
     return resources
 
 

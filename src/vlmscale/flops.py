@@ -96,8 +96,10 @@ def count_cell(spec: dict, vision: dict, vocabulary: list[str], text_tokens: lis
     rows = []
     for q in text_tokens:
         embeds = torch.zeros(1, q + v, cfg.hidden_size, device=device)
+        # An explicit mask: without one, transformers inspects position ids' values, which meta tensors lack.
+        mask = torch.ones(1, q + v, dtype=torch.long, device=device)
         with torch.no_grad():
-            measured = measure_flops(lambda: llm(inputs_embeds=embeds, use_cache=False))
+            measured = measure_flops(lambda: llm(inputs_embeds=embeds, attention_mask=mask, use_cache=False))
         rows.append(
             {
                 "text_tokens": q,

@@ -18,7 +18,8 @@ def cell_metrics(rows: pd.DataFrame) -> dict:
     first = rows.iloc[0]
     metrics = {f"eval/{r.benchmark}/accuracy": r.accuracy for r in rows.itertuples()}
     metrics.update({f"eval/family/{fam}/error": 1 - g.accuracy.mean() for fam, g in rows.groupby("family")})
-    metrics.update({k: float(v) for k, v in first.items() if k.startswith(("flops_", "prefill_latency_ms"))})
+    metrics.update({k: float(v) for k, v in first.items()
+                    if k.startswith(("flops_", "prefill_latency_ms")) and pd.notna(v)})  # latency: null when not measured
     metrics["llm_params"] = float(first.llm_params)
     return metrics
 

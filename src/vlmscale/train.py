@@ -273,6 +273,7 @@ class TrainingData:
 def run_stage(model, data: TrainingData, tspec, stage_idx, state, ckpt, started, tracker, log, world=World()) -> None:
     stage = STAGES[stage_idx]
     total, peak = tspec[stage]["steps"], tspec[stage]["lr"]
+    batch_size = tspec[stage].get("batch_size", tspec["batch_size"])
     stepper = make_stepper(model, trainable_params(model, stage), tspec, stage, world)
     if state.get("optimizer") and state["step"] > 0:
         stepper.load_optimizer_state(state["optimizer"])
@@ -282,7 +283,7 @@ def run_stage(model, data: TrainingData, tspec, stage_idx, state, ckpt, started,
     for step in range(state["step"], total):
         for group in stepper.optimizer.param_groups:
             group["lr"] = lr_at(step, total, peak, tspec["warmup_frac"])
-        indices = batch_indices(len(data.samples[stage]), tspec["batch_size"], tspec["seed"], stage_idx + 1, step)
+        indices = batch_indices(len(data.samples[stage]), batch_size, tspec["seed"], stage_idx + 1, step)
         batch = data.batch(stage, share(indices, world))
         try:
             loss, acc = step_loss(stepper.model, batch, tspec.get("bf16", False))
@@ -290,7 +291,7 @@ def run_stage(model, data: TrainingData, tspec, stage_idx, state, ckpt, started,
             if not out_of_memory(exc):
                 raise
             raise CellOutOfMemory(
-                f"{stage} step {step}: out of memory with train.batch_size {tspec['batch_size']}; lower it for "
+                f"{stage} step {step}: out of memory with train.batch_size {batch_size}; lower it for "
                 f"this LLM (llms[].train.batch_size) or give the job more memory (launch resources). "
                 f"Last checkpoint kept at {ckpt.path}"
             ) from exc

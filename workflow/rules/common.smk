@@ -42,6 +42,10 @@ def launch_resources(wildcards):
     return vcfg.as_param(vcfg.launch_resources(config, getattr(wildcards, "llm", None)))
 
 
+def single_task_resources(wildcards):
+    return vcfg.as_param(vcfg.launch_resources(config, getattr(wildcards, "llm", None), single_task=True))
+
+
 # Not result-affecting, so passed as plain flags rather than params (changing them reruns nothing).
 LAUNCH_FLAGS = f"--executor {LAUNCH['executor']} --threads {LAUNCH['threads']} --results {RESULTS}"
 

@@ -21,7 +21,7 @@ rule evaluate:
         out_dir=f"{RESULTS}/cells/{{llm}}/v{{V}}/eval",
     threads: LAUNCH["threads"]
     resources:
-        launch=launch_resources,
+        launch=single_task_resources,
     shell:
         "vlmscale evaluate --spec {params.spec:q} --data-root {RESULTS}/data --vision {input.vision} "
         "--train-json {input.train} --out-dir {params.out_dir} {LAUNCH_FLAGS} --slurm {resources.launch:q} > {log} 2>&1"

@@ -14,7 +14,7 @@ rule pretrain_vision:
         spec=vcfg.as_param(vcfg.vision_spec(config)),
     threads: 2
     resources:
-        launch=launch_resources,
+        launch=single_task_resources,
     shell:
         "vlmscale pretrain-vision --spec {params.spec:q} --data-root {RESULTS}/data --out {RESULTS}/vision "
         "--executor {LAUNCH[executor]} --threads {threads} --results {RESULTS} --slurm {resources.launch:q} > {log} 2>&1"

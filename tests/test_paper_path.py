@@ -1,0 +1,170 @@
+"""The paper's path offline: tiny Qwen2 and CLIP checkpoints with the real architectures, saved with
+save_pretrained, a small LLaVA-format data set with a benchmark folder per paper benchmark, and
+configs/paper.yaml's structure (sources, per-stage data, the compressor, metrics, families, bf16,
+gradient checkpointing, encoder run inside the jobs) shrunk to sizes a CPU runs in a minute or two."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from vlmscale import data as synthetic
+from vlmscale import tiny_models
+from vlmscale.fileio import read_json
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+PAPER = yaml.safe_load((REPO / "configs/paper.yaml").read_text())
+QUESTIONS_PER_BENCHMARK = 6
+
+
+def benchmark_rows(metric: str, items: list[dict]) -> tuple[list[dict], list[dict]]:
+    """Synthetic colour questions written in each metric's answer format."""
+    questions, answers = [], []
+    colours = list(synthetic.COLOURS)
+    for i, it in enumerate(items[:QUESTIONS_PER_BENCHMARK]):
+        q = {"question_id": i, "image": it["image"], "text": it["text"]}
+        answer = it["answer"]
+        if metric == "vqa":  # ten annotators, seven of whom agree
+            answer = [it["answer"]] * 7 + [colours[(colours.index(it["answer"]) + 1) % 4]] * 3
+        elif metric == "multiple_choice":
+            q["options"] = colours
+            q["text"] = it["text"] + "\n" + "\n".join(f"{'ABCD'[k]}. {c}" for k, c in enumerate(colours))
+            answer = "ABCD"[colours.index(it["answer"])]
+        elif metric == "yes_no":
+            asked = colours[i % 4]
+            q["text"] = f"is the answer to '{it['text']}' {asked}? answer yes or no"
+            answer = "yes" if asked == it["answer"] else "no"
+        questions.append(q)
+        answers.append({"question_id": i, "answer": answer})
+    return questions, answers
+
+
+@pytest.fixture(scope="module")
+def paper_like(tmp_path_factory) -> Path:
+    """A folder laid out as configs/paper.yaml expects, with tiny models beside the data."""
+    root = tmp_path_factory.mktemp("paper")
+    images = root / "data/playground/data"
+    synthetic.generate({"source": "synthetic", "seed": 1, "train_images_per_family": 40, "test_images_per_family": 8,
+                        "questions_per_image": {"reasoning": 3, "ocr": 0}, "tasks": ["colour"]}, images)
+    records = json.loads((images / "train.json").read_text())
+    (images / "llava_v1_5_mix665k.json").write_text(json.dumps(records + [{"id": "text-only", "conversations": [
+        {"from": "human", "value": "hello"}, {"from": "gpt", "value": "hi"}]}]))
+    pretrain = root / "data/LLaVA-Pretrain"
+    (pretrain / "images").mkdir(parents=True)
+    (pretrain / "images/images").symlink_to(images / "images")  # stage 1's own image folder
+    (pretrain / "blip_laion_cc_sbu_558k.json").write_text(json.dumps(records[::2]))
+    items = [{"image": q["image"], "text": q["text"], "answer": a["answer"]} for q, a in zip(
+        map(json.loads, (images / "benchmarks/colour/questions.jsonl").read_text().splitlines()),
+        map(json.loads, (images / "benchmarks/colour/answers.jsonl").read_text().splitlines()))]
+    for bench in PAPER["benchmarks"]:
+        questions, answers = benchmark_rows(bench["metric"], items)
+        folder = root / "data/eval" / bench["name"]
+        folder.mkdir(parents=True)
+        (folder / "questions.jsonl").write_text("".join(json.dumps(q) + "\n" for q in questions))
+        (folder / "answers.jsonl").write_text("".join(json.dumps(a) + "\n" for a in answers))
+    texts = [t["value"] for r in records for t in r["conversations"]] + [q["text"] for q in items]
+    tiny_models.save_tiny_qwen2(root / "models/qwen-a", texts, hidden_size=32, intermediate_size=64, num_layers=1)
+    tiny_models.save_tiny_qwen2(root / "models/qwen-b", texts, hidden_size=48, intermediate_size=96, num_layers=2)
+    tiny_models.save_tiny_clip(root / "models/clip", image_size=24, patch_size=4)
+    return root
+
+
+def tiny_paper_config(root: Path) -> dict:
+    """configs/paper.yaml with only its sizes shrunk: every key it sets keeps its role."""
+    cfg = yaml.safe_load((REPO / "configs/paper.yaml").read_text())
+    cfg["grid"] = {"name": "paper-tiny", "visual_tokens": [1, 4, 36]}  # what tokenpacker makes from 6 x 6 patches
+    cfg["results"] = "results"
+    cfg["vision"].update(source=str(root / "models/clip"), image_size=24, patch_size=4)
+    cfg["train"].update(batch_size=8, log_every=5, checkpoint_every=10,
+                        stage1={"steps": 10, "lr": 0.001, "batch_size": 8}, stage2={"steps": 60, "lr": 0.003})
+    del cfg["train"]["zero_stage"]  # one CPU process: plain PyTorch (DeepSpeed has tests of its own)
+    cfg["llms"] = [{"name": "qwen-a", "source": str(root / "models/qwen-a")},
+                   {"name": "qwen-b", "source": str(root / "models/qwen-b")}]
+    cfg["evaluation"] = {"max_new_tokens": 4}
+    cfg["law"]["bootstrap"] = 10
+    cfg["launch"] = {"executor": "local", "threads": 1}
+    cfg["tracking"] = {"uri": "sqlite:///results/mlflow.db", "experiment": "paper-tiny"}
+    return cfg
+
+
+def test_chat_layout_supervises_only_the_answer_and_its_end_of_turn(paper_like):
+    from vlmscale.data import Sample
+    from vlmscale.tokenizer import IGNORE, IMAGE, ChatTokenizer
+    from vlmscale.train import make_batch
+
+    tok = ChatTokenizer(str(paper_like / "models/qwen-a"))
+    batch = make_batch([Sample("x", "what colour is the circle", "red"), Sample("y", "what shape is blue", "square")],
+                       tok, 4, lambda paths: torch.zeros(len(paths), 36, 32))
+    for row, labels, n in zip(batch.input_ids, batch.labels, batch.prompt_lengths):
+        assert (row == IMAGE).sum() == 4
+        prompt = tok.tok.decode([i for i in row[:n].tolist() if i != IMAGE])
+        assert prompt.startswith("<|im_start|>system") and prompt.endswith("<|im_start|>assistant\n")
+        supervised = labels[labels != IGNORE].tolist()
+        assert supervised[-1] == tok.eos_id and row[n : n + len(supervised)].tolist() == supervised
+    assert tok.decode(batch.labels[0][batch.labels[0] != IGNORE].tolist()) == "red"
+
+
+def test_clip_features_come_from_the_configured_layer(paper_like):
+    from transformers import CLIPVisionModel
+
+    from vlmscale.vision import ImageEncoder
+
+    clip = str(paper_like / "models/clip")
+    image = sorted((paper_like / "data/playground/data/images").iterdir())[0]
+    spec = {"source": clip, "feature_layer": -2, "bf16": False}
+    features = ImageEncoder({"spec": spec}, paper_like)([str(image)])
+    assert features.shape == (1, 36, 32)  # 6 x 6 patches, CLS dropped
+    model = CLIPVisionModel.from_pretrained(clip)
+    from PIL import Image
+    from transformers import AutoImageProcessor
+
+    pixels = AutoImageProcessor.from_pretrained(clip)(images=[Image.open(image).convert("RGB")], return_tensors="pt")
+    hidden = model(**pixels, output_hidden_states=True).hidden_states
+    assert torch.allclose(features, hidden[-2][:, 1:], atol=1e-6)
+    assert not torch.allclose(features, hidden[-1][:, 1:], atol=1e-3)
+
+
+@pytest.mark.slow
+def test_the_paper_config_runs_end_to_end_on_tiny_checkpoints(paper_like):
+    from test_workflow import snakemake
+
+    cfg = tiny_paper_config(paper_like)
+    (paper_like / "paper-tiny.yaml").write_text(yaml.safe_dump(cfg))
+    run = snakemake(paper_like, "paper-tiny.yaml")
+    assert run.returncode == 0, run.stderr[-4000:]
+    results = paper_like / "results"
+    report = read_json(results / "data/data_report.json")
+    assert report["problems"] == [] and report["text_only_records_skipped"] == 1
+    assert report["stages"]["stage1"]["n_samples"] * 2 == report["stages"]["stage2"]["n_samples"]
+    assert read_json(results / "vision/tower.json")["features"] is None  # encoder ran inside the jobs
+    assert not (results / "vision/features.pt").exists()
+    metrics = {b["name"]: b["metric"] for b in PAPER["benchmarks"]}
+    for llm in ("qwen-a", "qwen-b"):
+        for v in (1, 4, 36):
+            cell = results / f"cells/{llm}/v{v}"
+            trained = read_json(cell / "train.json")
+            assert [h["step"] for h in trained["history"]] == [5, 10] + list(range(5, 61, 5))
+            assert all(h["loss"] == h["loss"] for h in trained["history"])  # finite, not NaN
+            assert trained["n_train_samples_by_stage"]["stage1"] < trained["n_train_samples_by_stage"]["stage2"]
+            for name, metric in metrics.items():
+                result = read_json(cell / f"eval/{name}.json")
+                assert result["metric"] == metric and result["n_questions"] == QUESTIONS_PER_BENCHMARK
+                assert 0.0 <= result["accuracy"] <= 1.0
+                assert all(isinstance(e["prediction"], str) for e in result["examples"])
+                if metric == "yes_no":
+                    assert {"precision", "recall", "f1", "yes_ratio"} <= set(result["scores"])
+            counted = read_json(cell / "flops.json")
+            row = counted["rows"][0]
+            assert row["flops_vision"] > 0 and row["flops_compressor"] > 0 and row["prefill_latency_ms"] is None
+            assert counted["llm_params"]["total"] > counted["llm_params"]["non_embedding"] > 0
+    # The chat format was learned: answers come back as words of the answer set, ended by the end-of-turn token.
+    said = {e["prediction"] for cell in results.glob("cells/*/v*") for e in read_json(cell / "eval/gqa.json")["examples"]}
+    assert said and said <= set(synthetic.COLOURS)
+    for family in ("reasoning", "ocr"):
+        assert "status" in read_json(results / f"law/{family}.json")
+    assert (results / "report.md").exists()
