@@ -25,7 +25,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from vlmscale.fileio import code_version, read_json, spec_hash, write_json
-from vlmscale.model import build_vision_tower, count_llm_params
+from vlmscale.model import VLM, build_llm, build_vision_tower, count_llm_params
 from vlmscale.train import build_cell_model
 
 
@@ -81,7 +81,11 @@ def count_cell(spec: dict, vision: dict, vocabulary: list[str], text_tokens: lis
     pretrained = spec["llm"].get("source", "config") != "config"
     tower, vision_dim = vision_encoder(vision)
     grid = vision["image_size"] // vision["patch_size"]
-    model, _ = build_cell_model(spec, vocabulary, vision_dim, grid, on_meta=pretrained)
+    if pretrained:  # shapes from the LLM's config.json; its tokenizer is not needed to count
+        with torch.device("meta"):
+            model = VLM(build_llm(spec["llm"], 0, on_meta=True), vision_dim, spec["visual_tokens"], spec["compressor"], grid)
+    else:
+        model, _ = build_cell_model(spec, vocabulary, vision_dim, grid)
     llm, v = model.llm.eval(), spec["visual_tokens"]
     # Eager attention: its matmuls are visible to the FLOP counter (fused SDPA kernels on CPU are not).
     llm.set_attn_implementation("eager")

@@ -24,7 +24,7 @@ from vlmscale.tokenizer import IGNORE, IMAGE, WordTokenizer, build_tokenizer, pa
 from vlmscale.vision import device_for_job, feature_source
 
 STAGES = ("stage1", "stage2")
-TRAINING_CODE = ("train.py", "model.py", "tokenizer.py", "data.py", "distributed.py")
+TRAINING_CODE = ("train.py", "model.py", "tokenizer.py", "data.py", "distributed.py", "vision.py")
 
 
 def code_fingerprint() -> str:
@@ -124,15 +124,11 @@ def with_image_root(samples: list[Sample], image_root: str) -> list[Sample]:
     return [dataclasses.replace(s, image=os.path.join(image_root, s.image)) for s in samples]
 
 
-def build_cell_model(spec: dict, vocabulary: list[str], vision_dim: int, patch_grid: int | None = None,
-                     on_meta: bool = False):
+def build_cell_model(spec: dict, vocabulary: list[str], vision_dim: int, patch_grid: int | None = None):
     tokenizer = build_tokenizer(spec["llm"], vocabulary)
-    llm = build_llm(spec["llm"], len(tokenizer), on_meta=on_meta)
-    if spec.get("train", {}).get("gradient_checkpointing") and not on_meta:
+    llm = build_llm(spec["llm"], len(tokenizer))
+    if spec.get("train", {}).get("gradient_checkpointing"):
         llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    if on_meta:
-        with torch.device("meta"):
-            return VLM(llm, vision_dim, spec["visual_tokens"], spec["compressor"], patch_grid), tokenizer
     return VLM(llm, vision_dim, spec["visual_tokens"], spec["compressor"], patch_grid), tokenizer
 
 

@@ -11,7 +11,7 @@ rule evaluate:
     input:
         train=rules.train.output[0],
         vision=rules.pretrain_vision.output.summary,
-        code=[f"{SRC}/evaluate.py", f"{SRC}/data.py"],
+        code=[f"{SRC}/evaluate.py", f"{SRC}/metrics.py"],
     output:
         expand(f"{RESULTS}/cells/{{{{llm}}}}/v{{{{V}}}}/eval/{{benchmark}}.json", benchmark=BENCHMARKS),
     log:

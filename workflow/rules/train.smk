@@ -2,7 +2,7 @@ rule train:
     input:
         manifest=rules.prepare_data.output.manifest,
         vision=rules.pretrain_vision.output.summary,
-        code=[f"{SRC}/train.py", f"{SRC}/model.py", f"{SRC}/tokenizer.py"],
+        code=[f"{SRC}/{name}" for name in ("train.py", "model.py", "tokenizer.py", "data.py", "distributed.py", "vision.py")],
     output:
         f"{RESULTS}/cells/{{llm}}/v{{V}}/train.json",
     log:
