@@ -154,7 +154,7 @@ class OnlineFeatures:
         return sorted({p for p in paths if not os.path.isfile(p)})
 
     def __call__(self, paths: list[str]) -> torch.Tensor:
-        return self.encoder(paths).cpu()
+        return self.encoder(paths)  # stays on the job's device
 
 
 def feature_source(summary_path: str | Path, image_root: str, device="cpu"):
