@@ -155,6 +155,14 @@ def test_missing_data_files_are_named_before_any_job(tmp_path, llava_data):
     assert "image images/train_ocr_00003.png: missing" in out
 
 
+def test_a_stages_own_missing_data_is_named_with_its_key(tmp_path, llava_data):
+    cfg = llava_config(llava_data)
+    cfg["data"]["stage1"] = {"train_json": str(llava_data / "pretrain.json"), "image_folder": str(llava_data / "nope")}
+    out = snakemake_dry_run(tmp_path, cfg)
+    assert f"data.stage1.train_json: file '{llava_data / 'pretrain.json'}' does not exist" in out
+    assert f"data.stage1.image_folder: folder '{llava_data / 'nope'}' does not exist" in out
+
+
 def test_corrupt_image_is_named(tmp_path, llava_data):
     (llava_data / "images/test_reasoning_00002.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
     out = prepare(tmp_path, llava_data)

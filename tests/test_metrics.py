@@ -67,3 +67,10 @@ def test_score_dispatch_and_errors():
         metrics.score("bleu", ["x"], ["x"])
     with pytest.raises(ValueError, match="2 predictions for 1 references"):
         metrics.score("exact_match", ["x", "y"], ["x"])
+
+
+def test_exact_is_verbatim_where_normalisation_would_erase_the_answer():
+    # On the synthetic grid "a" is a glyph's name: normalised matching would drop it as an article and
+    # count "the" (also dropped) as right.
+    assert metrics.score("exact", ["the", "a", " b "], ["a", "a", "b"])["accuracy"] == pytest.approx(2 / 3)
+    assert metrics.score("exact_match", ["the"], ["a"])["accuracy"] == 1.0

@@ -70,8 +70,8 @@ class ChatTokenizer:
 
         self.tok = AutoTokenizer.from_pretrained(source)
         if not self.tok.chat_template:
-            raise ValueError(f"the tokenizer of {source!r} has no chat template; use the chat (instruct) "
-                             f"variant's tokenizer or add a chat_template to its tokenizer_config.json")
+            raise ValueError(f"the tokenizer of {source!r} has no chat template; name one that has (e.g. the "
+                             f"chat variant's) in llms[].tokenizer, or add a chat_template to its tokenizer_config.json")
         self.eos_id = self.tok.convert_tokens_to_ids("<|im_end|>") if "<|im_end|>" in self.tok.get_vocab() \
             else self.tok.eos_token_id
         self.pad_id = self.tok.pad_token_id if self.tok.pad_token_id is not None else self.eos_id
