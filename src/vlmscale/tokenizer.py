@@ -55,10 +55,6 @@ class WordTokenizer:
     def decode(self, ids: list[int]) -> str:
         return " ".join(self.vocab[i] for i in ids)
 
-    def batch(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Right-padded ids (B, L) and lengths (B,)."""
-        return pad_right([self.encode(t) for t in texts], self.pad_id)
-
 
 class ChatTokenizer:
     """A Hugging Face tokenizer with its chat template (Qwen's ChatML for the paper's grid)."""

@@ -113,11 +113,9 @@ def train_sources(manifest: dict, data_root: str | Path) -> dict[str, tuple[Path
 
 def load_stage_samples(manifest: dict, data_root) -> dict[str, list[Sample]]:
     """Samples per stage with absolute image paths; a JSON shared by both stages is read once."""
-    loaded: dict[tuple, list[Sample]] = {}
-    for stage, (path, image_root) in train_sources(manifest, data_root).items():
-        if (path, image_root) not in loaded:
-            loaded[(path, image_root)] = with_image_root(load_llava_conversations(path), image_root)
-    return {stage: loaded[key] for stage, key in train_sources(manifest, data_root).items()}
+    sources = train_sources(manifest, data_root)
+    loaded = {key: with_image_root(load_llava_conversations(key[0]), key[1]) for key in set(sources.values())}
+    return {stage: loaded[key] for stage, key in sources.items()}
 
 
 def with_image_root(samples: list[Sample], image_root: str) -> list[Sample]:

@@ -87,7 +87,7 @@ def pretrained_on_patch_labels(spec: dict, root: Path):
     train = torch.tensor([n.startswith("images/train_") for n in names])
     labeller = pretrain(spec, pixels[train], {k: v[train] for k, v in labels.items()})
     held_out = patch_accuracy(labeller, pixels[~train], {k: v[~train] for k, v in labels.items()})
-    return names, pixels, labeller.tower, held_out
+    return names, labeller.tower, held_out
 
 
 class ImageEncoder:
@@ -194,7 +194,7 @@ def main(cfg: dict) -> dict:
     if spec["source"] != "tiny":
         shape = check_pretrained(spec)
     elif (root / "patch_labels.npz").exists():
-        names, pixels, tower, held_out = pretrained_on_patch_labels(spec, root)
+        names, tower, held_out = pretrained_on_patch_labels(spec, root)
         atomic_torch_save(tower.state_dict(), out / "tower.pt")
         shape = {"hidden_size": spec["hidden_size"]}
     else:
