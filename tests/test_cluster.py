@@ -74,7 +74,7 @@ def slurm_grid(tmp_path_factory) -> Path:
 
 def test_grid_on_slurm_gives_the_local_executors_results(local_grid, slurm_grid):
     assert results(slurm_grid) == results(local_grid)
-    trained = json.loads((slurm_grid / "results/cells/a/v4/train.json").read_text())
+    trained = json.loads((slurm_grid / "results/cells/a/v4/s0/train.json").read_text())
     assert trained["job"]["executor"] == "slurm" and Path(trained["job"]["stdout"]).exists()
     assert "stage2 step 150/150" in Path(trained["job"]["stdout"]).read_text()  # the log a user opens
     con = sqlite3.connect(slurm_grid / "results/mlflow.db")

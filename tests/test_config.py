@@ -100,5 +100,18 @@ def test_cell_spec_merges_llm_overrides_and_changes_hash_only_for_that_llm():
     cfg["llms"][1]["train"] = {"stage2": {"lr": 0.0005}}
     after = {c.id: vcfg.as_param(vcfg.cell_spec(cfg, c.llm, c.visual_tokens)) for c in vcfg.cells(cfg)}
     changed = {cell for cell in before if before[cell] != after[cell]}
-    assert changed == {f"lm-s/v{v}" for v in cfg["grid"]["visual_tokens"]}
+    assert changed == {f"lm-s/v{v}/s0" for v in cfg["grid"]["visual_tokens"]}
     assert vcfg.cell_spec(cfg, "lm-s", 4)["train"]["stage2"] == {"steps": cfg["train"]["stage2"]["steps"], "lr": 0.0005}
+
+
+def test_grid_seeds_make_one_cell_per_seed_that_differs_only_in_its_seed():
+    cfg = load({**default_config(), "grid": {**default_config()["grid"], "seeds": [0, 1, 2]}})
+    ids = [c.id for c in vcfg.cells(cfg)]
+    assert len(ids) == 3 * len(cfg["llms"]) * len(cfg["grid"]["visual_tokens"]) == len(set(ids))
+    specs = [vcfg.cell_spec(cfg, "lm-s", 4, seed) for seed in (0, 1, 2)]
+    assert [s["cell"] for s in specs] == ["lm-s/v4/s0", "lm-s/v4/s1", "lm-s/v4/s2"]
+    assert [s["train"]["seed"] for s in specs] == [0, 1, 2]
+    assert len({vcfg.as_param(s) for s in specs}) == 3  # three identities, three checkpoints and MLflow runs
+    strip = [{**s, "cell": None, "train": {**s["train"], "seed": None}} for s in specs]
+    assert strip[0] == strip[1] == strip[2]  # nothing else differs
+    assert vcfg.architecture_spec(cfg, "lm-s", 4)["cell"] == "lm-s/v4"  # FLOPs are shared by the seeds

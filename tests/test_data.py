@@ -53,22 +53,57 @@ def test_benchmarks_in_llava_eval_layout_have_both_families(small_data):
 
 def test_answers_are_what_the_image_shows():
     rng = np.random.default_rng(3)
-    objects = data._random_objects(rng)
-    assert len({o["shape"] for o in objects}) == len(objects) == len({o["colour"] for o in objects})
-    question, answer = data._colour_question(objects, rng)
-    shape = question.split()[-1]
-    assert answer == next(o["colour"] for o in objects if o["shape"] == shape)
-    letters = rng.integers(0, len(data.LETTERS), size=(data.GRID, data.GRID))
-    question, answer = data._read_question(letters, rng)
+    ask = data.Questions({"facts": {"rules": 16, "zipf": 1.5}})
+    obj = data.random_object(rng)
+    assert ask.ask("colour", obj, rng) == ("what colour is it", obj["colour"])
+    assert ask.ask("shape", obj, rng) == ("what shape is it", obj["shape"])
+    question, answer = ask.ask("facts", obj, rng)
+    rule = int(question.split()[-1][len("rule"):])
+    assert answer == data.FACT_WORDS[data.fact_tables(16)[rule, data.object_class(obj)]]
+    letters = rng.integers(0, len(data.LETTERS), size=(4, 4))
+    question, answer = ask.ask("read", letters, rng)
     cell = question.split()[-1]
     assert answer == data.LETTERS[letters["ABCD".index(cell[0]), int(cell[1]) - 1]]
+    quadrants = rng.integers(0, len(data.LETTERS), size=(2, 2))
+    for _ in range(20):  # on a 2x2 page a place names the quadrant it lies in
+        question, answer = ask.ask("read", quadrants, rng)
+        cell = question.split()[-1]
+        assert answer == data.LETTERS[quadrants["ABCD".index(cell[0]) // 2, (int(cell[1]) - 1) // 2]]
+        question, answer = ask.ask("next", quadrants, rng)
+        cell = question.split()[-1]
+        assert (int(cell[1]) - 1) // 2 == 0 and answer == data.LETTERS[quadrants["ABCD".index(cell[0]) // 2, 1]]
 
 
-def test_patch_labels_mark_each_object_on_its_two_by_two_patches():
-    objects = [{"row": 1, "col": 2, "shape": "circle", "colour": "blue"}]
-    shape, colour = data.patch_labels_shapes(objects)
-    assert shape.sum() == 4 * (data.SHAPES.index("circle") + 1)
-    assert (shape[2:4, 4:6] > 0).all() and colour[2, 4] == list(data.COLOURS).index("blue") + 1
+def test_facts_rules_are_asked_with_zipf_frequency(tmp_path):
+    spec = {**SMALL_DATA, "tasks": ["facts"], "train_images_per_family": 400, "test_images_per_family": 1,
+            "questions_per_image": {"reasoning": 10, "ocr": 0}, "facts": {"rules": 32, "zipf": 1.5}}
+    data.generate(spec, tmp_path)
+    rules = [s.question.split()[-1] for s in data.load_llava_conversations(tmp_path / "train.json")]
+    counts = np.array([rules.count(data.rule_word(r)) for r in range(32)])
+    expected = (np.arange(32) + 1.0) ** -1.5 / ((np.arange(32) + 1.0) ** -1.5).sum() * len(rules)
+    assert counts[0] > counts[3] > counts[15]  # frequent rules first
+    assert abs(counts[:4].sum() - expected[:4].sum()) < 4 * np.sqrt(expected[:4].sum())
+
+
+def test_patch_labels_cover_the_object_box_and_each_glyph_cell():
+    obj = {"row": 1, "col": 2, "size": 3, "shape": "circle", "colour": "blue"}
+    shape, colour = data.patch_labels_object(obj)
+    assert shape.sum() == 9 * (data.SHAPES.index("circle") + 1)
+    assert (shape[1:4, 2:5] > 0).all() and colour[2, 4] == list(data.COLOURS).index("blue") + 1
+    quadrants = np.array([[0, 1], [2, 3]])
+    glyph = data.patch_labels_glyphs(quadrants)
+    assert glyph.shape == (8, 8) and (glyph[:4, 4:] == 2).all() and (glyph[4:, :4] == 3).all()
+
+
+def test_pages_print_each_layout_at_its_own_scale():
+    glyphs = data.glyph_bitmaps()
+    rng = np.random.default_rng(0)
+    for layout in data.LAYOUTS:
+        letters = np.zeros((layout, layout), int)
+        page = data.draw_page(letters, glyphs, rng)
+        ink = page.max(axis=2) > 100
+        cell = data.IMAGE_SIZE // layout
+        assert ink[:cell, :cell].sum() == glyphs[0].sum() * (cell // 8) ** 2  # one glyph per cell, scaled
 
 
 def test_glyphs_are_pairwise_distinct():

@@ -146,3 +146,47 @@ def test_frontier_cli_writes_csv(tmp_path):
     assert set(df.method) == {"closed_form", "best_trained_cell"}
     q50 = law_rows[law_rows.text_tokens == 50].visual_tokens.iloc[0]
     assert 10 < q50 < 18
+
+
+def with_seeds(truth, noise, n_seeds, seed):
+    """The paper grid's cells, each trained n_seeds times: per-seed errors scattered around the law."""
+    rng = np.random.default_rng(seed)
+    n, v = (a.ravel() for a in np.meshgrid(N_GRID, V_GRID))
+    reps = [law.predict("paper", truth, [ni], [vi])[0] + rng.normal(0, noise, n_seeds) for ni, vi in zip(n, v)]
+    return law.LawData.from_arrays(n, v, [r.mean() for r in reps], 0, reps)
+
+
+def test_bootstrap_over_seeds_keeps_the_cells_and_covers_the_truth():
+    truth = {"K": 100.0, "alpha": 0.3, "beta": 0.15, "D": 0.1}
+    covered, trials = 0, 10
+    for seed in range(trials):
+        data = with_seeds(truth, 0.006, 3, 200 + seed)
+        draw = data.resampled(np.random.default_rng(seed))
+        assert (draw.llm_params == data.llm_params).all() and not np.allclose(draw.error, data.error)
+        ci = law.bootstrap(data, n_boot=60, seed=seed, level=0.9)
+        assert ci["_meta"]["resampled"] == "seeds"
+        covered += ci["beta"][0] <= truth["beta"] <= ci["beta"][1]
+    assert covered / trials >= 0.6
+    one_seed = law.bootstrap(synthetic("paper", truth, 0.004, 0), n_boot=5)
+    assert one_seed["_meta"]["resampled"] == "points"
+
+
+def test_heldout_reports_absolute_error_and_relative_only_where_error_is_sizable():
+    truth = {"K": 1.0, "alpha": 0.5, "beta": 0.1, "D": 0.0}  # the largest LLM's errors fall below 0.05
+    n, v = (a.ravel() for a in np.meshgrid(np.array([1e2, 1e3, 1e4, 1e5]), V_GRID))
+    y = law.predict("paper", truth, n, v) + 0.002 * np.sin(np.arange(n.size))
+    check = law.heldout_check(law.LawData.from_arrays(n, v, y))
+    held = y[n == n.max()]
+    assert check["n_cells"] == len(held) and check["rel_error_cells"] == int((held >= 0.05).sum()) < len(held)
+    assert check["mean_abs_error"] < 0.01 and check["max_abs_error"] >= check["mean_abs_error"]
+
+
+def test_a_poor_or_bounded_fit_says_why_it_is_not_to_be_trusted():
+    good = law.fit(synthetic("paper", {"K": 100.0, "alpha": 0.3, "beta": 0.15, "D": 0.1}, 0.002, 0))
+    assert law.trust_problems(good) == []
+    rng = np.random.default_rng(0)
+    n, v = (a.ravel() for a in np.meshgrid(N_GRID, V_GRID))
+    noise = law.fit(law.LawData.from_arrays(n, v, rng.uniform(0.3, 0.6, n.size)))  # no law at all
+    problems = law.trust_problems(noise)
+    assert any(p.startswith("R² = ") and "below 0.8" in p for p in problems)
+    assert law.trust_problems(law.fit(paper_table())) == [w for w in law.fit(paper_table()).warnings]  # D on 0

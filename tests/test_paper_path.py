@@ -26,15 +26,16 @@ def benchmark_rows(metric: str, items: list[dict]) -> tuple[list[dict], list[dic
     """Synthetic colour questions written in each metric's answer format."""
     questions, answers = [], []
     colours = list(synthetic.COLOURS)
+    letters = "ABCDEFGH"[: len(colours)]
     for i, it in enumerate(items[:QUESTIONS_PER_BENCHMARK]):
         q = {"question_id": i, "image": it["image"], "text": it["text"]}
         answer = it["answer"]
         if metric == "vqa":  # ten annotators, seven of whom agree
-            answer = [it["answer"]] * 7 + [colours[(colours.index(it["answer"]) + 1) % 4]] * 3
+            answer = [it["answer"]] * 7 + [colours[(colours.index(it["answer"]) + 1) % len(colours)]] * 3
         elif metric == "multiple_choice":
             q["options"] = colours
-            q["text"] = it["text"] + "\n" + "\n".join(f"{'ABCD'[k]}. {c}" for k, c in enumerate(colours))
-            answer = "ABCD"[colours.index(it["answer"])]
+            q["text"] = it["text"] + "\n" + "\n".join(f"{letters[k]}. {c}" for k, c in enumerate(colours))
+            answer = letters[colours.index(it["answer"])]
         elif metric == "yes_no":
             asked = colours[i % 4]
             q["text"] = f"is the answer to '{it['text']}' {asked}? answer yes or no"
@@ -146,7 +147,7 @@ def test_the_paper_config_runs_end_to_end_on_tiny_checkpoints(paper_like):
     metrics = {b["name"]: b["metric"] for b in PAPER["benchmarks"]}
     for llm in ("qwen-a", "qwen-b"):
         for v in (1, 4, 36):
-            cell = results / f"cells/{llm}/v{v}"
+            cell = results / f"cells/{llm}/v{v}/s0"
             trained = read_json(cell / "train.json")
             assert [h["step"] for h in trained["history"]] == [5, 10] + list(range(5, 61, 5))
             assert all(h["loss"] == h["loss"] for h in trained["history"])  # finite, not NaN
@@ -158,12 +159,12 @@ def test_the_paper_config_runs_end_to_end_on_tiny_checkpoints(paper_like):
                 assert all(isinstance(e["prediction"], str) for e in result["examples"])
                 if metric == "yes_no":
                     assert {"precision", "recall", "f1", "yes_ratio"} <= set(result["scores"])
-            counted = read_json(cell / "flops.json")
+            counted = read_json(cell.parent / "flops.json")
             row = counted["rows"][0]
             assert row["flops_vision"] > 0 and row["flops_compressor"] > 0 and row["prefill_latency_ms"] is None
             assert counted["llm_params"]["total"] > counted["llm_params"]["non_embedding"] > 0
     # The chat format was learned: answers come back as words of the answer set, ended by the end-of-turn token.
-    said = {e["prediction"] for cell in results.glob("cells/*/v*") for e in read_json(cell / "eval/gqa.json")["examples"]}
+    said = {e["prediction"] for cell in results.glob("cells/*/v*/s*") for e in read_json(cell / "eval/gqa.json")["examples"]}
     assert said and said <= set(synthetic.COLOURS)
     for family in ("reasoning", "ocr"):
         assert "status" in read_json(results / f"law/{family}.json")

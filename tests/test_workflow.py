@@ -85,7 +85,7 @@ def test_every_cell_is_one_mlflow_run_under_one_parent(grid):
     parents = {r for r, k, v in tags if k == "vlmscale.parent"}
     cells = {v for r, k, v in tags if k == "vlmscale.cell"}
     assert len(parents) == 1
-    assert cells == {f"{m}/v{v}" for m in "ab" for v in (1, 4, 16)}
+    assert cells == {f"{m}/v{v}/s0" for m in "ab" for v in (1, 4, 16)}
     assert len(runs) == 1 + 6 and all(status == "FINISHED" for _, _, status in runs)
     child_parents = {v for r, k, v in tags if k == "mlflow.parentRunId"}
     assert child_parents == parents
@@ -183,5 +183,5 @@ def test_rerun_after_a_change_supersedes_exactly_that_llms_runs(grid):
     for name, _, superseded in rows:
         by_cell.setdefault(name, []).append(superseded)
     for v in (1, 4, 16):
-        assert sorted(by_cell[f"a/v{v}"], key=str) == [None]  # untouched: one run, not superseded
-        assert sorted(by_cell[f"b/v{v}"], key=str) == [None, "true"]  # a new run; the old one superseded
+        assert sorted(by_cell[f"a/v{v}/s0"], key=str) == [None]  # untouched: one run, not superseded
+        assert sorted(by_cell[f"b/v{v}/s0"], key=str) == [None, "true"]  # a new run; the old one superseded

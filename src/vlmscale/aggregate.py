@@ -29,8 +29,9 @@ class IncompleteGrid(RuntimeError):
 
 
 def cell_rows(cell_dir: Path, benchmarks: list[str]) -> list[dict]:
+    """Rows of one trained cell (cells/{llm}/v{V}/s{seed}); its FLOPs are its (LLM, V) pair's, one folder up."""
     train = read_json(cell_dir / "train.json")
-    flops = read_json(cell_dir / "flops.json")
+    flops = read_json(cell_dir.parent / "flops.json")
     flop_cols = {}
     for row in flops["rows"]:
         q = row["text_tokens"]
@@ -45,6 +46,7 @@ def cell_rows(cell_dir: Path, benchmarks: list[str]) -> list[dict]:
                 "llm_params": train["llm_params"]["total"],
                 "llm_params_non_embedding": train["llm_params"]["non_embedding"],
                 "visual_tokens": train["visual_tokens"],
+                "seed": train.get("seed", 0),
                 "benchmark": bench,
                 "family": ev["family"],
                 "accuracy": ev["accuracy"],
@@ -66,7 +68,7 @@ def collect(results: Path, cells: list[str], benchmarks: list[str], allow_partia
     missing, rows = [], []
     for cell in cells:
         cell_dir = results / "cells" / cell
-        needed = [cell_dir / "train.json", cell_dir / "flops.json"] + [cell_dir / "eval" / f"{b}.json" for b in benchmarks]
+        needed = [cell_dir / "train.json", cell_dir.parent / "flops.json"] + [cell_dir / "eval" / f"{b}.json" for b in benchmarks]
         absent = [str(p) for p in needed if not p.exists()]
         if absent:
             missing.append(f"{cell} (missing {absent[0]}{' and more' if len(absent) > 1 else ''})")
@@ -100,7 +102,21 @@ def write_tables(df: pd.DataFrame, parquet: Path, database: Path) -> None:
 
 
 def family_table(path: str | Path, family: str | None = None) -> pd.DataFrame:
-    """Per-(LLM, V) error of a family from a grid parquet or any CSV with llm_params, visual_tokens, error."""
+    """Per-(LLM, V) error of a family from a grid parquet or any CSV with llm_params, visual_tokens, error.
+
+    With a `seed` column the error is first averaged over the family's benchmarks per seed, then over
+    seeds: `error` is the per-(N, V) mean, `error_sd` the spread across seeds, `n_seeds` how many."""
+    per_seed = seed_table(path, family)
+    keys = ["family", "llm", "llm_params", "visual_tokens"]
+    grouped = per_seed.groupby(keys, sort=False)
+    df = grouped.agg(error=("error", "mean"), error_sd=("error", "std"), n_seeds=("seed", "nunique"),
+                     n_rows=("n_rows", "sum")).reset_index()
+    df["error_sd"] = df["error_sd"].fillna(0.0)
+    return df.sort_values(["llm_params", "visual_tokens"], ignore_index=True)
+
+
+def seed_table(path: str | Path, family: str | None = None) -> pd.DataFrame:
+    """Per-(LLM, V, seed) error of a family: the mean over its benchmarks (seed 0 when the table has none)."""
     path = str(path)
     reader = "read_parquet" if path.endswith(".parquet") else "read_csv_auto"
     con = duckdb.connect()
@@ -116,16 +132,24 @@ def family_table(path: str | Path, family: str | None = None) -> pd.DataFrame:
         params = {"family": family} if family is not None else {}
         fam = "family" if has_family else "'all' AS family"
         llm = "llm" if "llm" in cols else "CAST(llm_params AS VARCHAR) AS llm"
+        seed = "seed" if "seed" in cols else "0 AS seed"
         query = f"""
-            SELECT {fam}, {llm}, llm_params, visual_tokens, avg(error) AS error, count(*) AS n_rows
+            SELECT {fam}, {llm}, llm_params, visual_tokens, {seed}, avg(error) AS error, count(*) AS n_rows
             FROM (SELECT * FROM {reader}('{path}')) {where}
-            GROUP BY ALL ORDER BY llm_params, visual_tokens"""
+            GROUP BY ALL ORDER BY llm_params, visual_tokens, seed"""
         df = con.execute(query, params).df()
     finally:
         con.close()
     if df.empty:
         raise ValueError(f"{path}: no rows" + (f" for family {family!r}" if family else ""))
     return df
+
+
+def replicates(path: str | Path, family: str | None, table: pd.DataFrame) -> list[list[float]]:
+    """Each row of `table` (a family_table): its per-seed errors, for a bootstrap over seeds."""
+    per_seed = seed_table(path, family)
+    by_cell = per_seed.groupby(["llm_params", "visual_tokens"])["error"].apply(list)
+    return [by_cell[(n, v)] for n, v in zip(table.llm_params, table.visual_tokens)]
 
 
 def main(cfg: dict) -> dict:

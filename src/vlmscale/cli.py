@@ -93,11 +93,12 @@ def cmd_aggregate(args) -> dict:
 
 def cmd_fit(args) -> dict:
     from vlmscale import law
-    from vlmscale.aggregate import family_table
+    from vlmscale.aggregate import family_table, replicates
     from vlmscale.fileio import write_json
 
     table = family_table(args.table, args.family)
-    data = law.LawData.from_arrays(table.llm_params, table.visual_tokens, table.error, args.text_tokens)
+    data = law.LawData.from_arrays(table.llm_params, table.visual_tokens, table.error, args.text_tokens,
+                                   replicates(args.table, args.family, table))
     result = law.fit_with_checks(data, args.form, args.bootstrap, args.seed, args.huber).to_dict()
     result["family"] = args.family or "all"
     result["table"] = str(args.table)

@@ -22,11 +22,19 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class Cell:
+    """One trained model of the grid: an LLM, a visual-token count and a training seed."""
+
     llm: str
     visual_tokens: int
+    seed: int = 0
 
     @property
     def id(self) -> str:
+        return f"{self.llm}/v{self.visual_tokens}/s{self.seed}"
+
+    @property
+    def architecture_id(self) -> str:
+        """The (LLM, V) pair alone: what inference cost depends on, shared by every seed."""
         return f"{self.llm}/v{self.visual_tokens}"
 
 
@@ -168,7 +176,17 @@ def load_file(path: str | Path, schema: str | Path) -> dict:
     return check(cfg)
 
 
+def seeds(cfg: dict) -> list[int]:
+    """grid.seeds, or the one training seed (train.seed) when the grid names none."""
+    return list(cfg["grid"].get("seeds") or [cfg["train"]["seed"]])
+
+
 def cells(cfg: dict) -> list[Cell]:
+    return [Cell(m["name"], v, s) for m in cfg["llms"] for v in cfg["grid"]["visual_tokens"] for s in seeds(cfg)]
+
+
+def architectures(cfg: dict) -> list[Cell]:
+    """One cell per (LLM, V): the FLOP count does not depend on the seed."""
     return [Cell(m["name"], v) for m in cfg["llms"] for v in cfg["grid"]["visual_tokens"]]
 
 
@@ -208,24 +226,30 @@ def launch_resources(cfg: dict, llm: str | None = None, single_task: bool = Fals
     return resources
 
 
-def cell_spec(cfg: dict, llm: str, visual_tokens: int) -> dict:
-    """Everything that decides a cell's trained weights, resolved (LLM-level train overrides merged)."""
+def cell_spec(cfg: dict, llm: str, visual_tokens: int, seed: int | None = None) -> dict:
+    """Everything that decides a cell's trained weights, resolved (LLM-level train overrides merged).
+    seed: the grid seed of this cell (grid.seeds); it sets train.seed, which seeds the LLM's
+    initialisation and the batch order. None: the configured train.seed."""
     model = llm_by_name(cfg, llm)
     arch = {k: v for k, v in model.items() if k not in ("train", "resources")}
+    train = deep_merge(cfg["train"], model.get("train", {}))
+    if seed is not None:
+        train["seed"] = int(seed)
     return {
-        "cell": Cell(llm, int(visual_tokens)).id,
+        "cell": Cell(llm, int(visual_tokens), train["seed"]).id,
         "llm": arch,
         "visual_tokens": int(visual_tokens),
         "compressor": cfg["compressor"],
-        "train": deep_merge(cfg["train"], model.get("train", {})),
+        "train": train,
         "upstream": {"data": spec_hash(data_spec(cfg)), "vision": spec_hash(vision_spec(cfg))},
     }
 
 
 def architecture_spec(cfg: dict, llm: str, visual_tokens: int) -> dict:
-    """What decides a cell's inference cost: the model's shape, not how it was trained."""
+    """What decides a cell's inference cost: the model's shape, not how it was trained (nor its seed)."""
     spec = cell_spec(cfg, llm, visual_tokens)
-    return {k: spec[k] for k in ("cell", "llm", "visual_tokens", "compressor")}
+    return {"cell": Cell(llm, int(visual_tokens)).architecture_id,
+            **{k: spec[k] for k in ("llm", "visual_tokens", "compressor")}}
 
 
 def benchmark_spec(cfg: dict, name: str) -> dict:

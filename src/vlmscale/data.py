@@ -1,13 +1,22 @@
 """Synthetic LLaVA-format data with two task families, and the loader shared with real LLaVA data.
 
-Images are 32x32 RGB made of a 4x4 layout of 8x8-pixel cells (2x2 vision patches each).
+Images are 32x32 RGB; the tiny tower cuts them into 4x4-pixel patches (an 8x8 patch grid).
 
-* visual reasoning: 2-4 coloured shapes in distinct cells (each shape and colour at most once). The
-  questions name one object and ask for another of its attributes (colour, shape, side): the language
-  model must route the named attribute to the right visual token, several hops deep; a coarse summary
-  of the image already answers many of them.
-* OCR-like: every cell holds one of ten small glyphs (6x6 bitmaps, "letters" a-j). Reading a glyph at a
-  given row/column needs fine, spatially resolved detail spread over the whole image.
+* visual reasoning: one coloured object (4 shapes x 8 colours = 32 classes), large, at a random place.
+  What a question needs from the image is that one global attribute, which a single pooled token
+  carries; what it needs from the language model grows with the task:
+  - `facts`: "what is rule017": an arbitrary table from the object's class to one of 16 answer words,
+    one table per rule, rules asked with Zipf-distributed frequency (Michaud et al.'s quantization
+    model: each rule is learned abruptly, but how many are learned grows smoothly with LM size). This
+    is the paper's regime: knowledge and reasoning live in the LLM, the image contributes a gist.
+  - `colour`, `shape`: perception alone (POPE's and MME-perception's role): nearly flat in N and V.
+  - `relation` (optional): which side of the image the object is on (needs positions, i.e. tokens).
+* OCR-like: pages of glyphs (ten 6x6 bitmaps, "letters" a-j) printed at three sizes: one glyph filling
+  the page, a 2x2 layout, or a 4x4 layout. `read` asks for the glyph at a named place, `next` for the
+  one after it in reading order. A glyph is legible only once the tokens resolve its layout's scale
+  (V >= 1, 4, 16 respectively), so accuracy climbs with V and the LLM's size matters little: the
+  paper's OCR family (TextVQA, DocVQA), where fine detail spread over the image decides. Places are
+  named on the 4x4 grid whatever the print size ("which letter is at C3": the glyph printed over C3).
 
 Everything is a pure function of the seed, written as LLaVA conversation JSON + PNG files, and
 benchmarks in LLaVA's evaluation layout (questions.jsonl + answers.jsonl).
@@ -22,14 +31,22 @@ import numpy as np
 
 from vlmscale.fileio import atomic_write_bytes, atomic_write_text, write_json
 
-CELL = 8  # pixels per layout cell
-GRID = 4  # layout cells per side
-IMAGE_SIZE = CELL * GRID
+IMAGE_SIZE = 32
+PATCH = 4  # the tiny tower's patch size: per-patch labels are on this grid
+PATCH_GRID = IMAGE_SIZE // PATCH
 SHAPES = ("circle", "square", "triangle", "cross")
-COLOURS = {"red": (220, 40, 40), "green": (40, 190, 60), "blue": (50, 90, 230), "yellow": (230, 215, 40)}
+COLOURS = {
+    "red": (220, 40, 40), "green": (40, 190, 60), "blue": (50, 90, 230), "yellow": (230, 215, 40),
+    "purple": (150, 60, 200), "orange": (240, 140, 30), "cyan": (40, 200, 210), "pink": (240, 120, 180),
+}
 LETTERS = tuple("abcdefghij")
-FAMILY_OF_TASK = {"colour": "reasoning", "shape": "reasoning", "relation": "reasoning", "read": "ocr", "next": "ocr"}
-TASKS = tuple(FAMILY_OF_TASK)
+FAMILY_OF_TASK = {"colour": "reasoning", "shape": "reasoning", "relation": "reasoning", "facts": "reasoning",
+                  "read": "ocr", "next": "ocr"}
+# The rule tables are part of the task, not of the sample: a fixed seed, like the glyph alphabet.
+FACT_WORDS = ("alfa", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india", "juliett", "kilo",
+              "lima", "mike", "november", "oscar", "papa")
+FACTS_SEED = 4321
+LAYOUTS = (1, 2, 4)  # glyphs per side of an OCR page: one large glyph, 2x2, 4x4
 
 
 @dataclass(frozen=True)
@@ -46,9 +63,10 @@ class Sample:
 
 # --------------------------------------------------------------------------- drawing
 
-def _shape_mask(shape: str) -> np.ndarray:
-    y, x = np.mgrid[0:CELL, 0:CELL] + 0.5
-    c = CELL / 2
+def _shape_mask(shape: str, size: int = 8) -> np.ndarray:
+    """The shape in a size x size box (drawn in an 8-unit frame, scaled)."""
+    y, x = (np.mgrid[0:size, 0:size] + 0.5) * (8 / size)
+    c = 4.0
     if shape == "circle":
         return (x - c) ** 2 + (y - c) ** 2 <= 3.1**2
     if shape == "square":
@@ -75,97 +93,135 @@ def _background(rng: np.random.Generator) -> np.ndarray:
     return rng.integers(0, 40, size=(IMAGE_SIZE, IMAGE_SIZE, 3)).astype(np.int16)
 
 
-def draw_shapes(objects: list[dict], rng: np.random.Generator) -> np.ndarray:
+def draw_object(obj: dict, rng: np.random.Generator) -> np.ndarray:
+    """One object: its box is `size` patches wide, its top-left corner at patch (row, col)."""
     img = _background(rng)
-    for obj in objects:
-        mask = _shape_mask(obj["shape"])
-        colour = np.array(COLOURS[obj["colour"]]) + rng.integers(-20, 21, size=3)
-        r0, c0 = obj["row"] * CELL, obj["col"] * CELL
-        img[r0 : r0 + CELL, c0 : c0 + CELL][mask] = colour
+    px = obj["size"] * PATCH
+    mask = _shape_mask(obj["shape"], px)
+    colour = np.array(COLOURS[obj["colour"]]) + rng.integers(-20, 21, size=3)
+    r0, c0 = obj["row"] * PATCH, obj["col"] * PATCH
+    img[r0 : r0 + px, c0 : c0 + px][mask] = colour
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
-def draw_glyphs(letters: np.ndarray, glyphs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def draw_page(letters: np.ndarray, glyphs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A layout x layout page of glyphs, each printed at the scale its layout cell allows."""
     img = _background(rng)
-    for r in range(GRID):
-        for c in range(GRID):
+    layout = letters.shape[0]
+    cell = IMAGE_SIZE // layout
+    scale = cell // 8  # glyph pixels per bitmap pixel: 4, 2 or 1
+    for r in range(layout):
+        for c in range(layout):
             ink = np.array([220, 220, 220]) + rng.integers(-35, 36, size=3)
-            cell = img[r * CELL + 1 : r * CELL + 7, c * CELL + 1 : c * CELL + 7]
-            cell[glyphs[letters[r, c]]] = ink
+            bitmap = np.kron(glyphs[letters[r, c]], np.ones((scale, scale), bool))
+            top, left = r * cell + scale, c * cell + scale
+            img[top : top + 6 * scale, left : left + 6 * scale][bitmap] = ink
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
-def patch_labels_shapes(objects: list[dict]) -> tuple[np.ndarray, np.ndarray]:
-    """Per-patch (8x8) shape and colour labels, 0 = background."""
-    shape = np.zeros((2 * GRID, 2 * GRID), np.int64)
+def patch_labels_object(obj: dict) -> tuple[np.ndarray, np.ndarray]:
+    """Per-patch (8x8) shape and colour labels over the object's box, 0 = background."""
+    shape = np.zeros((PATCH_GRID, PATCH_GRID), np.int64)
     colour = np.zeros_like(shape)
-    for obj in objects:
-        sl = np.s_[2 * obj["row"] : 2 * obj["row"] + 2, 2 * obj["col"] : 2 * obj["col"] + 2]
-        shape[sl] = SHAPES.index(obj["shape"]) + 1
-        colour[sl] = list(COLOURS).index(obj["colour"]) + 1
+    box = np.s_[obj["row"] : obj["row"] + obj["size"], obj["col"] : obj["col"] + obj["size"]]
+    shape[box] = SHAPES.index(obj["shape"]) + 1
+    colour[box] = list(COLOURS).index(obj["colour"]) + 1
     return shape, colour
 
 
 def patch_labels_glyphs(letters: np.ndarray) -> np.ndarray:
-    """Per-patch glyph label (1-10) and, to make position inside a glyph learnable, nothing else."""
-    return np.kron(letters + 1, np.ones((2, 2), np.int64))
+    """Per-patch glyph label (1-10): the glyph whose layout cell covers the patch."""
+    per_cell = PATCH_GRID // letters.shape[0]
+    return np.kron(letters + 1, np.ones((per_cell, per_cell), np.int64))
 
 
 # --------------------------------------------------------------------------- questions
 
-def _colour_question(objects, rng):
-    # Name an object by one attribute, ask for another. The naming word comes last, where the next-token
-    # prediction is made, so answering is one attention hop from that word to the right visual token.
-    obj = objects[int(rng.integers(len(objects)))]
-    return f"what colour is the {obj['shape']}", obj["colour"]
+def object_class(obj: dict) -> int:
+    """The joint (shape, colour) class, 0..31."""
+    return SHAPES.index(obj["shape"]) * len(COLOURS) + list(COLOURS).index(obj["colour"])
 
 
-def _shape_question(objects, rng):
-    obj = objects[int(rng.integers(len(objects)))]
-    return f"what shape is {obj['colour']}", obj["shape"]
+def fact_tables(rules: int) -> np.ndarray:
+    """(rules, 32) answer-word indices: rule r maps the object's class to a word, arbitrarily."""
+    rng = np.random.default_rng(FACTS_SEED)
+    return rng.integers(0, len(FACT_WORDS), size=(rules, len(SHAPES) * len(COLOURS)))
 
 
-def _relation_question(objects, rng):
-    obj = objects[int(rng.integers(len(objects)))]
-    if rng.random() < 0.5:
-        return f"which side is {obj['colour']}", "left" if obj["col"] < GRID // 2 else "right"
-    return f"top or bottom for {obj['colour']}", "top" if obj["row"] < GRID // 2 else "bottom"
+def rule_word(r: int) -> str:
+    return f"rule{r:03d}"
+
+
+class Questions:
+    """Question makers for one data spec (the facts task needs its rule tables and frequencies)."""
+
+    def __init__(self, spec: dict):
+        facts = spec.get("facts") or {"rules": 128, "zipf": 1.5}
+        self.tables = fact_tables(facts["rules"])
+        weights = (np.arange(facts["rules"]) + 1.0) ** -facts["zipf"]
+        self.rule_p = weights / weights.sum()
+
+    def ask(self, task: str, content, rng: np.random.Generator) -> tuple[str, str]:
+        return getattr(self, task)(content, rng)
+
+    def colour(self, obj, rng):
+        return "what colour is it", obj["colour"]
+
+    def shape(self, obj, rng):
+        return "what shape is it", obj["shape"]
+
+    def relation(self, obj, rng):
+        centre = obj["col"] + obj["size"] / 2
+        return "which side is it", "left" if centre <= PATCH_GRID / 2 else "right"
+
+    def facts(self, obj, rng):
+        r = int(rng.choice(len(self.rule_p), p=self.rule_p))
+        return f"what is {rule_word(r)}", FACT_WORDS[self.tables[r, object_class(obj)]]
+
+    def read(self, letters, rng):
+        # A place names one of the 4x4 finest cells whatever the page's print size; the answer is the glyph
+        # printed over it. One routing rule for every layout: attend to the token(s) at that place.
+        r, c = (int(x) for x in rng.integers(0, FINEST, size=2))
+        return f"which letter is at {cell_name(r, c)}", LETTERS[glyph_at(letters, r, c)]
+
+    def next(self, letters, rng):
+        # The glyph after the one over a place, in the page's reading order (same row); a one-glyph page has
+        # no "after", so there the question is the plain read.
+        layout = letters.shape[0]
+        if layout == 1:
+            return self.read(letters, rng)
+        per = FINEST // layout
+        r, c = int(rng.integers(0, FINEST)), int(rng.integers(0, FINEST - per))
+        return f"which letter follows {cell_name(r, c)}", LETTERS[letters[r // per, c // per + 1]]
+
+
+FINEST = 4  # places are named on the finest layout's 4x4 grid
+
+
+def glyph_at(letters: np.ndarray, row: int, col: int) -> int:
+    """The glyph printed over finest cell (row, col) of a page of any layout."""
+    per = FINEST // letters.shape[0]
+    return int(letters[row // per, col // per])
 
 
 def cell_name(row: int, col: int) -> str:
-    """Chess-like cell names (rows A-D, columns 1-4): one token per position, as a document's layout key."""
+    """Chess-like place names on the 4x4 grid (rows A-D, columns 1-4): one word per place, like a layout key."""
     return f"{'ABCD'[row]}{col + 1}"
 
 
-def _read_question(letters, rng):
-    r, c = rng.integers(0, GRID, size=2)
-    return f"which letter is at {cell_name(r, c)}", LETTERS[letters[r, c]]
+OBJECT_SIZES = (3, 4, 5)  # patches per side: the object covers 14-39 % of the image, salient as a photo's subject
 
 
-def _next_question(letters, rng):
-    # The letter after a cell in reading order (same row, next column): a lookup at a fixed offset.
-    r, c = rng.integers(0, GRID), rng.integers(0, GRID - 1)
-    return f"which letter follows {cell_name(r, c)}", LETTERS[letters[r, c + 1]]
+def random_object(rng: np.random.Generator) -> dict:
+    size = int(rng.choice(OBJECT_SIZES))
+    row, col = (int(x) for x in rng.integers(0, PATCH_GRID - size + 1, size=2))
+    return {"row": row, "col": col, "size": size, "shape": SHAPES[int(rng.integers(len(SHAPES)))],
+            "colour": list(COLOURS)[int(rng.integers(len(COLOURS)))]}
 
 
-QUESTION_MAKERS = {
-    "colour": _colour_question,
-    "shape": _shape_question,
-    "relation": _relation_question,
-    "read": _read_question,
-    "next": _next_question,
-}
-
-
-def _random_objects(rng: np.random.Generator) -> list[dict]:
-    n = int(rng.integers(2, 5))  # two or more, so relations are always askable
-    cells = rng.choice(GRID * GRID, size=n, replace=False)
-    shapes = rng.permutation(len(SHAPES))[:n]  # each shape and each colour at most once per image,
-    colours = rng.permutation(len(COLOURS))[:n]  # so "the circle" or "the red one" names one object
-    return [
-        {"row": int(cell // GRID), "col": int(cell % GRID), "shape": SHAPES[s], "colour": list(COLOURS)[c]}
-        for cell, s, c in zip(cells, shapes, colours)
-    ]
+def random_page(rng: np.random.Generator) -> np.ndarray:
+    layout = LAYOUTS[int(rng.integers(len(LAYOUTS)))]  # print sizes in equal shares
+    return rng.integers(0, len(LETTERS), size=(layout, layout))
 
 
 # --------------------------------------------------------------------------- generation
@@ -181,16 +237,15 @@ def _png_bytes(array: np.ndarray) -> bytes:
 
 
 def _make_image(family: str, rng: np.random.Generator, glyphs: np.ndarray):
-    """Return (pixels, content, patch labels dict) for one image of a family."""
+    """Return (pixels, content, (shape, colour, glyph) per-patch labels) for one image of a family."""
     if family == "reasoning":
-        objects = _random_objects(rng)
-        shape, colour = patch_labels_shapes(objects)
-        glyph = np.zeros_like(shape)
-        return draw_shapes(objects, rng), objects, (shape, colour, glyph)
-    letters = rng.integers(0, len(LETTERS), size=(GRID, GRID))
+        obj = random_object(rng)
+        shape, colour = patch_labels_object(obj)
+        return draw_object(obj, rng), obj, (shape, colour, np.zeros_like(shape))
+    letters = random_page(rng)
     glyph = patch_labels_glyphs(letters)
     zeros = np.zeros_like(glyph)
-    return draw_glyphs(letters, glyphs, rng), letters, (zeros, zeros, glyph)
+    return draw_page(letters, glyphs, rng), letters, (zeros, zeros, glyph)
 
 
 def _conversation(record_id: str, image: str, question: str, answer: str, task: str) -> dict:
@@ -210,10 +265,13 @@ def generate(spec: dict, out_dir: str | Path) -> dict:
     out = Path(out_dir)
     rng = np.random.default_rng(spec["seed"])
     glyphs = glyph_bitmaps()
+    ask = Questions(spec)
     tasks_by_family = {f: [t for t in spec["tasks"] if FAMILY_OF_TASK[t] == f] for f in ("reasoning", "ocr")}
     train_records, image_names, labels = [], [], {"shape": [], "colour": [], "glyph": []}
     questions = {t: [] for t in spec["tasks"]}
     split_sizes = {"train": spec["train_images_per_family"], "test": spec["test_images_per_family"]}
+    per_test_image = spec.get("test_questions_per_image", 1)
+    weights = spec.get("task_weights") or {}
     for split, n_images in split_sizes.items():
         for family, tasks in tasks_by_family.items():
             if not tasks:
@@ -226,13 +284,15 @@ def generate(spec: dict, out_dir: str | Path) -> dict:
                 for key, value in zip(("shape", "colour", "glyph"), patch):
                     labels[key].append(value)
                 if split == "train":
+                    p = np.array([weights.get(t, 1.0) for t in tasks], float)
                     for q in range(spec["questions_per_image"][family]):
-                        task = tasks[int(rng.integers(len(tasks)))]
-                        text, answer = QUESTION_MAKERS[task](content, rng)
+                        task = tasks[int(rng.choice(len(tasks), p=p / p.sum()))] if len(tasks) > 1 else tasks[0]
+                        text, answer = ask.ask(task, content, rng)
                         train_records.append(_conversation(f"{name}#{q}", name, text, answer, task))
-                else:
-                    for task in tasks:
-                        text, answer = QUESTION_MAKERS[task](content, rng)
+                    continue
+                for task in tasks:
+                    for _ in range(per_test_image):
+                        text, answer = ask.ask(task, content, rng)
                         questions[task].append({"image": name, "text": text, "answer": answer})
     _write_outputs(out, spec, train_records, questions, image_names, labels)
     return build_manifest(out, spec, image_names, train_records, questions)

@@ -31,19 +31,37 @@ class LawInputError(ValueError):
 
 @dataclass(frozen=True)
 class LawData:
+    """One error per (N, V) point; `replicates` optionally holds each point's per-seed errors (a list per
+    point; `error` is then their mean), which the bootstrap resamples instead of the points."""
+
     llm_params: np.ndarray
     visual_tokens: np.ndarray
     error: np.ndarray
     text_tokens: int = 0
+    replicates: tuple | None = None
 
     @classmethod
-    def from_arrays(cls, n, v, y, text_tokens: int = 0) -> "LawData":
-        data = cls(np.asarray(n, float), np.asarray(v, float), np.asarray(y, float), int(text_tokens))
+    def from_arrays(cls, n, v, y, text_tokens: int = 0, replicates=None) -> "LawData":
+        reps = tuple(np.asarray(r, float) for r in replicates) if replicates is not None else None
+        data = cls(np.asarray(n, float), np.asarray(v, float), np.asarray(y, float), int(text_tokens), reps)
         validate(data)
         return data
 
+    @property
+    def n_seeds(self) -> int:
+        return min(len(r) for r in self.replicates) if self.replicates else 1
+
     def subset(self, mask: np.ndarray) -> "LawData":
-        return LawData(self.llm_params[mask], self.visual_tokens[mask], self.error[mask], self.text_tokens)
+        reps = tuple(self.replicates[i] for i in np.arange(len(self.error))[mask]) if self.replicates else None
+        return LawData(self.llm_params[mask], self.visual_tokens[mask], self.error[mask], self.text_tokens, reps)
+
+    def resampled(self, rng: np.random.Generator) -> "LawData":
+        """A bootstrap draw: each point's seeds resampled with replacement when there are two or more
+        seeds per point (the cells stay, their noise is redrawn), otherwise the points themselves."""
+        if self.n_seeds >= 2:
+            error = np.array([rng.choice(r, size=len(r)).mean() for r in self.replicates])
+            return LawData(self.llm_params, self.visual_tokens, error, self.text_tokens)
+        return self.subset(rng.integers(0, len(self.error), size=len(self.error)))
 
 
 @dataclass(frozen=True)
@@ -217,15 +235,14 @@ def _bound_warnings(params: dict) -> list[str]:
 
 
 def bootstrap(data: LawData, form: str = "paper", n_boot: int = 200, seed: int = 0, level: float = 0.95) -> dict:
-    """Percentile intervals for every parameter (and V*, where defined) from resampled rows."""
+    """Percentile intervals for every parameter (and V*, where defined) from resampled seeds (two or more
+    per point) or resampled points (one seed)."""
     rng = np.random.default_rng(seed)
     draws: dict[str, list[float]] = {}
-    n = len(data.error)
     failed = 0
     for _ in range(n_boot):
-        idx = rng.integers(0, n, size=n)
         try:
-            res = fit(data.subset(idx), form)
+            res = fit(data.resampled(rng), form)
         except LawInputError:  # a resample with one N or one V: skip, count it
             failed += 1
             continue
@@ -238,12 +255,17 @@ def bootstrap(data: LawData, form: str = "paper", n_boot: int = 200, seed: int =
                     optimal_tokens(res.params["alpha"], res.params["beta"], q, *v_range))
     lo, hi = (1 - level) / 2 * 100, (1 + level) / 2 * 100
     ci = {k: [float(np.percentile(v, lo)), float(np.percentile(v, hi))] for k, v in draws.items()}
-    ci["_meta"] = {"n_boot": n_boot, "failed_resamples": failed, "level": level}
+    ci["_meta"] = {"n_boot": n_boot, "failed_resamples": failed, "level": level,
+                   "resampled": "seeds" if data.n_seeds >= 2 else "points"}
     return ci
 
 
+RELATIVE_ERROR_FLOOR = 0.05  # relative errors only where the true error is at least this (else they explode)
+
+
 def heldout_check(data: LawData, form: str = "paper") -> dict:
-    """Fit without the largest LLM, predict it (the paper's 14B check): mean absolute relative error."""
+    """Fit without the largest LLM, predict it (the paper's 14B check). Absolute errors; relative error only
+    over the held-out cells whose observed error is at least RELATIVE_ERROR_FLOOR."""
     largest = data.llm_params.max()
     train = data.llm_params < largest
     try:
@@ -253,14 +275,32 @@ def heldout_check(data: LawData, form: str = "paper") -> dict:
     test = data.subset(~train)
     pred = res.predict(test.llm_params, test.visual_tokens)
     diff = np.abs(pred - test.error)
-    rel = diff / np.maximum(test.error, 1e-12)
+    sizable = test.error >= RELATIVE_ERROR_FLOOR
+    rel = diff[sizable] / test.error[sizable]
     return {
         "status": "ok",
         "heldout_llm_params": float(largest),
         "mean_abs_error": float(diff.mean()),
-        "mean_abs_rel_error": float(rel.mean()),
-        "max_abs_rel_error": float(rel.max()),
+        "max_abs_error": float(diff.max()),
+        "mean_abs_rel_error": float(rel.mean()) if sizable.any() else None,
+        "rel_error_cells": int(sizable.sum()),
+        "n_cells": int(len(diff)),
     }
+
+
+R2_TRUST = 0.8
+
+
+def trust_problems(result: FitResult) -> list[str]:
+    """Why a fit's frontier should not be read as an answer (empty: nothing found). A poor fit (R² below
+    R2_TRUST), a parameter on its bound, or a search that did not converge each make V* an artefact."""
+    problems = []
+    if not result.r2 >= R2_TRUST:
+        problems.append(f"R² = {result.r2:.2f} is below {R2_TRUST}: the law does not describe these cells")
+    if result.status == "not_converged":
+        problems.append("the fit did not converge")
+    problems += list(result.warnings)
+    return problems
 
 
 def fit_with_checks(data: LawData, form: str = "paper", n_boot: int = 0, seed: int = 0,

@@ -41,7 +41,7 @@ def _tail(path: Path, size: int = 20000) -> str:
 def cell_state(cfg: dict, cell: vcfg.Cell, running_window_s: float = 120.0) -> dict:
     results = Path(cfg["results"])
     cell_dir = results / "cells" / cell.id
-    rule_log = results / "logs" / "train" / cell.llm / f"v{cell.visual_tokens}.log"
+    rule_log = results / "logs" / "train" / f"{cell.id}.log"
     text = _tail(rule_log)
     job = SUBMITTED.search(text)
     job_log = Path(job.group(3)) if job else None
@@ -51,10 +51,10 @@ def cell_state(cfg: dict, cell: vcfg.Cell, running_window_s: float = 120.0) -> d
     train_json = cell_dir / "train.json"
     if train_json.exists():
         trained = json.loads(train_json.read_text())
-        if trained.get("config_hash") != spec_hash(vcfg.cell_spec(cfg, cell.llm, cell.visual_tokens)):
+        if trained.get("config_hash") != spec_hash(vcfg.cell_spec(cfg, cell.llm, cell.visual_tokens, cell.seed)):
             return {**info, "state": "stale"}
         evals = [cell_dir / "eval" / f"{b['name']}.json" for b in cfg["benchmarks"]]
-        complete = all(p.exists() for p in evals) and (cell_dir / "flops.json").exists()
+        complete = all(p.exists() for p in evals) and (cell_dir.parent / "flops.json").exists()
         return {**info, "state": "done" if complete else "trained"}
     if not text and not steps:
         return {**info, "state": "not started"}
@@ -65,14 +65,14 @@ def cell_state(cfg: dict, cell: vcfg.Cell, running_window_s: float = 120.0) -> d
 
 
 def matrix(cfg: dict) -> str:
-    states = {(c.llm, c.visual_tokens): cell_state(cfg, c) for c in vcfg.cells(cfg)}
-    vs = cfg["grid"]["visual_tokens"]
+    states = {(c.llm, c.seed, c.visual_tokens): cell_state(cfg, c) for c in vcfg.cells(cfg)}
+    vs, seeds = cfg["grid"]["visual_tokens"], vcfg.seeds(cfg)
     header = ["LLM \\ V"] + [str(v) for v in vs]
     rows = [header]
-    for llm in [m["name"] for m in cfg["llms"]]:
-        row = [llm]
+    for llm, seed in [(m["name"], s) for m in cfg["llms"] for s in seeds]:
+        row = [llm if len(seeds) == 1 else f"{llm} seed {seed}"]
         for v in vs:
-            s = states[(llm, v)]
+            s = states[(llm, seed, v)]
             text = s["state"]
             if s["state"] in ("running", "stalled", "failed") and s["step"]:
                 text += f" {s['step']}"

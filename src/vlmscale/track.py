@@ -98,6 +98,7 @@ class CellTracker:
         tags = {
             "llm": spec["llm"]["name"],
             "visual_tokens": str(spec["visual_tokens"]),
+            "seed": str(spec["train"]["seed"]),
             "code_version": code_version(),
             "executor": cfg.get("executor", "inline"),
             "slurm_job_id": os.environ.get("SLURM_JOB_ID", ""),

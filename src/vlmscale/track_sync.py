@@ -27,7 +27,8 @@ def cell_metrics(rows: pd.DataFrame) -> dict:
 def ensure_cell_run(client, exp: str, grid: str, row, cell_dir: Path) -> str:
     """The cell's run for its current key; created here, with its training history, when the training
     job could not reach the store."""
-    tags = {"llm": row.llm, "visual_tokens": str(row.visual_tokens), "vlmscale.replayed": "true"}
+    tags = {"llm": row.llm, "visual_tokens": str(row.visual_tokens), "seed": str(getattr(row, "seed", 0)),
+            "vlmscale.replayed": "true"}
     run_id, created = track.cell_run(client, exp, grid, row.cell, row.run_key, tags)
     if created:
         replay_training(client, run_id, read_json(cell_dir / "train.json"))

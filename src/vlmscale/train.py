@@ -124,7 +124,8 @@ def with_image_root(samples: list[Sample], image_root: str) -> list[Sample]:
 
 def build_cell_model(spec: dict, vocabulary: list[str], vision_dim: int, patch_grid: int | None = None):
     tokenizer = build_tokenizer(spec["llm"], vocabulary)
-    llm = build_llm(spec["llm"], len(tokenizer))
+    # A random-init LM starts from the cell's training seed (seeds differ in initialisation and batch order).
+    llm = build_llm({"init_seed": spec.get("train", {}).get("seed", 0), **spec["llm"]}, len(tokenizer))
     if spec.get("train", {}).get("gradient_checkpointing"):
         llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return VLM(llm, vision_dim, spec["visual_tokens"], spec["compressor"], patch_grid), tokenizer
@@ -322,6 +323,7 @@ def summarise(spec, cell_hash, model, state, ckpt, n_train) -> dict:
         "cell": spec["cell"],
         "llm": spec["llm"]["name"],
         "visual_tokens": spec["visual_tokens"],
+        "seed": spec["train"]["seed"],
         "config_hash": spec_hash(spec),
         "run_key": cell_hash,
         "code_version": code_version(),

@@ -21,17 +21,20 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from vlmscale.data import COLOURS, LETTERS, SHAPES
 from vlmscale.fileio import atomic_torch_save, read_json, write_json
 from vlmscale.model import build_vision_tower, patch_features
 
-LABEL_CLASSES = {"shape": 5, "colour": 5, "glyph": 11, "object": 17}
+# Per-patch label heads (class 0 = background): what the tiny tower is pretrained to see.
+LABEL_CLASSES = {"shape": len(SHAPES) + 1, "colour": len(COLOURS) + 1, "glyph": len(LETTERS) + 1,
+                 "object": len(SHAPES) * len(COLOURS) + 1}
 
 
 def with_object_labels(labels: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Add the joint (shape, colour) class per patch. Trained to encode it, the tower writes "red circle"
     as one direction, so an average over many patches still says which colour goes with which shape
     (like CLIP's global embedding); separate shape and colour directions would lose that binding."""
-    joint = torch.where(labels["shape"] > 0, (labels["shape"] - 1) * 4 + labels["colour"], 0)
+    joint = torch.where(labels["shape"] > 0, (labels["shape"] - 1) * len(COLOURS) + labels["colour"], 0)
     return {**labels, "object": joint}
 
 

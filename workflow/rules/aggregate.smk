@@ -1,7 +1,7 @@
 rule aggregate:
     input:
         train=expand(f"{RESULTS}/cells/{{cell}}/train.json", cell=CELLS),
-        flops=expand(f"{RESULTS}/cells/{{cell}}/flops.json", cell=CELLS),
+        flops=expand(f"{RESULTS}/cells/{{cell}}/flops.json", cell=ARCHITECTURES),
         evals=expand(f"{RESULTS}/cells/{{cell}}/eval/{{benchmark}}.json", cell=CELLS, benchmark=BENCHMARKS),
         code=f"{SRC}/aggregate.py",
     output:

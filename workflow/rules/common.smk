@@ -16,7 +16,9 @@ LLMS = [m["name"] for m in config["llms"]]
 VISUAL_TOKENS = [str(v) for v in config["grid"]["visual_tokens"]]
 BENCHMARKS = [b["name"] for b in config["benchmarks"]]
 FAMILIES = sorted({b["family"] for b in config["benchmarks"]})
+SEEDS = [str(s) for s in vcfg.seeds(config)]
 CELLS = [c.id for c in vcfg.cells(config)]
+ARCHITECTURES = [c.architecture_id for c in vcfg.architectures(config)]
 LAUNCH = config["launch"]
 SRC = f"{workflow.basedir}/src/vlmscale"
 
@@ -24,12 +26,13 @@ SRC = f"{workflow.basedir}/src/vlmscale"
 wildcard_constraints:
     llm="|".join(re.escape(m) for m in LLMS),
     V="|".join(VISUAL_TOKENS),
+    seed="|".join(SEEDS),
     benchmark="|".join(re.escape(b) for b in BENCHMARKS),
     family="|".join(re.escape(f) for f in FAMILIES),
 
 
 def cell_spec(wildcards):
-    return vcfg.as_param(vcfg.cell_spec(config, wildcards.llm, int(wildcards.V)))
+    return vcfg.as_param(vcfg.cell_spec(config, wildcards.llm, int(wildcards.V), int(wildcards.seed)))
 
 
 def tracking_param():

@@ -1,6 +1,6 @@
 def eval_spec(wildcards):
     return vcfg.as_param({
-        "cell": vcfg.cell_spec(config, wildcards.llm, int(wildcards.V)),
+        "cell": vcfg.cell_spec(config, wildcards.llm, int(wildcards.V), int(wildcards.seed)),
         "benchmarks": [vcfg.benchmark_spec(config, b) for b in BENCHMARKS],
         "max_new_tokens": config["evaluation"]["max_new_tokens"],
     })
@@ -13,12 +13,12 @@ rule evaluate:
         vision=rules.pretrain_vision.output.summary,
         code=[f"{SRC}/evaluate.py", f"{SRC}/metrics.py"],
     output:
-        expand(f"{RESULTS}/cells/{{{{llm}}}}/v{{{{V}}}}/eval/{{benchmark}}.json", benchmark=BENCHMARKS),
+        expand(f"{RESULTS}/cells/{{{{llm}}}}/v{{{{V}}}}/s{{{{seed}}}}/eval/{{benchmark}}.json", benchmark=BENCHMARKS),
     log:
-        f"{RESULTS}/logs/evaluate/{{llm}}/v{{V}}.log",
+        f"{RESULTS}/logs/evaluate/{{llm}}/v{{V}}/s{{seed}}.log",
     params:
         spec=eval_spec,
-        out_dir=f"{RESULTS}/cells/{{llm}}/v{{V}}/eval",
+        out_dir=f"{RESULTS}/cells/{{llm}}/v{{V}}/s{{seed}}/eval",
     threads: LAUNCH["threads"]
     resources:
         launch=single_task_resources,

@@ -4,15 +4,15 @@ rule train:
         vision=rules.pretrain_vision.output.summary,
         code=[f"{SRC}/{name}" for name in ("train.py", "model.py", "tokenizer.py", "data.py", "distributed.py", "vision.py")],
     output:
-        f"{RESULTS}/cells/{{llm}}/v{{V}}/train.json",
+        f"{RESULTS}/cells/{{llm}}/v{{V}}/s{{seed}}/train.json",
     log:
-        f"{RESULTS}/logs/train/{{llm}}/v{{V}}.log",
+        f"{RESULTS}/logs/train/{{llm}}/v{{V}}/s{{seed}}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/train/{{llm}}/v{{V}}.tsv"
+        f"{RESULTS}/benchmarks/train/{{llm}}/v{{V}}/s{{seed}}.tsv"
     params:
         spec=cell_spec,
         tracking=tracking_param(),
-        checkpoints=f"{RESULTS}/checkpoints/{{llm}}/v{{V}}",
+        checkpoints=f"{RESULTS}/checkpoints/{{llm}}/v{{V}}/s{{seed}}",
     threads: LAUNCH["threads"]
     resources:
         launch=launch_resources,
