@@ -81,5 +81,5 @@ def test_report_warns_above_the_frontier_and_withholds_v_star_of_an_untrusted_fi
     text = "\n".join(report._frontier_section({"reasoning": good, "ocr": poor}, frontier))
     warning = text.index("**Warning — do not read the ocr frontier as an answer.**")
     assert warning < text.index("V* = β·Q/(α−β)") and "below 0.8" in text
-    assert "- ocr: the law does not fit well enough" in text and "- reasoning: V*(Q=0) = 1" in text
+    assert "- ocr: not to be trusted as an answer" in text and "- reasoning: V*(Q=0) = 1" in text
     assert "reasoning frontier as an answer" not in text

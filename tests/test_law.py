@@ -189,4 +189,7 @@ def test_a_poor_or_bounded_fit_says_why_it_is_not_to_be_trusted():
     noise = law.fit(law.LawData.from_arrays(n, v, rng.uniform(0.3, 0.6, n.size)))  # no law at all
     problems = law.trust_problems(noise)
     assert any(p.startswith("R² = ") and "below 0.8" in p for p in problems)
-    assert law.trust_problems(law.fit(paper_table())) == [w for w in law.fit(paper_table()).warnings]  # D on 0
+    paper = law.fit(paper_table())  # the floor D goes to 0 on the paper's table: said, but V* stands
+    assert law.trust_problems(paper) == [] and law.cautions(paper) == list(paper.warnings) != []
+    exponent_on_bound = law.FitResult(**{**good.__dict__, "warnings": ("beta = 0 sits on its bound (0.0, 3.0): ...",)})
+    assert law.trust_problems(exponent_on_bound) == list(exponent_on_bound.warnings)

@@ -102,11 +102,22 @@ def test_changing_one_llms_training_reruns_exactly_its_cells(grid):
     (grid / "edited.yaml").write_text(yaml.safe_dump(cfg))
     jobs = planned_jobs(grid, "edited.yaml")
     trained = {w for rule, w in jobs if rule == "train"}
-    assert trained == {f"llm=b, V={v}" for v in (1, 4, 16)}
+    assert trained == {f"llm=b, V={v}, seed=0" for v in (1, 4, 16)}
     evaluated = {w for rule, w in jobs if rule == "evaluate"}
     assert evaluated == trained
     assert not any(rule in {"prepare_data", "pretrain_vision", "flops"} for rule, _ in jobs)
     assert {"aggregate", "fit_law", "frontier", "report", "track_sync"} <= {rule for rule, _ in jobs}
+
+
+def test_adding_seeds_trains_only_the_new_seeds_cells(grid):
+    cfg = copy.deepcopy(MINI)
+    cfg["grid"]["seeds"] = [0, 1]  # seed 0 is the grid's train.seed: its finished cells are the same cells
+    (grid / "seeds.yaml").write_text(yaml.safe_dump(cfg))
+    jobs = planned_jobs(grid, "seeds.yaml")
+    trained = {w for rule, w in jobs if rule == "train"}
+    assert trained == {f"llm={m}, V={v}, seed=1" for m in "ab" for v in (1, 4, 16)}
+    assert {w for rule, w in jobs if rule == "evaluate"} == trained
+    assert not any(rule in {"prepare_data", "pretrain_vision", "flops"} for rule, _ in jobs)  # FLOPs are per (LLM, V)
 
 
 def rules_planned(grid: Path, name: str, cfg: dict, header: str = "") -> dict[str, int]:
@@ -161,7 +172,8 @@ def test_status_matrix_shows_done_stale_and_running(grid):
     # A cell whose training log is still growing shows its last step and job.
     cfg["grid"]["visual_tokens"] = [1, 4, 16, 64]
     (grid / "bigger.yaml").write_text(yaml.safe_dump(cfg))
-    log = grid / "results/logs/train/a/v64.log"
+    log = grid / "results/logs/train/a/v64/s0.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
     log.write_text("[vlmscale] train:a/v64: submitted job 4242 (local); logs: /nonexistent\nstage2 step 20/40 loss 1.0 train_acc 0.5\n")
     out = vlmscale_status(grid, "bigger.yaml")
     assert "running stage2 20/40 [job 4242]" in out and "not started" in out

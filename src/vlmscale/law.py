@@ -293,14 +293,24 @@ R2_TRUST = 0.8
 
 def trust_problems(result: FitResult) -> list[str]:
     """Why a fit's frontier should not be read as an answer (empty: nothing found). A poor fit (R² below
-    R2_TRUST), a parameter on its bound, or a search that did not converge each make V* an artefact."""
+    R2_TRUST), a search that did not converge, an exponent on its bound or no scaling term (K = 0) each
+    make V* an artefact of the fit rather than a property of the cells."""
     problems = []
     if not result.r2 >= R2_TRUST:
         problems.append(f"R² = {result.r2:.2f} is below {R2_TRUST}: the law does not describe these cells")
     if result.status == "not_converged":
         problems.append("the fit did not converge")
-    problems += list(result.warnings)
-    return problems
+    return problems + [w for w in result.warnings if not _is_floor_warning(w)]
+
+
+def cautions(result: FitResult) -> list[str]:
+    """Bound warnings that leave the frontier standing: the floor D (or E) at 0. V* does not depend on the
+    floor, but the exponents were fitted with it held at its bound; said next to the frontier."""
+    return [w for w in result.warnings if _is_floor_warning(w)]
+
+
+def _is_floor_warning(warning: str) -> bool:
+    return warning.startswith(("D = 0", "E = 0"))
 
 
 def fit_with_checks(data: LawData, form: str = "paper", n_boot: int = 0, seed: int = 0,

@@ -50,7 +50,7 @@ def draw_frontier(table: pd.DataFrame, fit: FitResult, family: str, text_tokens:
     _log_axis(ax)
     ax.set_xlabel(f"inference FLOPs = 2·N·(Q+V), Q = {text_tokens}")
     ax.set_ylabel(f"{family} error (1 − mean accuracy)")
-    untrusted = " — fit not to be trusted" if law.trust_problems(fit) else ""
+    untrusted = " — not to be trusted" if law.trust_problems(fit) else ""
     ax.set_title(f"{family}: α={fit.params.get('alpha', float('nan')):.3f}, β={fit.params.get('beta', float('nan')):.3f}, "
                  f"R²={fit.r2:.2f}{untrusted}", fontsize=10)
     ax.legend(fontsize=7)
@@ -167,17 +167,21 @@ def _heldout_text(held: dict) -> str:
 
 
 def _frontier_section(fits: dict[str, FitResult], frontier: pd.DataFrame) -> list[str]:
-    """A warning above the frontier for each fit that should not be trusted; its V* is then not presented
-    as an answer."""
+    """Warnings above the frontier: a fit that should not be trusted has its V* withheld; a floor on its
+    bound is said next to the V* it leaves standing."""
     lines = []
     untrusted = {family: law.trust_problems(fit) for family, fit in fits.items()}
     for family, problems in untrusted.items():
         if problems:
             lines += [f"> **Warning — do not read the {family} frontier as an answer.** " + "; ".join(problems) + ".", ""]
+    for family, fit in fits.items():
+        if law.cautions(fit) and not untrusted[family]:
+            lines += [f"> **Caution — {family}:** " + "; ".join(law.cautions(fit)) + ". V* does not depend on "
+                      "the floor, but the exponents were fitted with it held at 0.", ""]
     lines += ["V* = β·Q/(α−β) when α > β, otherwise the largest V; N* = C / (2(Q+V*)).", ""]
     for family, fit in fits.items():
         if untrusted[family]:
-            lines.append(f"- {family}: the law does not fit well enough to say which V is compute-optimal (see the warning).")
+            lines.append(f"- {family}: not to be trusted as an answer (see the warning); no V* is given.")
             continue
         v_stars = ", ".join(f"V*(Q={int(q)}) = {v:.3g}" for q, v in _v_star_by_q(frontier, family))
         lines.append(f"- {family}: {v_stars} (α = {fit.params['alpha']:.3f}, β = {fit.params['beta']:.3f}).")
