@@ -45,6 +45,7 @@ def main() -> None:
         out["install_seconds"] = round(timed(["make", "install", f"VENV={venv}"], REPO), 1)
         shutil.rmtree(venv.parent)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="vlmscale-bench-"))
+    workdir.mkdir(parents=True, exist_ok=True)
     config = workdir / "config.yaml"
     shutil.copy(REPO / "config.yaml", config)
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "MPLBACKEND": "Agg"}
