@@ -69,7 +69,8 @@ def main() -> None:
         config.write_text(yaml.safe_dump(cfg, sort_keys=False))
         out["seeds_wall_seconds"] = round(timed(snake, workdir, env), 1)
         out["laws"].update(per_seed_laws(workdir / "results", args.seeds))
-    dest = REPO / "benchmarks/results/spine.json"
+    # A run with seeds also keeps its own copy: the plain timing run (no --seeds) overwrites spine.json.
+    dest = REPO / "benchmarks/results" / ("spine_seeds.json" if args.seeds else "spine.json")
     dest.parent.mkdir(exist_ok=True)
     dest.write_text(json.dumps(out, indent=2) + "\n")
     print(json.dumps(out, indent=2))

@@ -138,3 +138,22 @@ def test_grid_against_a_tracking_server(mlflow_server, tmp_path):
         assert params["train.stage2.lr"] == "0.003" and params["visual_tokens"] == t["visual_tokens"]
         metrics = {m["key"] for m in run["data"].get("metrics", [])}
         assert {"stage2/loss", "eval/read/accuracy", "eval/family/ocr/error", "flops_paper_q0"} <= metrics
+    # What a researcher sees on opening the UI: the runs table (a model-training experiment with a
+    # one-line description), the laws on the parent run, one line per cell, the grid as a table.
+    exp = json.loads(urllib.request.urlopen(
+        f"{mlflow_server}/api/2.0/mlflow/experiments/get-by-name?experiment_name=served", timeout=10).read())["experiment"]
+    exp_tags = {t["key"]: t["value"] for t in exp.get("tags", [])}
+    assert exp_tags["mlflow.experimentKind"] == "custom_model_development"
+    assert exp_tags["mlflow.note.content"].startswith("vlmscale grid `mini`: 2 LLMs × V ∈ {1, 4, 16} × 1 seed(s)")
+    parent_id = runs[tags.index(parents[0])]["info"]["run_id"]
+    note = parents[0]["mlflow.note.content"]
+    assert "Y(N, V) = K·N^-α·V^-β + D" in note and "| reasoning |" in note and "| ocr |" in note
+    assert f"#/experiments/{exp_id}/runs/{parent_id}/artifactPath/figures/reasoning_q50.png" in note
+    for run, t in children:
+        assert t["mlflow.note.content"].startswith(f"**{t['llm']}** (") and "reasoning error" in t["mlflow.note.content"]
+        metrics = {m["key"]: m["value"] for m in run["data"].get("metrics", [])}
+        assert {"error_reasoning", "error_ocr", "flops_q0", "flops_q50"} <= set(metrics)
+        assert metrics["flops_q50"] == metrics["flops_paper_q50"]
+    listed = json.loads(urllib.request.urlopen(
+        f"{mlflow_server}/api/2.0/mlflow/artifacts/list?run_id={parent_id}", timeout=10).read())["files"]
+    assert "grid_table.json" in {f["path"] for f in listed}

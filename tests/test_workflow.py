@@ -89,6 +89,11 @@ def test_every_cell_is_one_mlflow_run_under_one_parent(grid):
     assert len(runs) == 1 + 6 and all(status == "FINISHED" for _, _, status in runs)
     child_parents = {v for r, k, v in tags if k == "mlflow.parentRunId"}
     assert child_parents == parents
+    con = sqlite3.connect(grid / "results/mlflow.db")
+    kinds = con.execute("SELECT value FROM experiment_tags WHERE key = 'mlflow.experimentKind'").fetchall()
+    notes = con.execute("SELECT count(*) FROM tags WHERE key = 'mlflow.note.content'").fetchone()[0]
+    con.close()
+    assert kinds == [("custom_model_development",)] and notes == 1 + 6  # the UI opens on the runs table
 
 
 def test_second_run_has_nothing_to_do(grid):

@@ -203,7 +203,11 @@ def cmd_ui(args) -> dict:
     from vlmscale import track
 
     uri = track.resolve_uri(args.uri)
-    print(f"MLflow UI on http://127.0.0.1:{args.port} (store {uri}); Ctrl-C to stop", file=sys.stderr)
+    track.quiet_mlflow()
+    os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")  # starts in seconds, not a minute
+    # MLflow 3's UI opens on its GenAI view unless told otherwise; the grid lives in "Model training".
+    print(f"MLflow UI on http://127.0.0.1:{args.port}/#/experiments?workflowType=machine_learning (store {uri}); "
+          f"Ctrl-C to stop", file=sys.stderr)
     os.execvp(sys.executable, [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
                                "--host", "127.0.0.1", "--port", str(args.port)])
 
@@ -319,6 +323,7 @@ def _cell_label(args) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # MLflow's opt-out, inherited by every job
     args = build_parser().parse_args(argv)
     try:
         result = args.func(args)

@@ -245,6 +245,15 @@ def cell_spec(cfg: dict, llm: str, visual_tokens: int, seed: int | None = None) 
     }
 
 
+def training_cost(cfg: dict, llm: str, visual_tokens: int) -> float:
+    """A relative estimate of a cell's training time (width² x depth x sequence length; V alone for a
+    pretrained LM, whose shape the config does not state). Only orders jobs: Snakemake starts the
+    costliest cells first, so the longest one does not run alone at the end of a grid."""
+    model = llm_by_name(cfg, llm)
+    shape = model.get("hidden_size", 1) ** 2 * model.get("num_layers", 1)
+    return float(shape * (int(visual_tokens) + 8))
+
+
 def architecture_spec(cfg: dict, llm: str, visual_tokens: int) -> dict:
     """What decides a cell's inference cost: the model's shape, not how it was trained (nor its seed)."""
     spec = cell_spec(cfg, llm, visual_tokens)

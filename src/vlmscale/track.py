@@ -14,6 +14,14 @@ CELL_TAG = "vlmscale.cell"
 HASH_TAG = "vlmscale.config_hash"
 GRID_TAG = "vlmscale.grid"
 PARENT_TAG = "vlmscale.parent"
+NOTE_TAG = "mlflow.note.content"  # a run's or experiment's description, Markdown, shown by the UI
+KIND_TAG = "mlflow.experimentKind"  # MLflow 3's UI opens an experiment on its runs table for this kind,
+MODEL_TRAINING = "custom_model_development"  # not on the GenAI traces overview
+
+
+def quiet_mlflow() -> None:
+    """MLflow's documented opt-out of its usage telemetry, for this process and every job it starts."""
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 
 def resolve_uri(uri: str) -> str:
@@ -30,17 +38,21 @@ def _warn(what: str, exc: Exception) -> None:
 
 def client_for(uri: str):
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    quiet_mlflow()
     from mlflow.tracking import MlflowClient
 
     return MlflowClient(tracking_uri=resolve_uri(uri))
 
 
 def ensure_experiment(client, name: str, artifact_root: str | None = None) -> str:
+    """The experiment, created as a model-training one (older stores get the kind tag added)."""
     exp = client.get_experiment_by_name(name)
     if exp is not None:
+        if exp.tags.get(KIND_TAG) != MODEL_TRAINING:
+            client.set_experiment_tag(exp.experiment_id, KIND_TAG, MODEL_TRAINING)
         return exp.experiment_id
     location = Path(artifact_root).resolve().as_uri() if artifact_root else None
-    return client.create_experiment(name, artifact_location=location)
+    return client.create_experiment(name, artifact_location=location, tags={KIND_TAG: MODEL_TRAINING})
 
 
 def init_store(uri: str, experiment: str, grid: str, artifact_root: str | None = None) -> dict:

@@ -15,13 +15,64 @@ from vlmscale.fileio import read_json, write_json
 
 
 def cell_metrics(rows: pd.DataFrame) -> dict:
+    """Every number of a cell; `error_{family}` and `flops_q{Q}` (the paper's 2·N·(Q+V)) are plain names
+    that sort together and chart against each other in the UI's compare view."""
     first = rows.iloc[0]
     metrics = {f"eval/{r.benchmark}/accuracy": r.accuracy for r in rows.itertuples()}
     metrics.update({f"eval/family/{fam}/error": 1 - g.accuracy.mean() for fam, g in rows.groupby("family")})
+    metrics.update({f"error_{fam}": 1 - g.accuracy.mean() for fam, g in rows.groupby("family")})
+    metrics.update({f"flops_q{k[len('flops_paper_q'):]}": float(v) for k, v in first.items()
+                    if k.startswith("flops_paper_q") and pd.notna(v)})
     metrics.update({k: float(v) for k, v in first.items()
                     if k.startswith(("flops_", "prefill_latency_ms")) and pd.notna(v)})  # latency: null when not measured
     metrics["llm_params"] = float(first.llm_params)
     return metrics
+
+
+def cell_description(rows: pd.DataFrame) -> str:
+    """One line: the cell, its family errors and its inference cost."""
+    first = rows.iloc[0]
+    errors = ", ".join(f"{fam} error {1 - g.accuracy.mean():.3f}" for fam, g in rows.groupby("family"))
+    flops = ", ".join(f"{float(v):.3g} at Q = {k[len('flops_paper_q'):]}" for k, v in first.items()
+                      if k.startswith("flops_paper_q") and pd.notna(v))
+    seed = f", seed {int(first.seed)}" if "seed" in first else ""
+    return (f"**{first.llm}** ({float(first.llm_params):.3g} parameters), V = {int(first.visual_tokens)}{seed}: "
+            f"{errors}; inference FLOPs 2·N·(Q+V) {flops}.")
+
+
+def experiment_description(grid: pd.DataFrame, name: str) -> str:
+    seeds = grid.seed.nunique() if "seed" in grid else 1
+    return (f"vlmscale grid `{name}`: {grid.llm.nunique()} LLMs × V ∈ {{{', '.join(map(str, sorted(grid.visual_tokens.unique())))}}}"
+            f" × {seeds} seed(s); families: {', '.join(sorted(grid.family.unique()))}. The parent run "
+            f"`grid:{name}` holds the fitted laws, the frontier and the figures.")
+
+
+def grid_description(laws: dict[str, dict], v_range: tuple[float, float], figures: list[str], exp: str, parent: str) -> str:
+    """The parent run's description: the law per family, V*, the held-out check, warnings, figure links."""
+    from vlmscale import law
+
+    lines = ["### Y(N, V) = K·N^-α·V^-β + D", "",
+             "| family | α [95 % CI] | β [95 % CI] | R² | V*(Q=0) | V*(Q=50) | held-out largest LLM: mean abs. error |",
+             "|---|---|---|---|---|---|---|"]
+    notes = []
+    for family, fit in laws.items():
+        p, ci = fit["params"], fit.get("ci", {})
+        result = law.FitResult.from_dict(fit)
+        problems = law.trust_problems(result)
+        stars = [law.optimal_tokens(p["alpha"], p["beta"], q, *v_range) for q in (0, 50)]
+        star_text = ["not to be trusted"] * 2 if problems else [f"{v:.3g}" for v in stars]
+        lines.append(f"| {family} | {_with_ci(p['alpha'], ci.get('alpha'))} | {_with_ci(p['beta'], ci.get('beta'))} | "
+                     f"{fit['r2']:.3f} | {star_text[0]} | {star_text[1]} | "
+                     f"{fit.get('heldout', {}).get('mean_abs_error', float('nan')):.3f} |")
+        notes += [f"- **Warning, {family}:** {w}" for w in problems] + [f"- {family}: {w}" for w in law.cautions(result)]
+    links = [f"[{name}](#/experiments/{exp}/runs/{parent}/artifactPath/figures/{name})" for name in figures]
+    lines += [""] + notes + ["", "Figures: " + ", ".join(links), "",
+                             "The whole grid, one row per cell × benchmark: artifact `grid_table.json`."]
+    return "\n".join(lines)
+
+
+def _with_ci(value: float, interval) -> str:
+    return f"{value:.3f} [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else f"{value:.3f}"
 
 
 def ensure_cell_run(client, exp: str, grid: str, row, cell_dir: Path) -> str:
@@ -60,24 +111,39 @@ def main(cfg: dict) -> dict:
     client = track.client_for(tracking["uri"])
     exp = track.ensure_experiment(client, tracking["experiment"])
     grid = pd.read_parquet(cfg["grid"])
+    client.set_experiment_tag(exp, track.NOTE_TAG, experiment_description(grid, tracking["grid"]))
     now = int(time.time() * 1000)
     synced = {}
     for cell, rows in grid.groupby("cell"):
-        run_id = ensure_cell_run(client, exp, tracking["grid"], rows.iloc[0], results / "cells" / cell)
+        cell_dir = results / "cells" / cell
+        run_id = ensure_cell_run(client, exp, tracking["grid"], rows.iloc[0], cell_dir)
         metrics = [Metric(k, float(v), now, 0) for k, v in cell_metrics(rows).items()]
         client.log_batch(run_id, metrics=metrics)
-        client.log_artifacts(run_id, str(results / "cells" / cell), artifact_path="results")
+        client.set_tag(run_id, track.NOTE_TAG, cell_description(rows))
+        client.log_artifacts(run_id, str(cell_dir), artifact_path="results")
+        if (cell_dir.parent / "flops.json").exists():  # shared by the (LLM, V) pair's seeds
+            client.log_artifact(run_id, str(cell_dir.parent / "flops.json"), artifact_path="results")
         client.set_terminated(run_id, "FINISHED")
         synced[cell] = run_id
     parent = track.parent_run_id(client, exp, tracking["grid"])
-    report_dir = Path(cfg["report_dir"])
-    client.log_artifacts(parent, str(report_dir / "figures"), artifact_path="figures")
-    client.log_artifact(parent, str(report_dir / "report.md"))
-    for law_file in sorted((results / "law").glob("*.json")):
-        fit = read_json(law_file)
-        client.log_batch(parent, metrics=[Metric(f"law/{law_file.stem}/{k}", float(v), now, 0) for k, v in fit["params"].items()]
-                         + [Metric(f"law/{law_file.stem}/r2", float(fit["r2"]), now, 0)])
-    client.set_terminated(parent, "FINISHED")
+    log_grid_summary(client, exp, parent, grid, results, Path(cfg["report_dir"]), now)
     summary = {"experiment_id": exp, "parent_run_id": parent, "cell_runs": synced, "uri": track.resolve_uri(tracking["uri"])}
     write_json(cfg["out"], summary)
     return summary
+
+
+def log_grid_summary(client, exp: str, parent: str, grid: pd.DataFrame, results: Path, report_dir: Path, now: int) -> None:
+    """On the parent run: figures, report, the grid as a table, the law metrics and a description."""
+    from mlflow.entities import Metric
+
+    client.log_artifacts(parent, str(report_dir / "figures"), artifact_path="figures")
+    client.log_artifact(parent, str(report_dir / "report.md"))
+    client.log_table(parent, data=grid, artifact_file="grid_table.json")
+    laws = {path.stem: read_json(path) for path in sorted((results / "law").glob("*.json"))}
+    for family, fit in laws.items():
+        client.log_batch(parent, metrics=[Metric(f"law/{family}/{k}", float(v), now, 0) for k, v in fit["params"].items()]
+                         + [Metric(f"law/{family}/r2", float(fit["r2"]), now, 0)])
+    v_range = (float(grid.visual_tokens.min()), float(grid.visual_tokens.max()))
+    figures = sorted(p.name for p in (report_dir / "figures").glob("*.png"))
+    client.set_tag(parent, track.NOTE_TAG, grid_description(laws, v_range, figures, exp, parent))
+    client.set_terminated(parent, "FINISHED")

@@ -35,6 +35,11 @@ def cell_spec(wildcards):
     return vcfg.as_param(vcfg.cell_spec(config, wildcards.llm, int(wildcards.V), int(wildcards.seed)))
 
 
+def training_priority(wildcards):
+    # Costliest cells first; a priority is not a param: changing it reruns nothing.
+    return vcfg.training_cost(config, wildcards.llm, int(wildcards.V))
+
+
 def tracking_param():
     t = config["tracking"]
     return vcfg.as_param({"uri": t["uri"], "experiment": t["experiment"], "grid": config["grid"]["name"]})

@@ -16,6 +16,7 @@ rule train:
     threads: LAUNCH["threads"]
     resources:
         launch=launch_resources,
+    priority: training_priority
     shell:
         "vlmscale train --spec {params.spec:q} --tracking {params.tracking:q} --data-root {RESULTS}/data "
         "--vision {input.vision} --checkpoint-dir {params.checkpoints} --out {output} "
