@@ -90,8 +90,9 @@ def results(workdir: Path) -> dict:
 
 def attempts(workdir: Path) -> dict[str, list[dict]]:
     out = {}
-    for path in (workdir / "results/checkpoints").glob("*/v*/attempts.jsonl"):
-        out[f"{path.parent.parent.name}/{path.parent.name}"] = [json.loads(x) for x in path.read_text().splitlines()]
+    for path in (workdir / "results/checkpoints").glob("*/v*/s*/attempts.jsonl"):
+        cell = path.parent.relative_to(workdir / "results/checkpoints").as_posix()  # llm/vV/sSEED
+        out[cell] = [json.loads(x) for x in path.read_text().splitlines()]
     return out
 
 
