@@ -106,7 +106,11 @@ def family_table(path: str | Path, family: str | None = None) -> pd.DataFrame:
 
     With a `seed` column the error is first averaged over the family's benchmarks per seed, then over
     seeds: `error` is the per-(N, V) mean, `error_sd` the spread across seeds, `n_seeds` how many."""
-    per_seed = seed_table(path, family)
+    return mean_over_seeds(seed_table(path, family))
+
+
+def mean_over_seeds(per_seed: pd.DataFrame) -> pd.DataFrame:
+    """A seed_table reduced to one row per (LLM, V)."""
     keys = ["family", "llm", "llm_params", "visual_tokens"]
     grouped = per_seed.groupby(keys, sort=False)
     df = grouped.agg(error=("error", "mean"), error_sd=("error", "std"), n_seeds=("seed", "nunique"),
@@ -145,9 +149,8 @@ def seed_table(path: str | Path, family: str | None = None) -> pd.DataFrame:
     return df
 
 
-def replicates(path: str | Path, family: str | None, table: pd.DataFrame) -> list[list[float]]:
-    """Each row of `table` (a family_table): its per-seed errors, for a bootstrap over seeds."""
-    per_seed = seed_table(path, family)
+def replicates(per_seed: pd.DataFrame, table: pd.DataFrame) -> list[list[float]]:
+    """Each row of `table` (mean_over_seeds of per_seed): its per-seed errors, for a bootstrap over seeds."""
     by_cell = per_seed.groupby(["llm_params", "visual_tokens"])["error"].apply(list)
     return [by_cell[(n, v)] for n, v in zip(table.llm_params, table.visual_tokens)]
 

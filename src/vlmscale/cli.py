@@ -93,12 +93,13 @@ def cmd_aggregate(args) -> dict:
 
 def cmd_fit(args) -> dict:
     from vlmscale import law
-    from vlmscale.aggregate import family_table, replicates
+    from vlmscale.aggregate import mean_over_seeds, replicates, seed_table
     from vlmscale.fileio import write_json
 
-    table = family_table(args.table, args.family)
+    per_seed = seed_table(args.table, args.family)  # the table is read once
+    table = mean_over_seeds(per_seed)
     data = law.LawData.from_arrays(table.llm_params, table.visual_tokens, table.error, args.text_tokens,
-                                   replicates(args.table, args.family, table))
+                                   replicates(per_seed, table))
     result = law.fit_with_checks(data, args.form, args.bootstrap, args.seed, args.huber).to_dict()
     result["family"] = args.family or "all"
     result["table"] = str(args.table)
