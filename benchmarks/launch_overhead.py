@@ -7,9 +7,11 @@ Writes benchmarks/results/launch_overhead.json.
 Slurm is measured only where `sinfo` answers (e.g. after `.ci/start-slurm`); its number includes
 queueing on an idle node and the state polling of `vlmscale.launch` (0.5 s, growing to 10 s).
 """
+
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shutil
@@ -24,7 +26,13 @@ from vlmscale import launch
 REPO = Path(__file__).resolve().parents[1]
 
 
-def nothing(cfg: dict) -> dict:
+@dataclasses.dataclass(frozen=True)
+class Nothing:
+    i: int
+    executor: str = "inline"
+
+
+def nothing(job: Nothing) -> dict:
     return {"ok": True}
 
 
@@ -33,7 +41,7 @@ def overhead(executor: str, repeats: int, resources: dict) -> list[float]:
     times = []
     for i in range(repeats):
         start = time.perf_counter()
-        launch.run(nothing, {"i": i}, executor=executor, log_dir=folder, name=f"bench-{i}", resources=resources)
+        launch.run(nothing, Nothing(i), executor=executor, log_dir=folder, name=f"bench-{i}", resources=resources)
         times.append(time.perf_counter() - start)
     shutil.rmtree(folder, ignore_errors=True)
     return times
@@ -55,9 +63,16 @@ def main() -> None:
         print(executor, rows[executor], flush=True)
     spine = REPO / "benchmarks/results/spine.json"
     cells = json.loads(spine.read_text())["cell_train_seconds"] if spine.exists() else {}
-    out = {"machine": f"{os.cpu_count()} cores", "date": time.strftime("%Y-%m-%d"), "repeats": args.repeats,
-           "overhead_per_launch": rows,
-           "default_grid_train_seconds": {"min": min(cells.values(), default=None), "max": max(cells.values(), default=None)}}
+    out = {
+        "machine": f"{os.cpu_count()} cores",
+        "date": time.strftime("%Y-%m-%d"),
+        "repeats": args.repeats,
+        "overhead_per_launch": rows,
+        "default_grid_train_seconds": {
+            "min": min(cells.values(), default=None),
+            "max": max(cells.values(), default=None),
+        },
+    }
     (REPO / "benchmarks/results/launch_overhead.json").write_text(json.dumps(out, indent=2) + "\n")
     print(json.dumps(out, indent=2))
 

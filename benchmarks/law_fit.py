@@ -8,6 +8,7 @@ of the grid. We emulate it with 25 values per parameter (K, alpha, beta, D: 390,
 random 20 % (78,125) and keep the lowest SSE, twice: as a loop that evaluates one parameter set at a
 time (the procedure as written) and vectorised with NumPy (the fastest honest version of it).
 """
+
 from __future__ import annotations
 
 import json

@@ -7,6 +7,7 @@ do (a no-op rerun with every output present), for grids from 10 to 1,000 cells, 
 No model is trained: each grid points at a small LLaVA-format data set (13 benchmark folders) written
 here, its outputs are created with `snakemake --touch`, so only the planning work is measured.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,16 +35,25 @@ def write_data(root: Path) -> dict:
 
     (root / "images").mkdir(parents=True)
     Image.new("RGB", (32, 32)).save(root / "images/0.png")
-    record = {"id": "0", "image": "images/0.png",
-              "conversations": [{"from": "human", "value": "<image>\ncolour?"}, {"from": "gpt", "value": "red"}]}
+    record = {
+        "id": "0",
+        "image": "images/0.png",
+        "conversations": [{"from": "human", "value": "<image>\ncolour?"}, {"from": "gpt", "value": "red"}],
+    }
     (root / "train.json").write_text(json.dumps([record]))
     for b in range(N_BENCHMARKS):
         folder = root / "benchmarks" / f"bench{b:02d}"
         folder.mkdir(parents=True)
-        (folder / "questions.jsonl").write_text(json.dumps({"question_id": 0, "image": "images/0.png", "text": "colour?"}) + "\n")
+        (folder / "questions.jsonl").write_text(
+            json.dumps({"question_id": 0, "image": "images/0.png", "text": "colour?"}) + "\n"
+        )
         (folder / "answers.jsonl").write_text(json.dumps({"question_id": 0, "answer": "red"}) + "\n")
-    return {"source": "llava", "train_json": str(root / "train.json"), "image_folder": str(root),
-            "benchmark_folder": str(root / "benchmarks")}
+    return {
+        "source": "llava",
+        "train_json": str(root / "train.json"),
+        "image_folder": str(root),
+        "benchmark_folder": str(root / "benchmarks"),
+    }
 
 
 def grid_config(data: dict, n_llms: int, n_v: int) -> dict:
@@ -54,9 +64,21 @@ def grid_config(data: dict, n_llms: int, n_v: int) -> dict:
         cfg["grid"]["visual_tokens"] = [1, 4, 16, 36, 64, 144, 576]  # the paper's V grid
     cfg["data"] = data
     cfg["vision"] = {**cfg["vision"], "image_size": 4 * side, "patch_size": 4}
-    cfg["llms"] = [{"name": f"lm{i:03d}", "source": "config", "arch": "qwen2", "hidden_size": 32 + 8 * i,
-                    "intermediate_size": 64, "num_layers": 1, "num_heads": 2} for i in range(n_llms)]
-    cfg["benchmarks"] = [{"name": f"bench{b:02d}", "family": "reasoning" if b < 9 else "ocr"} for b in range(N_BENCHMARKS)]
+    cfg["llms"] = [
+        {
+            "name": f"lm{i:03d}",
+            "source": "config",
+            "arch": "qwen2",
+            "hidden_size": 32 + 8 * i,
+            "intermediate_size": 64,
+            "num_layers": 1,
+            "num_heads": 2,
+        }
+        for i in range(n_llms)
+    ]
+    cfg["benchmarks"] = [
+        {"name": f"bench{b:02d}", "family": "reasoning" if b < 9 else "ocr"} for b in range(N_BENCHMARKS)
+    ]
     return cfg
 
 
@@ -96,9 +118,16 @@ def measure(base: Path, data: dict, cells: int, repeats: int) -> dict:
     noop = [snakemake(workdir) for _ in range(repeats)]
     assert all("Nothing to be done" in out for _, out in noop), noop[0][1][-2000:]
     outputs = sum(1 for p in (workdir / "results").rglob("*") if p.is_file())
-    return {"cells": cells, "llms": n_llms, "visual_tokens": n_v, "benchmarks": N_BENCHMARKS, "jobs": jobs,
-            "output_files": outputs, "plan_seconds": round(statistics.median(s for s, _ in plans), 2),
-            "noop_seconds": round(statistics.median(s for s, _ in noop), 2)}
+    return {
+        "cells": cells,
+        "llms": n_llms,
+        "visual_tokens": n_v,
+        "benchmarks": N_BENCHMARKS,
+        "jobs": jobs,
+        "output_files": outputs,
+        "plan_seconds": round(statistics.median(s for s, _ in plans), 2),
+        "noop_seconds": round(statistics.median(s for s, _ in noop), 2),
+    }
 
 
 def main() -> None:
@@ -117,8 +146,10 @@ def main() -> None:
     dest.write_text(json.dumps(out, indent=2) + "\n")
     print("| cells | LLMs x V | jobs | output files | plan (`-n`) | no-op rerun |\n|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['cells']} | {r['llms']} x {r['visual_tokens']} | {r['jobs']} | {r['output_files']} | "
-              f"{r['plan_seconds']} s | {r['noop_seconds']} s |")
+        print(
+            f"| {r['cells']} | {r['llms']} x {r['visual_tokens']} | {r['jobs']} | {r['output_files']} | "
+            f"{r['plan_seconds']} s | {r['noop_seconds']} s |"
+        )
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ job table and writes benchmarks/results/paper_plan.json.
 
     python benchmarks/paper_plan.py [--repeats 3]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,8 +30,16 @@ def write_skeleton(workdir: Path, cfg: dict) -> None:
     from PIL import Image
 
     data = cfg["data"]
-    conversation = [{"id": "0", "image": "0.png", "conversations": [
-        {"from": "human", "value": "<image>\nWhat is shown?"}, {"from": "gpt", "value": "A red square."}]}]
+    conversation = [
+        {
+            "id": "0",
+            "image": "0.png",
+            "conversations": [
+                {"from": "human", "value": "<image>\nWhat is shown?"},
+                {"from": "gpt", "value": "A red square."},
+            ],
+        }
+    ]
     for stage in ("stage1", "stage2"):
         paths = {**{k: data[k] for k in ("train_json", "image_folder")}, **(data.get(stage) or {})}
         images = workdir / paths["image_folder"]
@@ -40,15 +49,23 @@ def write_skeleton(workdir: Path, cfg: dict) -> None:
     for bench in cfg["benchmarks"]:
         folder = workdir / data["benchmark_folder"] / bench["name"]
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / "questions.jsonl").write_text(json.dumps({"question_id": 0, "image": "0.png", "text": "Colour?"}) + "\n")
+        (folder / "questions.jsonl").write_text(
+            json.dumps({"question_id": 0, "image": "0.png", "text": "Colour?"}) + "\n"
+        )
         (folder / "answers.jsonl").write_text(json.dumps({"question_id": 0, "answer": "red"}) + "\n")
 
 
 def dry_run(workdir: Path) -> tuple[float, str]:
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     start = time.perf_counter()
-    out = subprocess.run(["snakemake", "-s", str(REPO / "Snakefile"), "--configfile", str(PAPER), "-n", "--cores", "1"],
-                         cwd=workdir, capture_output=True, text=True, env=env, check=True).stdout
+    out = subprocess.run(
+        ["snakemake", "-s", str(REPO / "Snakefile"), "--configfile", str(PAPER), "-n", "--cores", "1"],
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+    ).stdout
     return time.perf_counter() - start, out
 
 
@@ -69,8 +86,13 @@ def main() -> None:
         runs = [dry_run(workdir) for _ in range(args.repeats)]
     seconds = [round(s, 2) for s, _ in runs]
     table = job_table(runs[-1][1])
-    result = {"config": "configs/paper.yaml", "plan_seconds": seconds, "median_s": statistics.median(seconds),
-              "jobs": table, "cores": os.cpu_count()}
+    result = {
+        "config": "configs/paper.yaml",
+        "plan_seconds": seconds,
+        "median_s": statistics.median(seconds),
+        "jobs": table,
+        "cores": os.cpu_count(),
+    }
     print(runs[-1][1].split("Job stats:", 1)[1].split("\n\n")[0])
     print(json.dumps(result, indent=2))
     dest = REPO / "benchmarks/results/paper_plan.json"

@@ -11,6 +11,7 @@ are reused, not retrained) and records, per family, the law fitted to each seed 
 per-(N, V) mean over seeds: alpha, beta, R², V* at Q = 0 and 50, the held-out error, the
 monotonicity of error in N, and whether the paper's finding holds.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,7 +50,15 @@ def main() -> None:
     config = workdir / "config.yaml"
     shutil.copy(REPO / "config.yaml", config)
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "MPLBACKEND": "Agg"}
-    snake = ["snakemake", "-s", str(REPO / "Snakefile"), "--profile", str(REPO / "profiles/local"), "--configfile", str(config)]
+    snake = [
+        "snakemake",
+        "-s",
+        str(REPO / "Snakefile"),
+        "--profile",
+        str(REPO / "profiles/local"),
+        "--configfile",
+        str(config),
+    ]
     out["grid_wall_seconds"] = round(timed(snake, workdir, env), 1)
     noop = [timed(snake, workdir, env) for _ in range(3)]
     out["noop_rerun_seconds_median"] = round(statistics.median(noop), 2)
@@ -80,12 +89,18 @@ def summary(fit, v_range) -> dict:
     from vlmscale import law
 
     p = fit.params
-    return {"alpha": round(p["alpha"], 4), "beta": round(p["beta"], 4), "K": round(p["K"], 4), "D": round(p["D"], 4),
-            "r2": round(fit.r2, 4), "status": fit.status,
-            "v_star_q0": law.optimal_tokens(p["alpha"], p["beta"], 0, *v_range),
-            "v_star_q50": law.optimal_tokens(p["alpha"], p["beta"], 50, *v_range),
-            "heldout_mean_abs_error": round(fit.heldout.get("mean_abs_error", float("nan")), 4),
-            "trusted": not law.trust_problems(fit)}
+    return {
+        "alpha": round(p["alpha"], 4),
+        "beta": round(p["beta"], 4),
+        "K": round(p["K"], 4),
+        "D": round(p["D"], 4),
+        "r2": round(fit.r2, 4),
+        "status": fit.status,
+        "v_star_q0": law.optimal_tokens(p["alpha"], p["beta"], 0, *v_range),
+        "v_star_q50": law.optimal_tokens(p["alpha"], p["beta"], 50, *v_range),
+        "heldout_mean_abs_error": round(fit.heldout.get("mean_abs_error", float("nan")), 4),
+        "trusted": not law.trust_problems(fit),
+    }
 
 
 def fit_table(table) -> dict:

@@ -1,4 +1,5 @@
 """Shared fixtures: a small synthetic data set and tower features, generated once per test session."""
+
 from __future__ import annotations
 
 import os
@@ -18,8 +19,18 @@ SMALL_DATA = {
     "tasks": ["colour", "shape", "relation", "read", "next"],
 }
 SMALL_VISION = {
-    "source": "tiny", "image_size": 32, "patch_size": 4, "hidden_size": 32, "num_layers": 1,
-    "num_heads": 2, "steps": 20, "lr": 0.003, "batch_size": 16, "seed": 0, "cache": True, "feature_layer": -2,
+    "source": "tiny",
+    "image_size": 32,
+    "patch_size": 4,
+    "hidden_size": 32,
+    "num_layers": 1,
+    "num_heads": 2,
+    "steps": 20,
+    "lr": 0.003,
+    "batch_size": 16,
+    "seed": 0,
+    "cache": True,
+    "feature_layer": -2,
     "bf16": False,
 }
 
@@ -36,7 +47,8 @@ def small_data(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def small_vision(small_data, tmp_path_factory) -> Path:
     from vlmscale import vision
+    from vlmscale.jobs import TowerJob
 
     out = tmp_path_factory.mktemp("vision")
-    vision.main({"vision": SMALL_VISION, "data_root": str(small_data), "out": str(out), "threads": 1})
+    vision.main(TowerJob(SMALL_VISION, data_root=str(small_data), out=str(out)))
     return out / "tower.json"

@@ -3,6 +3,7 @@
 Every case goes through the command a user runs (snakemake, or the `vlmscale` stage the rule calls) and
 must fail with a message that names the problem; a bare Python traceback never counts as a message.
 """
+
 from __future__ import annotations
 
 import json
@@ -32,7 +33,9 @@ def run(cmd: list[str], cwd: Path) -> tuple[int, str]:
 def snakemake_dry_run(tmp_path: Path, cfg: dict | str) -> str:
     text = cfg if isinstance(cfg, str) else yaml.safe_dump(cfg)
     (tmp_path / "cfg.yaml").write_text(text)
-    code, out = run(["snakemake", "-s", str(REPO / "Snakefile"), "--configfile", "cfg.yaml", "--cores", "1", "-n"], tmp_path)
+    code, out = run(
+        ["snakemake", "-s", str(REPO / "Snakefile"), "--configfile", "cfg.yaml", "--cores", "1", "-n"], tmp_path
+    )
     assert code != 0, out
     assert "Traceback" not in out, out
     assert not (tmp_path / "results").exists()  # refused before any job
@@ -124,8 +127,12 @@ def llava_data(small_data, tmp_path) -> Path:
 
 def llava_config(root: Path, benchmarks=("colour", "read")) -> dict:
     cfg = default_config()
-    cfg["data"] = {"source": "llava", "train_json": str(root / "train.json"), "image_folder": str(root),
-                   "benchmark_folder": str(root / "benchmarks")}
+    cfg["data"] = {
+        "source": "llava",
+        "train_json": str(root / "train.json"),
+        "image_folder": str(root),
+        "benchmark_folder": str(root / "benchmarks"),
+    }
     cfg["benchmarks"] = [{"name": b, "family": "reasoning" if b == "colour" else "ocr"} for b in benchmarks]
     return cfg
 
@@ -204,17 +211,32 @@ def test_benchmark_question_without_answer_is_named(tmp_path, llava_data):
 def test_unreadable_trained_weights_name_the_cell(tmp_path, small_data, small_vision):
     from test_train import cell_cfg
 
-    spec = cell_cfg(small_data, small_vision, tmp_path)["spec"]
+    spec = cell_cfg(small_data, small_vision, tmp_path).spec
     (tmp_path / "final.pt").write_bytes(b"torn")
     (tmp_path / "train.json").write_text(json.dumps({"checkpoint": str(tmp_path / "final.pt")}))
-    eval_spec = json.dumps({"cell": spec, "benchmarks": [{"name": "colour", "family": "reasoning"}]})
-    out = vlmscale(tmp_path, "evaluate", "--spec", eval_spec, "--data-root", str(small_data), "--vision",
-                   str(small_vision), "--train-json", str(tmp_path / "train.json"), "--out-dir", str(tmp_path / "eval"))
+    eval_spec = json.dumps(
+        {"model": spec, "benchmarks": [{"name": "colour", "family": "reasoning"}], "max_new_tokens": 4}
+    )
+    out = vlmscale(
+        tmp_path,
+        "evaluate",
+        "--spec",
+        eval_spec,
+        "--data-root",
+        str(small_data),
+        "--vision",
+        str(small_vision),
+        "--train-json",
+        str(tmp_path / "train.json"),
+        "--out-dir",
+        str(tmp_path / "eval"),
+    )
     assert "vlmscale evaluate [t/v4]: error: t/v4: cannot read its trained weights" in out and "retrain it" in out
 
 
 def test_unreadable_resume_checkpoint_restarts_the_cell_and_says_so(tmp_path, small_data, small_vision, capsys):
     from test_train import cell_cfg
+
     from vlmscale import train
 
     (tmp_path / "ckpt").mkdir()
@@ -227,6 +249,7 @@ def test_unreadable_resume_checkpoint_restarts_the_cell_and_says_so(tmp_path, sm
 
 def test_out_of_memory_names_the_setting(tmp_path, small_data, small_vision, monkeypatch):
     from test_train import cell_cfg
+
     from vlmscale import train
 
     def exhausted(*args, **kwargs):

@@ -1,4 +1,5 @@
 """The command line on its own: plotting any fit over the paper's cells, typed fit status in FIT.json."""
+
 from __future__ import annotations
 
 import json
@@ -26,7 +27,9 @@ def test_plot_overlays_the_paper_cells(tmp_path):
     fit = tmp_path / "fit.json"
     vlmscale("fit", str(REFERENCE), "--out", str(fit))
     png = tmp_path / "paper.png"
-    proc = vlmscale("plot", str(fit), "--table", str(REFERENCE), "--text-tokens", "50", "--overlay-paper", "--out", str(png))
+    proc = vlmscale(
+        "plot", str(fit), "--table", str(REFERENCE), "--text-tokens", "50", "--overlay-paper", "--out", str(png)
+    )
     assert proc.returncode == 0, proc.stderr
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
 
@@ -36,12 +39,22 @@ def test_unknown_family_is_a_clear_error(tmp_path):
     assert proc.returncode == 2 and "no rows for family 'ocr'" in proc.stderr
 
 
-def grid_table(errors: dict) -> "pd.DataFrame":
+def grid_table(errors: dict):
     import pandas as pd
 
-    rows = [{"family": "reasoning", "llm": f"lm{i}", "llm_params": n, "visual_tokens": v, "error": e,
-             "error_sd": 0.01, "n_seeds": 3}
-            for i, (n, by_v) in enumerate(errors.items()) for v, e in by_v.items()]
+    rows = [
+        {
+            "family": "reasoning",
+            "llm": f"lm{i}",
+            "llm_params": n,
+            "visual_tokens": v,
+            "error": e,
+            "error_sd": 0.01,
+            "n_seeds": 3,
+        }
+        for i, (n, by_v) in enumerate(errors.items())
+        for v, e in by_v.items()
+    ]
     return pd.DataFrame(rows)
 
 
@@ -50,16 +63,25 @@ def test_frontier_tick_labels_do_not_overprint_at_q50():
 
     from vlmscale import law, report
 
-    table = grid_table({1.6e4: {1: .36, 4: .32, 16: .29}, 5.6e4: {1: .34, 4: .27, 16: .22},
-                        9.5e4: {1: .29, 4: .25, 16: .20}, 3e5: {1: .28, 4: .23, 16: .19}})
+    table = grid_table(
+        {
+            1.6e4: {1: 0.36, 4: 0.32, 16: 0.29},
+            5.6e4: {1: 0.34, 4: 0.27, 16: 0.22},
+            9.5e4: {1: 0.29, 4: 0.25, 16: 0.20},
+            3e5: {1: 0.28, 4: 0.23, 16: 0.19},
+        }
+    )
     fit = law.fit(law.LawData.from_arrays(table.llm_params, table.visual_tokens, table.error))
     for q in (0, 50):
         fig = report.draw_frontier(table, fit, "reasoning", q)
         fig.canvas.draw()
         renderer = fig.canvas.get_renderer()
         ax = fig.axes[0]
-        labels = [t for t in ax.get_xticklabels(which="both") if t.get_visible() and t.get_text()
-                  and ax.get_xlim()[0] <= t.get_position()[0] <= ax.get_xlim()[1]]
+        labels = [
+            t
+            for t in ax.get_xticklabels(which="both")
+            if t.get_visible() and t.get_text() and ax.get_xlim()[0] <= t.get_position()[0] <= ax.get_xlim()[1]
+        ]
         boxes = sorted((t.get_window_extent(renderer) for t in labels), key=lambda b: b.x0)
         assert len(boxes) >= 2, f"Q={q}: an axis needs at least two labels"
         assert all(a.x1 <= b.x0 for a, b in zip(boxes, boxes[1:])), f"Q={q}: tick labels overlap"
@@ -74,10 +96,23 @@ def test_report_warns_above_the_frontier_and_withholds_v_star_of_an_untrusted_fi
 
     rng = np.random.default_rng(0)
     n, v = (a.ravel() for a in np.meshgrid([1e4, 3e4, 1e5, 3e5], [1, 4, 16]))
-    good = law.fit(law.LawData.from_arrays(n, v, 0.05 + 2.0 * n ** -0.3 * v ** -0.05 + rng.normal(0, 1e-4, n.size)))
+    good = law.fit(law.LawData.from_arrays(n, v, 0.05 + 2.0 * n**-0.3 * v**-0.05 + rng.normal(0, 1e-4, n.size)))
     poor = law.fit(law.LawData.from_arrays(n, v, rng.uniform(0.3, 0.6, n.size)))
-    frontier = pd.DataFrame([{"family": f, "text_tokens": q, "flops": 1e6, "visual_tokens": 1.0, "llm_params": 1e4,
-                              "error": 0.2, "method": "closed_form"} for f in ("reasoning", "ocr") for q in (0, 50)])
+    frontier = pd.DataFrame(
+        [
+            {
+                "family": f,
+                "text_tokens": q,
+                "flops": 1e6,
+                "visual_tokens": 1.0,
+                "llm_params": 1e4,
+                "error": 0.2,
+                "method": "closed_form",
+            }
+            for f in ("reasoning", "ocr")
+            for q in (0, 50)
+        ]
+    )
     text = "\n".join(report._frontier_section({"reasoning": good, "ocr": poor}, frontier))
     warning = text.index("**Warning — do not read the ocr frontier as an answer.**")
     assert warning < text.index("V* = β·Q/(α−β)") and "below 0.8" in text

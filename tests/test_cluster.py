@@ -4,9 +4,11 @@ in one MLflow run; a killed driver re-attaches to its jobs; bad cluster settings
 
 Skipped, with the reason, where no Slurm answers (run `.ci/start-slurm` as root to get one).
 """
+
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import os
 import shutil
@@ -19,7 +21,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from test_crash_resume import GRID, attempts, results, snakemake, wait_for_training_progress
 
 REPO = Path(__file__).resolve().parents[1]
@@ -49,7 +50,10 @@ CLUSTER_GRID["tracking"]["experiment"] = "cluster"
 
 def grid_config(executor: str) -> dict:
     cfg = copy.deepcopy(CLUSTER_GRID)
-    cfg["launch"] = {"executor": executor, "slurm": {"account": ACCOUNT, "cpus_per_task": 1, "mem_gb": 2, "time_min": 20}}
+    cfg["launch"] = {
+        "executor": executor,
+        "slurm": {"account": ACCOUNT, "cpus_per_task": 1, "mem_gb": 2, "time_min": 20},
+    }
     return cfg
 
 
@@ -78,8 +82,10 @@ def test_grid_on_slurm_gives_the_local_executors_results(local_grid, slurm_grid)
     assert trained["job"]["executor"] == "slurm" and Path(trained["job"]["stdout"]).exists()
     assert "stage2 step 150/150" in Path(trained["job"]["stdout"]).read_text()  # the log a user opens
     con = sqlite3.connect(slurm_grid / "results/mlflow.db")
-    job_tags = dict(con.execute("""SELECT t.key, t.value FROM tags t JOIN runs r ON r.run_uuid = t.run_uuid
-                                  WHERE r.name = 'a/v4/s0' AND t.key IN ('slurm_job_id', 'job_log')""").fetchall())
+    job_tags = dict(
+        con.execute("""SELECT t.key, t.value FROM tags t JOIN runs r ON r.run_uuid = t.run_uuid
+                                  WHERE r.name = 'a/v4/s0' AND t.key IN ('slurm_job_id', 'job_log')""").fetchall()
+    )
     con.close()
     assert job_tags["slurm_job_id"] == trained["job"]["job_id"] and job_tags["job_log"] == trained["job"]["stdout"]
 
@@ -87,6 +93,7 @@ def test_grid_on_slurm_gives_the_local_executors_results(local_grid, slurm_grid)
 def train_cfg(workdir: Path, grid: Path) -> dict:
     """A `vlmscale train` job for cell b/v16, reading the finished grid's data and tower features."""
     from vlmscale import config as vcfg
+    from vlmscale.jobs import TrainJob
 
     cfg = yaml.safe_load((REPO / "config.yaml").read_text())
     cfg.update(copy.deepcopy(CLUSTER_GRID))
@@ -96,8 +103,14 @@ def train_cfg(workdir: Path, grid: Path) -> dict:
     spec = vcfg.cell_spec(cfg, "b", 16)
     spec["train"]["stage2"]["steps"] = 600  # long enough to be preempted mid-run
     tracking = {"uri": f"sqlite:///{workdir / 'mlflow.db'}", "experiment": "preempt", "grid": "preempt"}
-    return {"spec": spec, "data_root": str(grid / "results/data"), "vision": str(grid / "results/vision/tower.json"),
-            "out": str(workdir / "train.json"), "checkpoint_dir": str(workdir / "ckpt"), "tracking": tracking, "threads": 1}
+    return TrainJob(
+        spec,
+        str(grid / "results/data"),
+        str(grid / "results/vision/tower.json"),
+        str(workdir / "ckpt"),
+        str(workdir / "train.json"),
+        tracking,
+    )
 
 
 def test_preempted_training_is_requeued_and_resumes_to_the_same_result(slurm_grid, tmp_path):
@@ -109,10 +122,12 @@ def test_preempted_training_is_requeued_and_resumes_to_the_same_result(slurm_gri
     expected = train.train_cell(reference, log=lambda m: None)
 
     cfg = train_cfg(tmp_path / "preempted", slurm_grid)
-    track.init_store(cfg["tracking"]["uri"], "preempt", "preempt")
+    track.init_store(cfg.tracking["uri"], "preempt", "preempt")
     executor = submitit.AutoExecutor(folder=str(tmp_path / "jobs"), cluster="slurm")
-    executor.update_parameters(**launch.submitit_parameters({"account": ACCOUNT, "cpus_per_task": 1, "mem_gb": 2}, "slurm", "preempt"))
-    job = executor.submit(launch.Stage(train.main), {**cfg, "executor": "slurm"})
+    executor.update_parameters(
+        **launch.submitit_parameters({"account": ACCOUNT, "cpus_per_task": 1, "mem_gb": 2}, "slurm", "preempt")
+    )
+    job = executor.submit(launch.Stage(train.main), dataclasses.replace(cfg, executor="slurm"))
     ckpt_log = tmp_path / "preempted/ckpt/attempts.jsonl"
     deadline = time.time() + 300
     while not (tmp_path / "preempted/ckpt/last.pt").exists():  # a checkpoint exists: preempt now
@@ -154,12 +169,15 @@ def test_killed_driver_reattaches_to_running_jobs(local_grid, tmp_path):
     assert results(workdir) == results(local_grid)
 
 
-@pytest.mark.parametrize("resources, slurm_says", [
-    ({"partition": "gpu-a100"}, "invalid partition specified: gpu-a100"),
-    ({"gpus_per_node": 4}, "Invalid generic resource (gres) specification"),
-    ({"account": None}, "this cluster needs --account=vlmscale"),
-    ({"cpus_per_task": 64}, "pending reason: PartitionConfig"),
-])
+@pytest.mark.parametrize(
+    "resources, slurm_says",
+    [
+        ({"partition": "gpu-a100"}, "invalid partition specified: gpu-a100"),
+        ({"gpus_per_node": 4}, "Invalid generic resource (gres) specification"),
+        ({"account": None}, "this cluster needs --account=vlmscale"),
+        ({"cpus_per_task": 64}, "pending reason: PartitionConfig"),
+    ],
+)
 def test_bad_cluster_settings_fail_with_slurms_message_and_the_cell(local_grid, tmp_path, resources, slurm_says):
     workdir = tmp_path / "bad"
     cfg = grid_config("slurm")
@@ -173,8 +191,10 @@ def test_bad_cluster_settings_fail_with_slurms_message_and_the_cell(local_grid, 
     proc = snakemake(workdir, "--until", "train")
     proc.wait(timeout=300)
     assert proc.returncode != 0 and time.time() - start < 200  # fails, does not hang
-    logs = {p.relative_to(workdir / "results/logs/train").as_posix()[: -len(".log")]: p.read_text()
-            for p in (workdir / "results/logs/train").rglob("*.log")}
+    logs = {
+        p.relative_to(workdir / "results/logs/train").as_posix()[: -len(".log")]: p.read_text()
+        for p in (workdir / "results/logs/train").rglob("*.log")
+    }
     assert len(logs) == 6, logs.keys()
     for cell, text in logs.items():
         assert f"vlmscale train [{cell}]: error: train:{cell}:" in text and slurm_says in text, text
@@ -186,15 +206,17 @@ def test_two_task_slurm_job_trains_a_cell_with_deepspeed(slurm_grid, tmp_path):
     from vlmscale import launch, train
 
     reference = train_cfg(tmp_path / "reference", slurm_grid)
-    reference["spec"]["train"]["stage2"]["steps"] = 60
+    reference.spec["train"]["stage2"]["steps"] = 60
     expected = train.train_cell(reference, log=lambda m: None)
 
     cfg = train_cfg(tmp_path / "two", slurm_grid)
-    cfg["spec"]["train"]["stage2"]["steps"] = 60
-    cfg["spec"]["train"]["zero_stage"] = {"stage1": 2, "stage2": 2}
-    cfg["tracking"] = {}
+    cfg.spec["train"]["stage2"]["steps"] = 60
+    cfg.spec["train"]["zero_stage"] = {"stage1": 2, "stage2": 2}
+    cfg = dataclasses.replace(cfg, tracking={})
     resources = {"account": ACCOUNT, "tasks_per_node": 2, "cpus_per_task": 1, "mem_gb": 4, "time_min": 15}
-    result = launch.run(train.main, cfg, executor="slurm", log_dir=tmp_path / "jobs", name="train:b/v16", resources=resources)
+    result = launch.run(
+        train.main, cfg, executor="slurm", log_dir=tmp_path / "jobs", name="train:b/v16", resources=resources
+    )
     assert result["world_size"] == 2 and json.loads((tmp_path / "two/train.json").read_text())["world_size"] == 2
     for ours, single in zip(result["history"], expected["history"]):
         assert ours["loss"] == pytest.approx(single["loss"], rel=1e-3), (ours, single)
@@ -209,19 +231,29 @@ def test_a_retry_resubmits_a_failed_job_but_reattaches_a_finished_one(tmp_path):
     resources = {"account": ACCOUNT, "cpus_per_task": 1, "mem_gb": 1}
     flag = tmp_path / "fail-once"
     flag.write_text("x")
-    cfg = {"flag": str(flag)}
+    cfg = FlagJob(str(flag))
     with pytest.raises(launch.JobFailed, match="RuntimeError: failing once"):
         launch.run(fails_once, cfg, executor="slurm", log_dir=tmp_path / "jobs", name="flaky", resources=resources)
     first = json.loads((tmp_path / "jobs/flaky.job.json").read_text())["job_id"]
-    assert launch.run(fails_once, cfg, executor="slurm", log_dir=tmp_path / "jobs", name="flaky", resources=resources) == {"ok": True}
+    assert launch.run(
+        fails_once, cfg, executor="slurm", log_dir=tmp_path / "jobs", name="flaky", resources=resources
+    ) == {"ok": True}
     second = json.loads((tmp_path / "jobs/flaky.job.json").read_text())["job_id"]
     assert second != first  # the failure was not replayed
-    assert launch.run(fails_once, cfg, executor="slurm", log_dir=tmp_path / "jobs", name="flaky", resources=resources) == {"ok": True}
+    assert launch.run(
+        fails_once, cfg, executor="slurm", log_dir=tmp_path / "jobs", name="flaky", resources=resources
+    ) == {"ok": True}
     assert json.loads((tmp_path / "jobs/flaky.job.json").read_text())["job_id"] == second  # finished: re-attached
 
 
-def fails_once(cfg: dict) -> dict:
-    flag = Path(cfg["flag"])
+@dataclasses.dataclass(frozen=True)
+class FlagJob:
+    flag: str
+    executor: str = "inline"
+
+
+def fails_once(job: FlagJob) -> dict:
+    flag = Path(job.flag)
     if flag.exists():
         flag.unlink()
         raise RuntimeError("failing once")

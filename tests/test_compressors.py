@@ -1,5 +1,6 @@
 """Compressors: exactly V tokens for every V of the paper's grid from a 24x24 patch grid, gradients to
 every parameter, QueCC conditioned on the question and TokenPacker not, clear errors for impossible V."""
+
 from __future__ import annotations
 
 import pytest
@@ -43,7 +44,10 @@ def test_quecc_depends_on_the_question_and_tokenpacker_does_not():
 
 
 def test_token_counts_the_grid_cannot_divide_are_refused_with_the_choices():
-    with pytest.raises(ValueError, match=r"tokenpacker compressor cannot make V=25 .* 24x24 .* choose from \[1, 4, 9, 16, 36, 64, 144, 576\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"tokenpacker compressor cannot make V=25 .* 24x24 .* choose from \[1, 4, 9, 16, 36, 64, 144, 576\]",
+    ):
         make("tokenpacker", 25)
     with pytest.raises(ValueError, match="quecc compressor cannot make V=10"):
         make("quecc", 10)
@@ -51,9 +55,10 @@ def test_token_counts_the_grid_cannot_divide_are_refused_with_the_choices():
 
 def test_quecc_trains_a_cell_end_to_end(small_data, small_vision, tmp_path):
     from test_train import cell_cfg
+
     from vlmscale import train
 
     cfg = cell_cfg(small_data, small_vision, tmp_path)
-    cfg["spec"]["compressor"] = "quecc"
+    cfg.spec["compressor"] = "quecc"
     result = train.train_cell(cfg, log=lambda m: None)
     assert result["history"][-1]["step"] == 30 and result["final_loss"] < result["history"][0]["loss"]

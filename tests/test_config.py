@@ -1,4 +1,5 @@
 """Bad config fails before any job starts, with a message naming the key."""
+
 from __future__ import annotations
 
 import copy
@@ -91,7 +92,10 @@ def test_snakemake_refuses_bad_config_before_any_job(tmp_path):
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     proc = subprocess.run(
         ["snakemake", "-s", str(REPO / "Snakefile"), "--configfile", "bad.yaml", "--cores", "1"],
-        cwd=tmp_path, capture_output=True, text=True, env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=env,
     )
     assert proc.returncode != 0
     assert "grid.visual_tokens" in proc.stdout + proc.stderr and "V=7" in proc.stdout + proc.stderr

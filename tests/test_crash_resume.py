@@ -1,6 +1,7 @@
 """Kill the whole workflow (driver and jobs, SIGKILL, as a node failure would) at random moments, restart
 it each time as the README says, and end with exactly the results of an uninterrupted run; a cell that
 finished training is never trained again."""
+
 from __future__ import annotations
 
 import json
@@ -20,14 +21,43 @@ pytestmark = pytest.mark.slow
 
 GRID = {
     "grid": {"name": "crash", "visual_tokens": [1, 4, 16]},
-    "data": {"source": "synthetic", "seed": 0, "train_images_per_family": 60, "test_images_per_family": 20,
-             "questions_per_image": {"reasoning": 2, "ocr": 2}, "tasks": ["colour", "read"]},
+    "data": {
+        "source": "synthetic",
+        "seed": 0,
+        "train_images_per_family": 60,
+        "test_images_per_family": 20,
+        "questions_per_image": {"reasoning": 2, "ocr": 2},
+        "tasks": ["colour", "read"],
+    },
     "vision": {"steps": 30, "hidden_size": 32, "num_heads": 2, "num_layers": 1, "batch_size": 32},
-    "train": {"batch_size": 16, "seed": 0, "warmup_frac": 0.03, "log_every": 10, "checkpoint_every": 20,
-              "stage1": {"steps": 10, "lr": 0.001}, "stage2": {"steps": 300, "lr": 0.003}},
+    "train": {
+        "batch_size": 16,
+        "seed": 0,
+        "warmup_frac": 0.03,
+        "log_every": 10,
+        "checkpoint_every": 20,
+        "stage1": {"steps": 10, "lr": 0.001},
+        "stage2": {"steps": 300, "lr": 0.003},
+    },
     "llms": [
-        {"name": "a", "source": "config", "arch": "qwen2", "hidden_size": 16, "intermediate_size": 32, "num_layers": 1, "num_heads": 2},
-        {"name": "b", "source": "config", "arch": "qwen2", "hidden_size": 32, "intermediate_size": 64, "num_layers": 2, "num_heads": 2},
+        {
+            "name": "a",
+            "source": "config",
+            "arch": "qwen2",
+            "hidden_size": 16,
+            "intermediate_size": 32,
+            "num_layers": 1,
+            "num_heads": 2,
+        },
+        {
+            "name": "b",
+            "source": "config",
+            "arch": "qwen2",
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_layers": 2,
+            "num_heads": 2,
+        },
     ],
     "benchmarks": [{"name": "colour", "family": "reasoning"}, {"name": "read", "family": "ocr"}],
     "law": {"bootstrap": 10},
@@ -39,8 +69,16 @@ VOLATILE = ("seconds", "latency", "run_id", "checkpoint", "time", "root", "code_
 
 def snakemake(workdir: Path, *args: str, **popen) -> subprocess.Popen:
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "MPLBACKEND": "Agg"}
-    cmd = ["snakemake", "-s", str(REPO / "Snakefile"), "--profile", str(REPO / "profiles/local"),
-           "--configfile", "grid.yaml", *args]
+    cmd = [
+        "snakemake",
+        "-s",
+        str(REPO / "Snakefile"),
+        "--profile",
+        str(REPO / "profiles/local"),
+        "--configfile",
+        "grid.yaml",
+        *args,
+    ]
     with open(workdir / "driver.log", "a") as log:  # a file, not a pipe: a killed reader must not block it
         return subprocess.Popen(cmd, cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT, **popen)
 

@@ -1,4 +1,5 @@
 """The synthetic generator: deterministic, LLaVA-format, readable by the same loader as real data."""
+
 from __future__ import annotations
 
 import hashlib
@@ -6,10 +7,11 @@ import json
 
 import numpy as np
 import pytest
+from conftest import SMALL_DATA
 from PIL import Image
 
 from vlmscale import data
-from conftest import SMALL_DATA
+from vlmscale import samples as samples_io
 
 
 def digest(root):
@@ -38,7 +40,7 @@ def test_train_set_is_llava_conversation_json(small_data):
     assert rec["conversations"][1]["from"] == "gpt"
     image = Image.open(small_data / rec["image"])
     assert image.size == (data.IMAGE_SIZE, data.IMAGE_SIZE) and image.mode == "RGB"
-    samples = data.load_llava_conversations(small_data / "train.json")
+    samples = samples_io.load_llava_conversations(small_data / "train.json")
     assert len(samples) == len(records) and "<image>" not in samples[0].question
 
 
@@ -46,7 +48,7 @@ def test_benchmarks_in_llava_eval_layout_have_both_families(small_data):
     manifest = json.loads((small_data / "manifest.json").read_text())
     assert set(manifest["benchmarks"]) == set(SMALL_DATA["tasks"])
     for task in SMALL_DATA["tasks"]:
-        samples = data.load_benchmark(small_data / "benchmarks" / task)
+        samples = samples_io.load_benchmark(small_data / "benchmarks" / task)
         assert len(samples) == SMALL_DATA["test_images_per_family"]
         assert {s.task for s in samples} == {data.FAMILY_OF_TASK[task]}
 
@@ -58,7 +60,7 @@ def test_answers_are_what_the_image_shows():
     assert ask.ask("colour", obj, rng) == ("what colour is it", obj["colour"])
     assert ask.ask("shape", obj, rng) == ("what shape is it", obj["shape"])
     question, answer = ask.ask("facts", obj, rng)
-    rule = int(question.split()[-1][len("rule"):])
+    rule = int(question.split()[-1][len("rule") :])
     assert answer == data.FACT_WORDS[data.fact_tables(16)[rule, data.object_class(obj)]]
     letters = rng.integers(0, len(data.LETTERS), size=(4, 4))
     question, answer = ask.ask("read", letters, rng)
@@ -75,10 +77,16 @@ def test_answers_are_what_the_image_shows():
 
 
 def test_facts_rules_are_asked_with_zipf_frequency(tmp_path):
-    spec = {**SMALL_DATA, "tasks": ["facts"], "train_images_per_family": 400, "test_images_per_family": 1,
-            "questions_per_image": {"reasoning": 10, "ocr": 0}, "facts": {"rules": 32, "zipf": 1.5}}
+    spec = {
+        **SMALL_DATA,
+        "tasks": ["facts"],
+        "train_images_per_family": 400,
+        "test_images_per_family": 1,
+        "questions_per_image": {"reasoning": 10, "ocr": 0},
+        "facts": {"rules": 32, "zipf": 1.5},
+    }
     data.generate(spec, tmp_path)
-    rules = [s.question.split()[-1] for s in data.load_llava_conversations(tmp_path / "train.json")]
+    rules = [s.question.split()[-1] for s in samples_io.load_llava_conversations(tmp_path / "train.json")]
     counts = np.array([rules.count(data.rule_word(r)) for r in range(32)])
     expected = (np.arange(32) + 1.0) ** -1.5 / ((np.arange(32) + 1.0) ** -1.5).sum() * len(rules)
     assert counts[0] > counts[3] > counts[15]  # frequent rules first
@@ -117,11 +125,11 @@ def test_malformed_llava_json_names_the_record(tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps([{"id": "x1", "image": "a.png", "conversations": [{"from": "gpt", "value": "hi"}]}]))
     with pytest.raises(ValueError, match="x1"):
-        data.load_llava_conversations(bad)
+        samples_io.load_llava_conversations(bad)
 
 
 def test_benchmark_without_questions_is_an_error(tmp_path):
     (tmp_path / "questions.jsonl").write_text("")
     (tmp_path / "answers.jsonl").write_text("")
     with pytest.raises(ValueError, match="no questions"):
-        data.load_benchmark(tmp_path)
+        samples_io.load_benchmark(tmp_path)

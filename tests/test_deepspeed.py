@@ -1,6 +1,7 @@
 """DeepSpeed: a cell trained by two processes (CPU, gloo) under ZeRO-2 follows the single-process loss
 curve: each rank takes half of every global batch, DeepSpeed averages the gradients and clips the
 global norm, so each step is the single-process step up to floating-point summation order."""
+
 from __future__ import annotations
 
 import json
@@ -8,10 +9,8 @@ import os
 import socket
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
-
 from test_train import cell_cfg
 
 pytestmark = pytest.mark.slow
@@ -29,15 +28,41 @@ def test_two_process_zero2_matches_single_process(small_data, small_vision, tmp_
     single = train.train_cell(cell_cfg(small_data, small_vision, tmp_path / "single"), log=lambda m: None)
 
     cfg = cell_cfg(small_data, small_vision, tmp_path / "zero2", zero_stage={"stage1": 2, "stage2": 2})
-    args = ["--spec", json.dumps(cfg["spec"]), "--data-root", cfg["data_root"], "--vision", cfg["vision"],
-            "--out", str(tmp_path / "train.json"), "--checkpoint-dir", cfg["checkpoint_dir"], "--executor", "inline"]
+    args = [
+        "--spec",
+        json.dumps(cfg.spec),
+        "--data-root",
+        cfg.data_root,
+        "--vision",
+        cfg.vision,
+        "--out",
+        str(tmp_path / "train.json"),
+        "--checkpoint-dir",
+        cfg.checkpoint_dir,
+        "--executor",
+        "inline",
+    ]
     port = free_port()
     procs = []
     for rank in range(2):
-        env = {**os.environ, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2",
-               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "DS_ACCELERATOR": "cpu"}
-        procs.append(subprocess.Popen([sys.executable, "-m", "vlmscale.cli", "train", *args], env=env,
-                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+        env = {
+            **os.environ,
+            "RANK": str(rank),
+            "LOCAL_RANK": str(rank),
+            "WORLD_SIZE": "2",
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+            "DS_ACCELERATOR": "cpu",
+        }
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "vlmscale.cli", "train", *args],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        )
     outputs = [p.communicate(timeout=600)[0] for p in procs]
     assert all(p.returncode == 0 for p in procs), outputs[0][-3000:] + outputs[1][-3000:]
 

@@ -1,4 +1,5 @@
 """The law engine: recovers known synthetic truth, beats the paper's fit on its own table, rejects bad tables."""
+
 from __future__ import annotations
 
 import json
@@ -135,10 +136,31 @@ def test_fit_cli_on_a_csv_and_missing_column(tmp_path):
 
 def test_frontier_cli_writes_csv(tmp_path):
     fit = tmp_path / "fit.json"
-    subprocess.run([sys.executable, "-m", "vlmscale.cli", "fit", str(REFERENCE), "--out", str(fit)], check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "vlmscale.cli", "fit", str(REFERENCE), "--out", str(fit)],
+        check=True,
+        capture_output=True,
+    )
     out = tmp_path / "frontier.csv"
-    subprocess.run([sys.executable, "-m", "vlmscale.cli", "frontier", str(fit), "--text-tokens", "0", "50",
-                    "--flops", "1e12", "1e13", "--out", str(out)], check=True, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "vlmscale.cli",
+            "frontier",
+            str(fit),
+            "--text-tokens",
+            "0",
+            "50",
+            "--flops",
+            "1e12",
+            "1e13",
+            "--out",
+            str(out),
+        ],
+        check=True,
+        capture_output=True,
+    )
     df = pd.read_csv(out)
     law_rows = df[df.method == "closed_form"]
     assert len(law_rows) == 4

@@ -1,4 +1,5 @@
 """Benchmark metrics against hand-worked examples."""
+
 from __future__ import annotations
 
 import pytest
@@ -6,18 +7,21 @@ import pytest
 from vlmscale import metrics
 
 
-@pytest.mark.parametrize("raw, normalised", [
-    ("Two", "2"),
-    ("the red  car", "red car"),
-    ("A dog.", "dog"),
-    ("Yes!", "yes"),
-    ("3.5", "3.5"),                   # a decimal point stays
-    ("1,000", "1000"),                # a comma inside a number goes
-    ("yes/no", "yes no"),             # a mark with no space beside it splits words
-    ("dont", "don't"),
-    ("an apple, and pears", "apple and pears"),
-    ("  Ten\n", "10"),
-])
+@pytest.mark.parametrize(
+    "raw, normalised",
+    [
+        ("Two", "2"),
+        ("the red  car", "red car"),
+        ("A dog.", "dog"),
+        ("Yes!", "yes"),
+        ("3.5", "3.5"),  # a decimal point stays
+        ("1,000", "1000"),  # a comma inside a number goes
+        ("yes/no", "yes no"),  # a mark with no space beside it splits words
+        ("dont", "don't"),
+        ("an apple, and pears", "apple and pears"),
+        ("  Ten\n", "10"),
+    ],
+)
 def test_vqa_normalisation(raw, normalised):
     assert metrics.normalize_vqa(raw) == normalised
 
@@ -38,12 +42,19 @@ def test_exact_match_is_normalised():
     assert metrics.exact_match("tables", "table") == 0.0
 
 
-@pytest.mark.parametrize("prediction, letter", [
-    ("B", "B"), ("(C)", "C"), ("D. a tree", "D"), ("The answer is A.", "A"), ("answer: (b)", "B"),
-    ("blue", "B"),            # repeats option B's text
-    ("I cannot tell", None),
-    ("E", None),              # only four options
-])
+@pytest.mark.parametrize(
+    "prediction, letter",
+    [
+        ("B", "B"),
+        ("(C)", "C"),
+        ("D. a tree", "D"),
+        ("The answer is A.", "A"),
+        ("answer: (b)", "B"),
+        ("blue", "B"),  # repeats option B's text
+        ("I cannot tell", None),
+        ("E", None),  # only four options
+    ],
+)
 def test_multiple_choice_reads_the_letter(prediction, letter):
     options = ["red", "blue", "green", "a tree"]
     assert metrics.choice_letter(prediction, options) == letter

@@ -1,17 +1,25 @@
 """Model pieces: compressor shapes for every V, the VLM forward, one training step, FLOP accounting."""
+
 from __future__ import annotations
 
 import pytest
 import torch
-
-from vlmscale import flops, model, train
 from conftest import SMALL_VISION
 
-LLM = {"name": "t", "source": "config", "arch": "qwen2", "hidden_size": 32, "intermediate_size": 64,
-       "num_layers": 2, "num_heads": 2}
+from vlmscale import batching, cell_model, cost, flops, model, train
+
+LLM = {
+    "name": "t",
+    "source": "config",
+    "arch": "qwen2",
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_layers": 2,
+    "num_heads": 2,
+}
 
 
-@pytest.mark.parametrize("v", model.valid_token_counts(8))
+@pytest.mark.parametrize("v", [k * k for k in range(1, 9)])  # every k x k pooling of an 8x8 grid
 def test_avgpool_makes_exactly_v_tokens(v):
     feats = torch.randn(3, 64, 16)
     out = model.AvgPoolCompressor(v)(feats)
@@ -30,12 +38,12 @@ def test_non_square_or_too_many_tokens_are_refused():
 
 
 def word_batch(vlm, questions, answers, features):
-    from vlmscale.data import Sample
+    from vlmscale.samples import Sample
     from vlmscale.tokenizer import WordTokenizer
 
     tok = WordTokenizer("what colour is it now which side red left".split())
     samples = [Sample(f"img{i}", q, a) for i, (q, a) in enumerate(zip(questions, answers))]
-    return train.make_batch(samples, tok, vlm.visual_tokens, lambda paths: features[: len(paths)]), tok
+    return batching.make_batch(samples, tok, vlm.visual_tokens, lambda paths: features[: len(paths)]), tok
 
 
 @pytest.mark.parametrize("v", [1, 4, 16, 64])
@@ -66,16 +74,18 @@ def test_greedy_generation_with_left_padding_agrees_with_the_training_forward():
 
 
 def test_training_steps_reduce_loss_on_real_data(small_data, small_vision):
-    from vlmscale.data import load_llava_conversations
     from vlmscale.fileio import read_json
+    from vlmscale.samples import load_llava_conversations, with_image_root
     from vlmscale.vision import feature_source
 
     torch.manual_seed(0)
     features, summary = feature_source(small_vision, str(small_data))
     spec = {"llm": LLM, "visual_tokens": 16, "compressor": "avgpool", "train": {}}
-    vlm, tok = train.build_cell_model(spec, read_json(small_data / "manifest.json")["vocabulary"], summary["hidden_size"])
-    samples = train.with_image_root(load_llava_conversations(small_data / "train.json"), str(small_data))
-    batch = train.make_batch(samples[:64], tok, 16, features)
+    vlm, tok = cell_model.build_cell_model(
+        spec, read_json(small_data / "manifest.json")["vocabulary"], summary["hidden_size"]
+    )
+    samples = with_image_root(load_llava_conversations(small_data / "train.json"), str(small_data))
+    batch = batching.make_batch(samples[:64], tok, 16, features)
     opt = torch.optim.AdamW(vlm.parameters(), lr=3e-3)
     first, _ = train.step_loss(vlm, batch)
     for _ in range(30):
@@ -94,8 +104,8 @@ def test_lr_schedule_warms_up_then_decays():
 
 def test_paper_flops_by_hand():
     # 2 * N * (Q + V): a 0.5B model, 50 text tokens, 16 visual tokens.
-    assert flops.paper_flops(5e8, 50, 16) == 2 * 5e8 * 66
-    assert flops.paper_flops(7e9, 0, 1) == 1.4e10
+    assert cost.paper_flops(5e8, 50, 16) == 2 * 5e8 * 66
+    assert cost.paper_flops(7e9, 0, 1) == 1.4e10
 
 
 def test_measured_prefill_matches_2n_tokens_plus_attention():

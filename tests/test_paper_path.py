@@ -2,6 +2,7 @@
 save_pretrained, a small LLaVA-format data set with a benchmark folder per paper benchmark, and
 configs/paper.yaml's structure (sources, per-stage data, the compressor, metrics, families, bf16,
 gradient checkpointing, encoder run inside the jobs) shrunk to sizes a CPU runs in a minute or two."""
+
 from __future__ import annotations
 
 import json
@@ -50,18 +51,40 @@ def paper_like(tmp_path_factory) -> Path:
     """A folder laid out as configs/paper.yaml expects, with tiny models beside the data."""
     root = tmp_path_factory.mktemp("paper")
     images = root / "data/playground/data"
-    synthetic.generate({"source": "synthetic", "seed": 1, "train_images_per_family": 40, "test_images_per_family": 8,
-                        "questions_per_image": {"reasoning": 3, "ocr": 0}, "tasks": ["colour"]}, images)
+    synthetic.generate(
+        {
+            "source": "synthetic",
+            "seed": 1,
+            "train_images_per_family": 40,
+            "test_images_per_family": 8,
+            "questions_per_image": {"reasoning": 3, "ocr": 0},
+            "tasks": ["colour"],
+        },
+        images,
+    )
     records = json.loads((images / "train.json").read_text())
-    (images / "llava_v1_5_mix665k.json").write_text(json.dumps(records + [{"id": "text-only", "conversations": [
-        {"from": "human", "value": "hello"}, {"from": "gpt", "value": "hi"}]}]))
+    (images / "llava_v1_5_mix665k.json").write_text(
+        json.dumps(
+            records
+            + [
+                {
+                    "id": "text-only",
+                    "conversations": [{"from": "human", "value": "hello"}, {"from": "gpt", "value": "hi"}],
+                }
+            ]
+        )
+    )
     pretrain = root / "data/LLaVA-Pretrain"
     (pretrain / "images").mkdir(parents=True)
     (pretrain / "images/images").symlink_to(images / "images")  # stage 1's own image folder
     (pretrain / "blip_laion_cc_sbu_558k.json").write_text(json.dumps(records[::2]))
-    items = [{"image": q["image"], "text": q["text"], "answer": a["answer"]} for q, a in zip(
-        map(json.loads, (images / "benchmarks/colour/questions.jsonl").read_text().splitlines()),
-        map(json.loads, (images / "benchmarks/colour/answers.jsonl").read_text().splitlines()))]
+    items = [
+        {"image": q["image"], "text": q["text"], "answer": a["answer"]}
+        for q, a in zip(
+            map(json.loads, (images / "benchmarks/colour/questions.jsonl").read_text().splitlines()),
+            map(json.loads, (images / "benchmarks/colour/answers.jsonl").read_text().splitlines()),
+        )
+    ]
     for bench in PAPER["benchmarks"]:
         questions, answers = benchmark_rows(bench["metric"], items)
         folder = root / "data/eval" / bench["name"]
@@ -81,11 +104,18 @@ def tiny_paper_config(root: Path) -> dict:
     cfg["grid"] = {"name": "paper-tiny", "visual_tokens": [1, 4, 36]}  # what tokenpacker makes from 6 x 6 patches
     cfg["results"] = "results"
     cfg["vision"].update(source=str(root / "models/clip"), image_size=24, patch_size=4)
-    cfg["train"].update(batch_size=8, log_every=5, checkpoint_every=10,
-                        stage1={"steps": 10, "lr": 0.001, "batch_size": 8}, stage2={"steps": 150, "lr": 0.003})
+    cfg["train"].update(
+        batch_size=8,
+        log_every=5,
+        checkpoint_every=10,
+        stage1={"steps": 10, "lr": 0.001, "batch_size": 8},
+        stage2={"steps": 150, "lr": 0.003},
+    )
     del cfg["train"]["zero_stage"]  # one CPU process: plain PyTorch (DeepSpeed has tests of its own)
-    cfg["llms"] = [{"name": "qwen-a", "source": str(root / "models/qwen-a")},
-                   {"name": "qwen-b", "source": str(root / "models/qwen-b")}]
+    cfg["llms"] = [
+        {"name": "qwen-a", "source": str(root / "models/qwen-a")},
+        {"name": "qwen-b", "source": str(root / "models/qwen-b")},
+    ]
     cfg["evaluation"] = {"max_new_tokens": 4}
     cfg["law"]["bootstrap"] = 10
     cfg["launch"] = {"executor": "local", "threads": 1}
@@ -94,13 +124,17 @@ def tiny_paper_config(root: Path) -> dict:
 
 
 def test_chat_layout_supervises_only_the_answer_and_its_end_of_turn(paper_like):
-    from vlmscale.data import Sample
+    from vlmscale.batching import make_batch
+    from vlmscale.samples import Sample
     from vlmscale.tokenizer import IGNORE, IMAGE, ChatTokenizer
-    from vlmscale.train import make_batch
 
     tok = ChatTokenizer(str(paper_like / "models/qwen-a"))
-    batch = make_batch([Sample("x", "what colour is the circle", "red"), Sample("y", "what shape is blue", "square")],
-                       tok, 4, lambda paths: torch.zeros(len(paths), 36, 32))
+    batch = make_batch(
+        [Sample("x", "what colour is the circle", "red"), Sample("y", "what shape is blue", "square")],
+        tok,
+        4,
+        lambda paths: torch.zeros(len(paths), 36, 32),
+    )
     for row, labels, n in zip(batch.input_ids, batch.labels, batch.prompt_lengths):
         assert (row == IMAGE).sum() == 4
         prompt = tok.tok.decode([i for i in row[:n].tolist() if i != IMAGE])
@@ -164,7 +198,9 @@ def test_the_paper_config_runs_end_to_end_on_tiny_checkpoints(paper_like):
             assert row["flops_vision"] > 0 and row["flops_compressor"] > 0 and row["prefill_latency_ms"] is None
             assert counted["llm_params"]["total"] > counted["llm_params"]["non_embedding"] > 0
     # The chat format was learned: answers come back as words of the answer set, ended by the end-of-turn token.
-    said = {e["prediction"] for cell in results.glob("cells/*/v*/s*") for e in read_json(cell / "eval/gqa.json")["examples"]}
+    said = {
+        e["prediction"] for cell in results.glob("cells/*/v*/s*") for e in read_json(cell / "eval/gqa.json")["examples"]
+    }
     assert said and said <= set(synthetic.COLOURS)
     for family in ("reasoning", "ocr"):
         assert "status" in read_json(results / f"law/{family}.json")

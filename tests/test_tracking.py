@@ -1,5 +1,6 @@
 """MLflow tracking: parallel cells on a fresh sqlite store, a store that is down during training, and
 a real `mlflow server` seen through its REST API."""
+
 from __future__ import annotations
 
 import json
@@ -11,7 +12,6 @@ import subprocess
 import sys
 import time
 import urllib.request
-from pathlib import Path
 
 import pytest
 import yaml
@@ -43,26 +43,53 @@ def test_parallel_cells_on_a_fresh_sqlite_store(tmp_path):
     assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     names = sorted(n for (n,) in con.execute("SELECT name FROM runs"))
     assert names == sorted(["grid:g", *cells])
-    counts = dict(con.execute("SELECT r.name, count(*) FROM metrics m JOIN runs r ON r.run_uuid = m.run_uuid GROUP BY r.name"))
+    counts = dict(
+        con.execute("SELECT r.name, count(*) FROM metrics m JOIN runs r ON r.run_uuid = m.run_uuid GROUP BY r.name")
+    )
     assert all(counts[c] == 20 for c in cells)
 
 
 def test_unreachable_store_keeps_training_and_is_replayed_later(small_data, small_vision, tmp_path, monkeypatch):
     from mlflow.tracking import MlflowClient
 
-    from vlmscale import train, track_sync
+    from vlmscale import track_sync, train
+    from vlmscale.jobs import TrainJob
 
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
-    spec = {"cell": "t/v4", "llm": {"name": "t", "source": "config", "arch": "qwen2", "hidden_size": 16,
-            "intermediate_size": 32, "num_layers": 1, "num_heads": 2}, "visual_tokens": 4, "compressor": "avgpool",
-            "train": {"batch_size": 8, "seed": 0, "warmup_frac": 0.1, "log_every": 5, "checkpoint_every": 50,
-                      "stage1": {"steps": 5, "lr": 1e-3}, "stage2": {"steps": 10, "lr": 3e-3}}}
+    spec = {
+        "cell": "t/v4",
+        "llm": {
+            "name": "t",
+            "source": "config",
+            "arch": "qwen2",
+            "hidden_size": 16,
+            "intermediate_size": 32,
+            "num_layers": 1,
+            "num_heads": 2,
+        },
+        "visual_tokens": 4,
+        "compressor": "avgpool",
+        "train": {
+            "batch_size": 8,
+            "seed": 0,
+            "warmup_frac": 0.1,
+            "log_every": 5,
+            "checkpoint_every": 50,
+            "stage1": {"steps": 5, "lr": 1e-3},
+            "stage2": {"steps": 10, "lr": 3e-3},
+        },
+    }
     out = tmp_path / "cells/t/v4/train.json"
-    cfg = {"spec": spec, "data_root": str(small_data), "vision": str(small_vision), "out": str(out),
-           "checkpoint_dir": str(tmp_path / "ckpt"), "threads": 1,
-           "tracking": {"uri": "http://127.0.0.1:9", "experiment": "down", "grid": "g"}}
-    result = train.main(cfg)  # the store is down: training goes on, the JSON is intact
+    job = TrainJob(
+        spec,
+        str(small_data),
+        str(small_vision),
+        str(tmp_path / "ckpt"),
+        str(out),
+        tracking={"uri": "http://127.0.0.1:9", "experiment": "down", "grid": "g"},
+    )
+    result = train.main(job)  # the store is down: training goes on, the JSON is intact
     assert out.exists() and result["mlflow_run_id"] is None and len(result["history"]) == 3
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"  # the store is back
@@ -91,9 +118,23 @@ def mlflow_server(tmp_path_factory):
     port = free_port()
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{root}/server.db",
-         "--default-artifact-root", str(root / "artifacts"), "--host", "127.0.0.1", "--port", str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{root}/server.db",
+            "--default-artifact-root",
+            str(root / "artifacts"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
     )
     url = f"http://127.0.0.1:{port}"
     for _ in range(120):
@@ -111,8 +152,9 @@ def mlflow_server(tmp_path_factory):
 
 
 def rest(url: str, path: str, body: dict) -> dict:
-    req = urllib.request.Request(f"{url}/api/2.0/mlflow/{path}", data=json.dumps(body).encode(),
-                                 headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(
+        f"{url}/api/2.0/mlflow/{path}", data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+    )
     return json.loads(urllib.request.urlopen(req, timeout=10).read())
 
 
@@ -124,15 +166,18 @@ def test_grid_against_a_tracking_server(mlflow_server, tmp_path):
     (tmp_path / "served.yaml").write_text(yaml.safe_dump(cfg))
     proc = snakemake(tmp_path, "served.yaml")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    exp_id = json.loads(urllib.request.urlopen(
-        f"{mlflow_server}/api/2.0/mlflow/experiments/get-by-name?experiment_name=served", timeout=10).read())["experiment"]["experiment_id"]
+    exp_id = json.loads(
+        urllib.request.urlopen(
+            f"{mlflow_server}/api/2.0/mlflow/experiments/get-by-name?experiment_name=served", timeout=10
+        ).read()
+    )["experiment"]["experiment_id"]
     runs = rest(mlflow_server, "runs/search", {"experiment_ids": [exp_id], "max_results": 100})["runs"]
     tags = [{t["key"]: t["value"] for t in r["data"].get("tags", [])} for r in runs]
     parents = [t for t in tags if t.get("vlmscale.parent") == "true"]
     children = [(r, t) for r, t in zip(runs, tags) if "vlmscale.cell" in t]
     assert len(parents) == 1 and len(children) == 6
     for run, t in children:
-        assert {"llm", "visual_tokens", "vlmscale.config_hash", "code_version", "executor", "flop_convention"} <= set(t)
+        assert {"llm", "visual_tokens", "vlmscale.run_key", "code_version", "executor", "flop_convention"} <= set(t)
         assert t["mlflow.parentRunId"] == runs[tags.index(parents[0])]["info"]["run_id"]
         params = {p["key"]: p["value"] for p in run["data"].get("params", [])}
         assert params["train.stage2.lr"] == "0.003" and params["visual_tokens"] == t["visual_tokens"]
@@ -140,8 +185,11 @@ def test_grid_against_a_tracking_server(mlflow_server, tmp_path):
         assert {"stage2/loss", "eval/read/accuracy", "eval/family/ocr/error", "flops_paper_q0"} <= metrics
     # What a researcher sees on opening the UI: the runs table (a model-training experiment with a
     # one-line description), the laws on the parent run, one line per cell, the grid as a table.
-    exp = json.loads(urllib.request.urlopen(
-        f"{mlflow_server}/api/2.0/mlflow/experiments/get-by-name?experiment_name=served", timeout=10).read())["experiment"]
+    exp = json.loads(
+        urllib.request.urlopen(
+            f"{mlflow_server}/api/2.0/mlflow/experiments/get-by-name?experiment_name=served", timeout=10
+        ).read()
+    )["experiment"]
     exp_tags = {t["key"]: t["value"] for t in exp.get("tags", [])}
     assert exp_tags["mlflow.experimentKind"] == "custom_model_development"
     assert exp_tags["mlflow.note.content"].startswith("vlmscale grid `mini`: 2 LLMs × V ∈ {1, 4, 16} × 1 seed(s)")
@@ -150,10 +198,13 @@ def test_grid_against_a_tracking_server(mlflow_server, tmp_path):
     assert "Y(N, V) = K·N^-α·V^-β + D" in note and "| reasoning |" in note and "| ocr |" in note
     assert f"#/experiments/{exp_id}/runs/{parent_id}/artifactPath/figures/reasoning_q50.png" in note
     for run, t in children:
-        assert t["mlflow.note.content"].startswith(f"**{t['llm']}** (") and "reasoning error" in t["mlflow.note.content"]
+        assert (
+            t["mlflow.note.content"].startswith(f"**{t['llm']}** (") and "reasoning error" in t["mlflow.note.content"]
+        )
         metrics = {m["key"]: m["value"] for m in run["data"].get("metrics", [])}
         assert {"error_reasoning", "error_ocr", "flops_q0", "flops_q50"} <= set(metrics)
         assert metrics["flops_q50"] == metrics["flops_paper_q50"]
-    listed = json.loads(urllib.request.urlopen(
-        f"{mlflow_server}/api/2.0/mlflow/artifacts/list?run_id={parent_id}", timeout=10).read())["files"]
+    listed = json.loads(
+        urllib.request.urlopen(f"{mlflow_server}/api/2.0/mlflow/artifacts/list?run_id={parent_id}", timeout=10).read()
+    )["files"]
     assert "grid_table.json" in {f["path"] for f in listed}

@@ -1,22 +1,38 @@
 """Training a cell: a killed job resumes from its checkpoint to the same result; a diverging loss stops
 with a clear error and keeps the last good checkpoint; a checkpoint for another spec is not reused."""
+
 from __future__ import annotations
 
 import pytest
 import torch
 
 from vlmscale import train
+from vlmscale.jobs import TrainJob
 
-LLM = {"name": "t", "source": "config", "arch": "qwen2", "hidden_size": 16, "intermediate_size": 32,
-       "num_layers": 1, "num_heads": 2}
+LLM = {
+    "name": "t",
+    "source": "config",
+    "arch": "qwen2",
+    "hidden_size": 16,
+    "intermediate_size": 32,
+    "num_layers": 1,
+    "num_heads": 2,
+}
 
 
 def cell_cfg(small_data, small_vision, ckpt_dir, **train_overrides):
-    tspec = {"batch_size": 8, "seed": 0, "warmup_frac": 0.1, "log_every": 5, "checkpoint_every": 10,
-             "stage1": {"steps": 6, "lr": 1e-3}, "stage2": {"steps": 30, "lr": 3e-3}, **train_overrides}
+    tspec = {
+        "batch_size": 8,
+        "seed": 0,
+        "warmup_frac": 0.1,
+        "log_every": 5,
+        "checkpoint_every": 10,
+        "stage1": {"steps": 6, "lr": 1e-3},
+        "stage2": {"steps": 30, "lr": 3e-3},
+        **train_overrides,
+    }
     spec = {"cell": "t/v4", "llm": LLM, "visual_tokens": 4, "compressor": "avgpool", "train": tspec}
-    return {"spec": spec, "data_root": str(small_data), "vision": str(small_vision),
-            "checkpoint_dir": str(ckpt_dir), "threads": 1}
+    return TrainJob(spec, data_root=str(small_data), vision=str(small_vision), checkpoint_dir=str(ckpt_dir))
 
 
 class Killed(Exception):
@@ -29,10 +45,10 @@ def test_killed_training_resumes_to_identical_result(small_data, small_vision, t
     original = train.record_progress
     calls = {"n": 0}
 
-    def dies_midway(state, stage, step, *args, **kwargs):
-        original(state, stage, step, *args, **kwargs)
+    def dies_midway(loop, state, stage, step, window):
+        original(loop, state, stage, step, window)
         calls["n"] += 1
-        if stage == "stage2" and step + 1 == 25:  # after the step-20 checkpoint, before the end
+        if stage.name == "stage2" and step + 1 == 25:  # after the step-20 checkpoint, before the end
             raise Killed()
 
     monkeypatch.setattr(train, "record_progress", dies_midway)

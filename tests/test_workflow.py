@@ -1,5 +1,6 @@
 """The workflow end to end on a grid small enough for a couple of minutes: outputs, no-op rerun, and
 exactly-the-invalidated-cells reruns."""
+
 from __future__ import annotations
 
 import copy
@@ -18,18 +19,49 @@ pytestmark = pytest.mark.slow
 
 MINI = {
     "grid": {"name": "mini", "visual_tokens": [1, 4, 16]},
-    "data": {"source": "synthetic", "seed": 0, "train_images_per_family": 120, "test_images_per_family": 30,
-             "questions_per_image": {"reasoning": 2, "ocr": 2}, "tasks": ["colour", "relation", "read", "next"]},
+    "data": {
+        "source": "synthetic",
+        "seed": 0,
+        "train_images_per_family": 120,
+        "test_images_per_family": 30,
+        "questions_per_image": {"reasoning": 2, "ocr": 2},
+        "tasks": ["colour", "relation", "read", "next"],
+    },
     "vision": {"steps": 40, "hidden_size": 32, "num_heads": 2, "num_layers": 1, "batch_size": 32},
-    "train": {"batch_size": 16, "seed": 0, "warmup_frac": 0.03, "log_every": 10, "checkpoint_every": 20,
-              "stage1": {"steps": 5, "lr": 0.001}, "stage2": {"steps": 40, "lr": 0.003}},
+    "train": {
+        "batch_size": 16,
+        "seed": 0,
+        "warmup_frac": 0.03,
+        "log_every": 10,
+        "checkpoint_every": 20,
+        "stage1": {"steps": 5, "lr": 0.001},
+        "stage2": {"steps": 40, "lr": 0.003},
+    },
     "llms": [
-        {"name": "a", "source": "config", "arch": "qwen2", "hidden_size": 16, "intermediate_size": 32, "num_layers": 1, "num_heads": 2},
-        {"name": "b", "source": "config", "arch": "qwen2", "hidden_size": 32, "intermediate_size": 64, "num_layers": 2, "num_heads": 2},
+        {
+            "name": "a",
+            "source": "config",
+            "arch": "qwen2",
+            "hidden_size": 16,
+            "intermediate_size": 32,
+            "num_layers": 1,
+            "num_heads": 2,
+        },
+        {
+            "name": "b",
+            "source": "config",
+            "arch": "qwen2",
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_layers": 2,
+            "num_heads": 2,
+        },
     ],
     "benchmarks": [
-        {"name": "colour", "family": "reasoning"}, {"name": "relation", "family": "reasoning"},
-        {"name": "read", "family": "ocr"}, {"name": "next", "family": "ocr"},
+        {"name": "colour", "family": "reasoning"},
+        {"name": "relation", "family": "reasoning"},
+        {"name": "read", "family": "ocr"},
+        {"name": "next", "family": "ocr"},
     ],
     "law": {"bootstrap": 20},
     "launch": {"executor": "local"},
@@ -80,7 +112,9 @@ def test_full_run_leaves_report_table_laws_and_figures(grid):
 def test_every_cell_is_one_mlflow_run_under_one_parent(grid):
     con = sqlite3.connect(grid / "results/mlflow.db")
     runs = con.execute("SELECT run_uuid, name, status FROM runs").fetchall()
-    tags = con.execute("SELECT run_uuid, key, value FROM tags WHERE key IN ('vlmscale.cell', 'vlmscale.parent', 'mlflow.parentRunId')").fetchall()
+    tags = con.execute(
+        "SELECT run_uuid, key, value FROM tags WHERE key IN ('vlmscale.cell', 'vlmscale.parent', 'mlflow.parentRunId')"
+    ).fetchall()
     con.close()
     parents = {r for r, k, v in tags if k == "vlmscale.parent"}
     cells = {v for r, k, v in tags if k == "vlmscale.cell"}
@@ -158,9 +192,14 @@ def test_each_kind_of_edit_reruns_exactly_its_stages(grid):
         code.write_bytes(original)
         os.utime(code, ns=(before.st_atime_ns, before.st_mtime_ns))
 
+
 def vlmscale_status(workdir: Path, configfile: str) -> str:
-    proc = subprocess.run([sys.executable, "-m", "vlmscale.cli", "status", "--configfile", configfile],
-                          cwd=workdir, capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "vlmscale.cli", "status", "--configfile", configfile],
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stderr
     return proc.stdout
 
@@ -179,7 +218,10 @@ def test_status_matrix_shows_done_stale_and_running(grid):
     (grid / "bigger.yaml").write_text(yaml.safe_dump(cfg))
     log = grid / "results/logs/train/a/v64/s0.log"
     log.parent.mkdir(parents=True, exist_ok=True)
-    log.write_text("[vlmscale] train:a/v64: submitted job 4242 (local); logs: /nonexistent\nstage2 step 20/40 loss 1.0 train_acc 0.5\n")
+    log.write_text(
+        "[vlmscale] train:a/v64: submitted job 4242 (local); logs: /nonexistent\n"
+        "stage2 step 20/40 loss 1.0 train_acc 0.5\n"
+    )
     out = vlmscale_status(grid, "bigger.yaml")
     assert "running stage2 20/40 [job 4242]" in out and "not started" in out
     log.unlink()

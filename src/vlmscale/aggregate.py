@@ -4,6 +4,7 @@ Writes results/grid.parquet (the portable copy every later stage reads) and resu
 single-writer query database, tables `evals` and view `family_errors`). A missing cell is an error that
 names it, unless the caller asks for a deliberate partial grid.
 """
+
 from __future__ import annotations
 
 import os
@@ -64,11 +65,15 @@ def cell_rows(cell_dir: Path, benchmarks: list[str]) -> list[dict]:
     return rows
 
 
-def collect(results: Path, cells: list[str], benchmarks: list[str], allow_partial: bool = False) -> tuple[pd.DataFrame, list[str]]:
+def collect(
+    results: Path, cells: list[str], benchmarks: list[str], allow_partial: bool = False
+) -> tuple[pd.DataFrame, list[str]]:
     missing, rows = [], []
     for cell in cells:
         cell_dir = results / "cells" / cell
-        needed = [cell_dir / "train.json", cell_dir.parent / "flops.json"] + [cell_dir / "eval" / f"{b}.json" for b in benchmarks]
+        needed = [cell_dir / "train.json", cell_dir.parent / "flops.json"] + [
+            cell_dir / "eval" / f"{b}.json" for b in benchmarks
+        ]
         absent = [str(p) for p in needed if not p.exists()]
         if absent:
             missing.append(f"{cell} (missing {absent[0]}{' and more' if len(absent) > 1 else ''})")
@@ -76,7 +81,8 @@ def collect(results: Path, cells: list[str], benchmarks: list[str], allow_partia
         rows += cell_rows(cell_dir, benchmarks)
     if missing and not allow_partial:
         raise IncompleteGrid(
-            f"{len(missing)} of {len(cells)} cells are incomplete: " + "; ".join(missing)
+            f"{len(missing)} of {len(cells)} cells are incomplete: "
+            + "; ".join(missing)
             + ". Finish them, or pass --allow-partial to fit the rest deliberately."
         )
     if not rows:
@@ -113,8 +119,9 @@ def mean_over_seeds(per_seed: pd.DataFrame) -> pd.DataFrame:
     """A seed_table reduced to one row per (LLM, V)."""
     keys = ["family", "llm", "llm_params", "visual_tokens"]
     grouped = per_seed.groupby(keys, sort=False)
-    df = grouped.agg(error=("error", "mean"), error_sd=("error", "std"), n_seeds=("seed", "nunique"),
-                     n_rows=("n_rows", "sum")).reset_index()
+    df = grouped.agg(
+        error=("error", "mean"), error_sd=("error", "std"), n_seeds=("seed", "nunique"), n_rows=("n_rows", "sum")
+    ).reset_index()
     df["error_sd"] = df["error_sd"].fillna(0.0)
     return df.sort_values(["llm_params", "visual_tokens"], ignore_index=True)
 

@@ -3,6 +3,7 @@
 Stage subcommands take the stage's result-affecting settings as one canonical JSON (`--spec`), exactly
 the value Snakemake compares in `params:`, and paths as flags.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -11,20 +12,24 @@ import os
 import sys
 from pathlib import Path
 
+from vlmscale.choices import LAW_FORMS
+
 
 def _json(text: str):
     return json.loads(text)
 
 
-def _runtime(args) -> dict:
-    return {"threads": args.threads, "executor": args.executor}
-
-
-def _launch(fn, cfg: dict, args, name: str) -> dict:
+def _launch(fn, job, args, name: str) -> dict:
     from vlmscale import launch
 
-    return launch.run(fn, cfg, executor=args.executor, log_dir=Path(args.results) / "logs" / "submitit", name=name,
-                      resources=args.slurm)
+    return launch.run(
+        fn,
+        job,
+        executor=args.executor,
+        log_dir=Path(args.results) / "logs" / "submitit",
+        name=name,
+        resources=args.slurm,
+    )
 
 
 def cmd_prepare_data(args) -> dict:
@@ -35,18 +40,17 @@ def cmd_prepare_data(args) -> dict:
 
 def cmd_pretrain_vision(args) -> dict:
     from vlmscale import vision
+    from vlmscale.jobs import TowerJob
 
-    return _launch(vision.main, {"vision": args.spec, "data_root": args.data_root, "out": args.out, **_runtime(args)}, args, "vision")
+    return _launch(vision.main, TowerJob(args.spec, args.data_root, args.out, args.threads), args, "vision")
 
 
 def cmd_train(args) -> dict:
     from vlmscale import train
+    from vlmscale.jobs import TrainJob
 
-    cfg = {
-        "spec": args.spec, "data_root": args.data_root, "vision": args.vision, "out": args.out,
-        "checkpoint_dir": args.checkpoint_dir, "tracking": args.tracking, **_runtime(args),
-    }
-    result = _launch(train.main, cfg, args, f"train:{args.spec['cell']}")
+    job = TrainJob(args.spec, args.data_root, args.vision, args.checkpoint_dir, args.out, args.tracking, args.threads)
+    result = _launch(train.main, job, args, f"train:{job.cell}")
     if result.get("world_size", 1) == 1 or os.environ.get("RANK", "0") == "0":  # one writer per cell
         write_outputs({args.out: result})
     return result
@@ -64,31 +68,47 @@ def write_outputs(files: dict) -> None:
 def cmd_evaluate(args) -> dict:
     from vlmscale import evaluate
     from vlmscale.fileio import read_json
+    from vlmscale.jobs import EvalJob
 
     trained = read_json(args.train_json)
-    cfg = {
-        "spec": args.spec["cell"], "benchmarks": args.spec["benchmarks"], "data_root": args.data_root,
-        "vision": args.vision, "checkpoint": trained["checkpoint"], "out_dir": args.out_dir,
-        "max_new_tokens": args.spec.get("max_new_tokens", 16), **_runtime(args),
-    }
-    result = _launch(evaluate.main, cfg, args, f"eval:{args.spec['cell']['cell']}")
+    job = EvalJob(
+        args.spec["model"],
+        tuple(args.spec["benchmarks"]),
+        args.data_root,
+        args.vision,
+        trained["checkpoint"],
+        args.out_dir,
+        args.spec["max_new_tokens"],
+        args.threads,
+    )
+    result = _launch(evaluate.main, job, args, f"eval:{job.cell}")
     write_outputs({Path(args.out_dir) / f"{r['benchmark']}.json": r for r in result["results"]})
     return {r["benchmark"]: r["accuracy"] for r in result["results"]}
 
 
 def cmd_flops(args) -> dict:
     from vlmscale import flops
+    from vlmscale.jobs import FlopJob
 
-    cfg = {"spec": args.spec["cell"], "vision": args.spec["vision"], "text_tokens": args.spec["text_tokens"],
-           "manifest": args.manifest, "out": args.out, **_runtime(args)}
-    return flops.main(cfg)
+    spec = args.spec
+    return flops.main(
+        FlopJob(spec["architecture"], spec["vision"], tuple(spec["text_tokens"]), args.manifest, args.out, args.threads)
+    )
 
 
 def cmd_aggregate(args) -> dict:
     from vlmscale import aggregate
 
-    return aggregate.main({"results": args.results, "cells": args.spec["cells"], "benchmarks": args.spec["benchmarks"],
-                           "parquet": args.parquet, "database": args.database, "allow_partial": args.allow_partial})
+    return aggregate.main(
+        {
+            "results": args.results,
+            "cells": args.spec["cells"],
+            "benchmarks": args.spec["benchmarks"],
+            "parquet": args.parquet,
+            "database": args.database,
+            "allow_partial": args.allow_partial,
+        }
+    )
 
 
 def cmd_fit(args) -> dict:
@@ -98,8 +118,9 @@ def cmd_fit(args) -> dict:
 
     per_seed = seed_table(args.table, args.family)  # the table is read once
     table = mean_over_seeds(per_seed)
-    data = law.LawData.from_arrays(table.llm_params, table.visual_tokens, table.error, args.text_tokens,
-                                   replicates(per_seed, table))
+    data = law.LawData.from_arrays(
+        table.llm_params, table.visual_tokens, table.error, args.text_tokens, replicates(per_seed, table)
+    )
     result = law.fit_with_checks(data, args.form, args.bootstrap, args.seed, args.huber).to_dict()
     result["family"] = args.family or "all"
     result["table"] = str(args.table)
@@ -149,10 +170,11 @@ def _default_budgets(fit_path, q):
     table = read_json(fit_path).get("table")
     if table and Path(table).exists():
         from vlmscale.aggregate import family_table
+        from vlmscale.cost import paper_flops
 
         t = family_table(table)
-        lo = 2 * t.llm_params.min() * (q + t.visual_tokens.min())
-        hi = 2 * t.llm_params.max() * (q + t.visual_tokens.max())
+        lo = paper_flops(t.llm_params.min(), q, t.visual_tokens.min())
+        hi = paper_flops(t.llm_params.max(), q, t.visual_tokens.max())
         return np.geomspace(lo, hi, 5)
     return np.geomspace(1e9, 1e13, 5)
 
@@ -160,8 +182,15 @@ def _default_budgets(fit_path, q):
 def cmd_report(args) -> dict:
     from vlmscale import report
 
-    return report.main({"grid": args.grid, "laws": args.laws, "frontier": args.frontier,
-                        "text_tokens": args.text_tokens, "out_dir": args.out_dir})
+    return report.main(
+        {
+            "grid": args.grid,
+            "laws": args.laws,
+            "frontier": args.frontier,
+            "text_tokens": args.text_tokens,
+            "out_dir": args.out_dir,
+        }
+    )
 
 
 def cmd_plot(args) -> dict:
@@ -194,8 +223,15 @@ def cmd_init_tracking(args) -> dict:
 def cmd_track_sync(args) -> dict:
     from vlmscale import track_sync
 
-    return track_sync.main({"tracking": args.spec, "grid": args.grid, "results": args.results,
-                            "report_dir": args.report_dir, "out": args.out})
+    return track_sync.main(
+        {
+            "tracking": args.spec,
+            "grid": args.grid,
+            "results": args.results,
+            "report_dir": args.report_dir,
+            "out": args.out,
+        }
+    )
 
 
 def cmd_ui(args) -> dict:
@@ -207,10 +243,26 @@ def cmd_ui(args) -> dict:
     track.quiet_mlflow()
     os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")  # starts in seconds, not a minute
     # MLflow 3's UI opens on its GenAI view unless told otherwise; the grid lives in "Model training".
-    print(f"MLflow UI on http://127.0.0.1:{args.port}/#/experiments?workflowType=machine_learning (store {uri}); "
-          f"Ctrl-C to stop", file=sys.stderr)
-    os.execvp(sys.executable, [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
-                               "--host", "127.0.0.1", "--port", str(args.port)])
+    print(
+        f"MLflow UI on http://127.0.0.1:{args.port}/#/experiments?workflowType=machine_learning (store {uri}); "
+        f"Ctrl-C to stop",
+        file=sys.stderr,
+    )
+    os.execvp(
+        sys.executable,
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "ui",
+            "--backend-store-uri",
+            uri,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(args.port),
+        ],
+    )
 
 
 def _stage(sub, name, fn, help_text, spec=True):
@@ -246,11 +298,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = _stage(sub, "aggregate", cmd_aggregate, "gather cell results into grid.parquet / grid.duckdb")
     p.add_argument("--parquet", required=True)
     p.add_argument("--database", required=True)
-    p.add_argument("--allow-partial", action="store_true", help="fit the complete cells deliberately, naming the missing")
+    p.add_argument(
+        "--allow-partial", action="store_true", help="fit the complete cells deliberately, naming the missing"
+    )
 
-    p = sub.add_parser("fit", help="fit the scaling law to a table (grid parquet, or a CSV with llm_params, visual_tokens, error[, family])")
+    p = sub.add_parser(
+        "fit",
+        help="fit the scaling law to a table (grid parquet, or a CSV with llm_params, visual_tokens, error[, family])",
+    )
     p.add_argument("table")
-    p.add_argument("--form", default="paper", choices=["paper", "additive", "paper-qv"])
+    p.add_argument("--form", default="paper", choices=list(LAW_FORMS))
     p.add_argument("--family", default=None)
     p.add_argument("--bootstrap", type=int, default=0)
     p.add_argument("--seed", type=int, default=0)
@@ -289,7 +346,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--configfile", default="config.yaml")
     p.set_defaults(func=cmd_status)
 
-    p = sub.add_parser("check-config", help="check a config file (YAML syntax with its line, schema, grid) without running anything")
+    p = sub.add_parser(
+        "check-config", help="check a config file (YAML syntax with its line, schema, grid) without running anything"
+    )
     p.add_argument("configfile")
     p.add_argument("--schema", default=None, help="default: the workflow's schema")
     p.set_defaults(func=cmd_check_config)
@@ -314,13 +373,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _cell_label(args) -> str:
+    """The cell a stage's --spec is about: its own `cell`, or that of the model (evaluate) or architecture
+    (flops) it holds."""
     spec = getattr(args, "spec", None)
-    if isinstance(spec, dict):
-        cell = spec.get("cell")
-        cell = cell.get("cell") if isinstance(cell, dict) else cell
-        if cell:
-            return f" [{cell}]"
-    return ""
+    if not isinstance(spec, dict):
+        return ""
+    inner = spec.get("model") or spec.get("architecture") or {}
+    cell = spec.get("cell") or (inner.get("cell") if isinstance(inner, dict) else None)
+    return f" [{cell}]" if isinstance(cell, str) else ""
 
 
 def main(argv: list[str] | None = None) -> int:

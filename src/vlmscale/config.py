@@ -3,17 +3,18 @@
 Kept free of torch/transformers imports: the Snakefile imports it on every invocation, and a no-op
 rerun must stay fast.
 """
+
 from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
 from pathlib import Path
 
+from vlmscale import choices
+from vlmscale.choices import LAW_FORMS
 from vlmscale.fileio import canonical_json, spec_hash
 
 KNOWN_ARCHS = ("qwen2", "llama", "mistral", "gpt2")
-COMPRESSORS = ("avgpool", "tokenpacker", "quecc")
-LAW_PARAMS = {"paper": 4, "paper-qv": 4, "additive": 5}  # free parameters of each law form
 
 
 class ConfigError(ValueError):
@@ -62,9 +63,12 @@ def check(cfg: dict) -> dict:
     _check_unique([m["name"] for m in cfg["llms"]], "llms[].name")
     _check_unique([b["name"] for b in cfg["benchmarks"]], "benchmarks[].name")
     _check_unique(cfg["grid"]["visual_tokens"], "grid.visual_tokens")
+    _check_choices(cfg)
     vision = cfg["vision"]
     if vision["image_size"] % vision["patch_size"]:
-        raise ConfigError(f"vision.patch_size ({vision['patch_size']}) must divide vision.image_size ({vision['image_size']})")
+        raise ConfigError(
+            f"vision.patch_size ({vision['patch_size']}) must divide vision.image_size ({vision['image_size']})"
+        )
     allowed = producible_token_counts(cfg)
     for v in cfg["grid"]["visual_tokens"]:
         if v not in allowed:
@@ -85,6 +89,19 @@ def check(cfg: dict) -> dict:
     return cfg
 
 
+def _check_choices(cfg: dict) -> None:
+    values = {
+        "law.form": [cfg["law"]["form"]],
+        "compressor": [cfg["compressor"]],
+        "launch.executor": [cfg["launch"]["executor"]],
+        "benchmarks[].metric": [b.get("metric", "exact") for b in cfg["benchmarks"]],
+    }
+    for key, found in values.items():
+        for value in found:
+            if value not in choices.BY_KEY[key]:
+                raise ConfigError(f"{key}: {value!r} is not one of {list(choices.BY_KEY[key])}")
+
+
 def _check_grid_fits_law(cfg: dict) -> None:
     """A grid too small for its law would train every cell and only fail at the fit: refuse it now."""
     form, n_cells = cfg["law"]["form"], len(cells(cfg))
@@ -92,9 +109,9 @@ def _check_grid_fits_law(cfg: dict) -> None:
         raise ConfigError("llms: the law's N exponent needs at least 2 LLM sizes")
     if len(cfg["grid"]["visual_tokens"]) < 2:
         raise ConfigError("grid.visual_tokens: the law's V exponent needs at least 2 visual-token counts")
-    if n_cells <= LAW_PARAMS[form]:
+    if n_cells <= LAW_FORMS[form]:
         raise ConfigError(
-            f"grid: {n_cells} cells cannot fit the {form} law's {LAW_PARAMS[form]} parameters; "
+            f"grid: {n_cells} cells cannot fit the {form} law's {LAW_FORMS[form]} parameters; "
             f"add LLM sizes (llms) or visual-token counts (grid.visual_tokens)"
         )
 
@@ -130,7 +147,9 @@ def _check_unique(values: list, key: str) -> None:
 def _check_llm(llm: dict, where: str) -> None:
     if llm["source"] == "config":
         if llm.get("arch") not in KNOWN_ARCHS:
-            raise ConfigError(f"{where}.arch: unknown model architecture {llm.get('arch')!r}; known: {list(KNOWN_ARCHS)}")
+            raise ConfigError(
+                f"{where}.arch: unknown model architecture {llm.get('arch')!r}; known: {list(KNOWN_ARCHS)}"
+            )
         for key in ("hidden_size", "intermediate_size", "num_layers", "num_heads"):
             if key not in llm:
                 raise ConfigError(f"{where}.{key}: required when source is 'config'")
@@ -257,8 +276,10 @@ def training_cost(cfg: dict, llm: str, visual_tokens: int) -> float:
 def architecture_spec(cfg: dict, llm: str, visual_tokens: int) -> dict:
     """What decides a cell's inference cost: the model's shape, not how it was trained (nor its seed)."""
     spec = cell_spec(cfg, llm, visual_tokens)
-    return {"cell": Cell(llm, int(visual_tokens)).architecture_id,
-            **{k: spec[k] for k in ("llm", "visual_tokens", "compressor")}}
+    return {
+        "cell": Cell(llm, int(visual_tokens)).architecture_id,
+        **{k: spec[k] for k in ("llm", "visual_tokens", "compressor")},
+    }
 
 
 def benchmark_spec(cfg: dict, name: str) -> dict:

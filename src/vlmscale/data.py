@@ -1,4 +1,4 @@
-"""Synthetic LLaVA-format data with two task families, and the loader shared with real LLaVA data.
+"""Synthetic LLaVA-format data with two task families (read back by `vlmscale.samples`, like real data).
 
 Images are 32x32 RGB; the tiny tower cuts them into 4x4-pixel patches (an 8x8 patch grid).
 
@@ -21,47 +21,65 @@ Images are 32x32 RGB; the tiny tower cuts them into 4x4-pixel patches (an 8x8 pa
 Everything is a pure function of the seed, written as LLaVA conversation JSON + PNG files, and
 benchmarks in LLaVA's evaluation layout (questions.jsonl + answers.jsonl).
 """
+
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from vlmscale.fileio import atomic_write_bytes, atomic_write_text, write_json
+from vlmscale.samples import Sample, conversation_samples, vocabulary
 
 IMAGE_SIZE = 32
 PATCH = 4  # the tiny tower's patch size: per-patch labels are on this grid
 PATCH_GRID = IMAGE_SIZE // PATCH
 SHAPES = ("circle", "square", "triangle", "cross")
 COLOURS = {
-    "red": (220, 40, 40), "green": (40, 190, 60), "blue": (50, 90, 230), "yellow": (230, 215, 40),
-    "purple": (150, 60, 200), "orange": (240, 140, 30), "cyan": (40, 200, 210), "pink": (240, 120, 180),
+    "red": (220, 40, 40),
+    "green": (40, 190, 60),
+    "blue": (50, 90, 230),
+    "yellow": (230, 215, 40),
+    "purple": (150, 60, 200),
+    "orange": (240, 140, 30),
+    "cyan": (40, 200, 210),
+    "pink": (240, 120, 180),
 }
 LETTERS = tuple("abcdefghij")
-FAMILY_OF_TASK = {"colour": "reasoning", "shape": "reasoning", "relation": "reasoning", "facts": "reasoning",
-                  "read": "ocr", "next": "ocr"}
+FAMILY_OF_TASK = {
+    "colour": "reasoning",
+    "shape": "reasoning",
+    "relation": "reasoning",
+    "facts": "reasoning",
+    "read": "ocr",
+    "next": "ocr",
+}
 # The rule tables are part of the task, not of the sample: a fixed seed, like the glyph alphabet.
-FACT_WORDS = ("alfa", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india", "juliett", "kilo",
-              "lima", "mike", "november", "oscar", "papa")
+FACT_WORDS = (
+    "alfa",
+    "bravo",
+    "charlie",
+    "delta",
+    "echo",
+    "foxtrot",
+    "golf",
+    "hotel",
+    "india",
+    "juliett",
+    "kilo",
+    "lima",
+    "mike",
+    "november",
+    "oscar",
+    "papa",
+)
 FACTS_SEED = 4321
 LAYOUTS = (1, 2, 4)  # glyphs per side of an OCR page: one large glyph, 2x2, 4x4
 
 
-@dataclass(frozen=True)
-class Sample:
-    """One question about one image: what every loader (synthetic or real LLaVA) yields."""
-
-    image: str  # path relative to the data root (absolute once a loader joins its image folder)
-    question: str
-    answer: str
-    task: str = ""
-    references: tuple[str, ...] = ()  # benchmarks: every annotator's answer (VQA soft accuracy)
-    options: tuple[str, ...] = ()  # benchmarks: the choices of a multiple-choice question, in letter order
-
-
 # --------------------------------------------------------------------------- drawing
+
 
 def _shape_mask(shape: str, size: int = 8) -> np.ndarray:
     """The shape in a size x size box (drawn in an 8-unit frame, scaled)."""
@@ -136,6 +154,7 @@ def patch_labels_glyphs(letters: np.ndarray) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- questions
+
 
 def object_class(obj: dict) -> int:
     """The joint (shape, colour) class, 0..31."""
@@ -215,8 +234,13 @@ OBJECT_SIZES = (3, 4, 5)  # patches per side: the object covers 14-39 % of the i
 def random_object(rng: np.random.Generator) -> dict:
     size = int(rng.choice(OBJECT_SIZES))
     row, col = (int(x) for x in rng.integers(0, PATCH_GRID - size + 1, size=2))
-    return {"row": row, "col": col, "size": size, "shape": SHAPES[int(rng.integers(len(SHAPES)))],
-            "colour": list(COLOURS)[int(rng.integers(len(COLOURS)))]}
+    return {
+        "row": row,
+        "col": col,
+        "size": size,
+        "shape": SHAPES[int(rng.integers(len(SHAPES)))],
+        "colour": list(COLOURS)[int(rng.integers(len(COLOURS)))],
+    }
 
 
 def random_page(rng: np.random.Generator) -> np.ndarray:
@@ -225,6 +249,7 @@ def random_page(rng: np.random.Generator) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- generation
+
 
 def _png_bytes(array: np.ndarray) -> bytes:
     import io
@@ -330,85 +355,16 @@ def build_manifest(out: Path, spec: dict, image_names, train_records, questions)
         "images": sorted(image_names),
         "n_train_samples": len(train_records),
         "benchmarks": {t: {"path": f"benchmarks/{t}", "n_questions": len(q)} for t, q in questions.items()},
-        "vocabulary": sorted(vocabulary(train_records, questions)),
+        "vocabulary": vocabulary(all_samples(train_records, questions)),
     }
     write_json(out / "manifest.json", manifest)
     return manifest
 
 
-def vocabulary(train_records, questions) -> set[str]:
-    words: set[str] = set()
-    for rec in train_records:
-        for turn in rec["conversations"]:
-            words.update(turn["value"].replace("<image>", " ").split())
-    for items in questions.values():
-        for it in items:
-            words.update(it["text"].split())
-            words.update(it["answer"].split())
-    return words
-
-
-# --------------------------------------------------------------------------- loading (synthetic and real)
-
-def conversation_samples(records, source: Path, problems: list[str]) -> list[Sample]:
-    """Samples from LLaVA conversation records; malformed records become problems, not exceptions."""
-    if not isinstance(records, list):
-        problems.append(f"{source}: expected a JSON list of conversation records, got {type(records).__name__}")
-        return []
-    samples = []
-    for k, rec in enumerate(records):
-        where = f"{source}: record {k} (id {rec.get('id')!r})" if isinstance(rec, dict) else f"{source}: record {k}"
-        turns = rec.get("conversations") if isinstance(rec, dict) else None
-        if isinstance(rec, dict) and "image" not in rec:
-            continue  # a text-only record (the 665K mix has ~40K): no visual tokens to train; counted by llava.prepare
-        if not isinstance(rec, dict) or not isinstance(rec.get("image"), str):
-            problems.append(f"{where}: needs an 'image' path")
-            continue
-        if not isinstance(turns, list) or len(turns) < 2 or len(turns) % 2:
-            problems.append(f"{where}: needs an even number (>= 2) of conversation turns")
-            continue
-        for human, gpt in zip(turns[0::2], turns[1::2]):
-            ok = isinstance(human, dict) and isinstance(gpt, dict)
-            if not ok or human.get("from") != "human" or gpt.get("from") != "gpt" or \
-                    not isinstance(human.get("value"), str) or not isinstance(gpt.get("value"), str):
-                problems.append(f"{where}: turns must alternate human/gpt, each with a string 'value'")
-                break
-            question = human["value"].replace("<image>", "").strip()
-            samples.append(Sample(rec["image"], question, gpt["value"].strip(), rec.get("task", "")))
-    return samples
-
-
-def load_llava_conversations(json_path: str | Path) -> list[Sample]:
-    """Read LLaVA conversation JSON into (image, question, answer) samples, one per human/gpt turn pair."""
-    problems: list[str] = []
-    samples = conversation_samples(json.loads(Path(json_path).read_text()), Path(json_path), problems)
-    if problems:
-        raise ValueError("; ".join(problems[:10]))
-    return samples
-
-
-def load_benchmark(folder: str | Path) -> list[Sample]:
-    """Read a LLaVA-style benchmark (questions.jsonl + answers.jsonl) into samples, in question order."""
-    folder = Path(folder)
-    questions = [json.loads(line) for line in (folder / "questions.jsonl").read_text().splitlines() if line.strip()]
-    answers = {
-        a["question_id"]: a["answer"]
-        for a in map(json.loads, (folder / "answers.jsonl").read_text().splitlines())
-    }
-    if not questions:
-        raise ValueError(f"benchmark {folder} has no questions")
-    missing = [q["question_id"] for q in questions if q["question_id"] not in answers]
-    if missing:
-        raise ValueError(f"benchmark {folder}: {len(missing)} questions have no answer (first: {missing[0]})")
-    return [benchmark_sample(q, answers[q["question_id"]]) for q in questions]
-
-
-def benchmark_sample(question: dict, answer) -> Sample:
-    """An answer is one string, or (VQA) the list of the annotators' answers; the first is the reference
-    shown in examples and used by the single-answer metrics."""
-    references = tuple(str(a) for a in answer) if isinstance(answer, list) else (str(answer),)
-    return Sample(question["image"], question["text"], references[0], question.get("category", ""),
-                  references, tuple(str(o) for o in question.get("options", ())))
+def all_samples(train_records: list[dict], questions: dict[str, list[dict]]) -> list[Sample]:
+    """The training conversations and benchmark questions as samples (what the vocabulary is built from)."""
+    train = conversation_samples(train_records, Path("train.json"), [])
+    return train + [Sample(it["image"], it["text"], it["answer"]) for items in questions.values() for it in items]
 
 
 def main(cfg: dict) -> dict:

@@ -6,6 +6,7 @@ torchrun does); inside a multi-task Slurm job submitit's TorchDistributedEnviron
 rank takes its equal share of the global batch, so the averaged gradient, the clipped update and the
 logged loss are those of the single-process step on the whole batch.
 """
+
 from __future__ import annotations
 
 import os
@@ -31,7 +32,9 @@ def world_from_env() -> World:
         # submitit draws the rendezvous port from 20000-60000, inside Linux's ephemeral range (32768+),
         # where another process's outgoing connection can already hold it. Every task derives the same
         # port from the job id, below that range.
-        os.environ.setdefault("MASTER_PORT", str(RENDEZVOUS_PORTS[0] + int(os.environ["SLURM_JOB_ID"]) % RENDEZVOUS_PORTS[1]))
+        os.environ.setdefault(
+            "MASTER_PORT", str(RENDEZVOUS_PORTS[0] + int(os.environ["SLURM_JOB_ID"]) % RENDEZVOUS_PORTS[1])
+        )
         submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
     return World(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)))
 
@@ -43,7 +46,9 @@ RENDEZVOUS_TIMEOUT_S = 300  # a rank that never arrives fails the job in minutes
 def share(indices: torch.Tensor, world: World) -> torch.Tensor:
     """This rank's equal, contiguous share of the global batch."""
     if len(indices) % world.size:
-        raise ValueError(f"train.batch_size ({len(indices)}) must be divisible by the number of processes ({world.size})")
+        raise ValueError(
+            f"train.batch_size ({len(indices)}) must be divisible by the number of processes ({world.size})"
+        )
     return indices.chunk(world.size)[world.rank]
 
 
@@ -113,17 +118,21 @@ def init_process_group() -> None:
     if not torch.cuda.is_available():
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
     if not dist.is_initialized():
-        import deepspeed
-
         from datetime import timedelta
 
-        deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo",
-                                   timeout=timedelta(seconds=RENDEZVOUS_TIMEOUT_S))
+        import deepspeed
+
+        deepspeed.init_distributed(
+            dist_backend="nccl" if torch.cuda.is_available() else "gloo",
+            timeout=timedelta(seconds=RENDEZVOUS_TIMEOUT_S),
+        )
 
 
-def make_stepper(model, params, tspec: dict, stage: str, world: World):
-    lr, decay = tspec[stage]["lr"], tspec.get("weight_decay", 0.0)
-    zero = (tspec.get("zero_stage") or {}).get(stage)
-    if zero is None and world.size == 1:
-        return TorchStepper(model, params, lr, decay)
-    return DeepSpeedStepper(model, params, lr, decay, zero or 0, tspec["batch_size"] // world.size, world)
+def make_stepper(model, params, stage, weight_decay: float, world: World):
+    """The stage's update (`stage`: a jobs.StageSettings): plain AdamW in one process unless the stage asks
+    for a ZeRO stage or the job has several processes; each process takes batch_size / world of the batch."""
+    if stage.zero_stage is None and world.size == 1:
+        return TorchStepper(model, params, stage.lr, weight_decay)
+    return DeepSpeedStepper(
+        model, params, stage.lr, weight_decay, stage.zero_stage or 0, stage.batch_size // world.size, world
+    )

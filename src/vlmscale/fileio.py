@@ -1,4 +1,5 @@
 """Atomic file writes and small JSON helpers shared by every stage."""
+
 from __future__ import annotations
 
 import hashlib

@@ -16,6 +16,7 @@ Everything the paper leaves out is reported beside it, never folded in:
   null for pretrained LLMs, which are counted on PyTorch's meta device: shapes only, no weights loaded,
   so a 14B model is counted in seconds on a login node.
 """
+
 from __future__ import annotations
 
 import statistics
@@ -24,14 +25,12 @@ import time
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from vlmscale.fileio import code_version, read_json, spec_hash, write_json
+from vlmscale.cell_model import build_cell_model
+from vlmscale.cost import paper_flops
+from vlmscale.fileio import code_version, read_json, write_json
+from vlmscale.identity import config_hash
+from vlmscale.jobs import FlopJob
 from vlmscale.model import VLM, build_llm, build_vision_tower, count_llm_params
-from vlmscale.train import build_cell_model
-
-
-def paper_flops(n_params: float, text_tokens: int, visual_tokens: int) -> float:
-    """FLOPs = 2 * N * (Q + V), the paper's inference-cost convention."""
-    return 2.0 * n_params * (text_tokens + visual_tokens)
 
 
 def attention_flops(n_layers: int, d_model: int, seq_len: int) -> float:
@@ -83,7 +82,9 @@ def count_cell(spec: dict, vision: dict, vocabulary: list[str], text_tokens: lis
     grid = vision["image_size"] // vision["patch_size"]
     if pretrained:  # shapes from the LLM's config.json; its tokenizer is not needed to count
         with torch.device("meta"):
-            model = VLM(build_llm(spec["llm"], 0, on_meta=True), vision_dim, spec["visual_tokens"], spec["compressor"], grid)
+            model = VLM(
+                build_llm(spec["llm"], 0, on_meta=True), vision_dim, spec["visual_tokens"], spec["compressor"], grid
+            )
     else:
         model, _ = build_cell_model(spec, vocabulary, vision_dim, grid)
     llm, v = model.llm.eval(), spec["visual_tokens"]
@@ -119,19 +120,19 @@ def count_cell(spec: dict, vision: dict, vocabulary: list[str], text_tokens: lis
     return {"llm_params": params, "rows": rows}
 
 
-def main(cfg: dict) -> dict:
-    """Stage entry point: write flops.json for one cell (needs no trained weights, only the architecture)."""
-    torch.set_num_threads(cfg.get("threads", 1))
-    manifest = read_json(cfg["manifest"])
-    counted = count_cell(cfg["spec"], cfg["vision"], manifest["vocabulary"], cfg["text_tokens"])
+def main(job: FlopJob) -> dict:
+    """Stage entry point: write flops.json for one (LLM, V) architecture (no trained weights needed)."""
+    torch.set_num_threads(job.threads)
+    manifest = read_json(job.manifest)
+    counted = count_cell(job.spec, job.vision, manifest["vocabulary"], list(job.text_tokens))
     result = {
-        "cell": cfg["spec"]["cell"],
-        "llm": cfg["spec"]["llm"]["name"],
-        "visual_tokens": cfg["spec"]["visual_tokens"],
-        "config_hash": spec_hash(cfg["spec"]),
+        "cell": job.spec["cell"],
+        "llm": job.spec["llm"]["name"],
+        "visual_tokens": job.spec["visual_tokens"],
+        "config_hash": config_hash(job.spec),
         "code_version": code_version(),
         "convention": "flops_paper = 2 * N_total * (Q + V); other columns as labelled in vlmscale.flops",
         **counted,
     }
-    write_json(cfg["out"], result)
+    write_json(job.out, result)
     return result

@@ -11,8 +11,10 @@ On Slurm:
 * each submission is recorded (`{log_dir}/{name}.job.json`); a restarted driver re-attaches to a job of
   the same stage and settings that is still queued, running or finished instead of submitting it twice.
 """
+
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import subprocess
@@ -22,16 +24,25 @@ from typing import Callable
 
 import submitit
 
+from vlmscale.choices import EXECUTORS
 from vlmscale.fileio import canonical_json, spec_hash, write_json
 
-EXECUTORS = ("inline", "debug", "local", "slurm")
 # config key -> submitit parameter (AutoExecutor names; slurm_* are Slurm-only)
 RESOURCE_KEYS = {
-    "time_min": "timeout_min", "cpus_per_task": "cpus_per_task", "mem_gb": "mem_gb",
-    "gpus_per_node": "gpus_per_node", "tasks_per_node": "tasks_per_node", "nodes": "nodes",
-    "partition": "slurm_partition", "account": "slurm_account", "qos": "slurm_qos",
-    "constraint": "slurm_constraint", "sbatch": "slurm_additional_parameters", "setup": "slurm_setup",
-    "signal_delay_s": "slurm_signal_delay_s", "max_requeues": "slurm_max_num_timeout",
+    "time_min": "timeout_min",
+    "cpus_per_task": "cpus_per_task",
+    "mem_gb": "mem_gb",
+    "gpus_per_node": "gpus_per_node",
+    "tasks_per_node": "tasks_per_node",
+    "nodes": "nodes",
+    "partition": "slurm_partition",
+    "account": "slurm_account",
+    "qos": "slurm_qos",
+    "constraint": "slurm_constraint",
+    "sbatch": "slurm_additional_parameters",
+    "setup": "slurm_setup",
+    "signal_delay_s": "slurm_signal_delay_s",
+    "max_requeues": "slurm_max_num_timeout",
 }
 ACTIVE_STATES = ("PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "RESIZING", "SUSPENDED")
 
@@ -48,10 +59,10 @@ class Stage(submitit.helpers.Checkpointable):
     """A stage callable that Slurm may preempt: on requeue it is called again with the same cfg and
     resumes from the checkpoints it wrote itself (training keeps last.pt every checkpoint_every steps)."""
 
-    def __init__(self, fn: Callable[[dict], dict]):
+    def __init__(self, fn: Callable):
         self.fn = fn
 
-    def __call__(self, cfg: dict) -> dict:
+    def __call__(self, cfg) -> dict:
         return self.fn(cfg)
 
 
@@ -62,8 +73,12 @@ def current_job() -> dict:
     if "SUBMITIT_FOLDER" not in os.environ:
         return {}
     env = submitit.JobEnvironment()
-    return {"job_id": str(env.job_id), "executor": os.environ.get("SUBMITIT_EXECUTOR", ""),
-            "stdout": str(env.paths.stdout.resolve()), "stderr": str(env.paths.stderr.resolve())}
+    return {
+        "job_id": str(env.job_id),
+        "executor": os.environ.get("SUBMITIT_EXECUTOR", ""),
+        "stdout": str(env.paths.stdout.resolve()),
+        "stderr": str(env.paths.stderr.resolve()),
+    }
 
 
 def submitit_parameters(resources: dict | None, executor: str, name: str) -> dict:
@@ -77,34 +92,56 @@ def submitit_parameters(resources: dict | None, executor: str, name: str) -> dic
     return params
 
 
-def run(fn: Callable[[dict], dict], cfg: dict, executor: str = "inline", log_dir: str | Path = "results/logs/submitit",
-        name: str = "vlmscale", resources: dict | None = None) -> dict:
+def run(
+    fn: Callable,
+    job_input,
+    executor: str = "inline",
+    log_dir: str | Path = "results/logs/submitit",
+    name: str = "vlmscale",
+    resources: dict | None = None,
+) -> dict:
+    """Run `fn(job_input)` (a stage's main and its typed job, vlmscale.jobs) in-process or as a submitit
+    job, and return its result. A Slurm job already submitted for the same input is re-attached."""
     if executor not in EXECUTORS:
         raise ValueError(f"launch.executor: unknown executor {executor!r}; choose from {EXECUTORS}")
-    cfg = {**cfg, "executor": executor}
+    cfg = dataclasses.replace(job_input, executor=executor)
     if executor == "inline":
         return fn(cfg)
     record = Path(log_dir) / f"{safe_name(name)}.job.json"
-    key = spec_hash({"cfg": canonical_json(cfg), "resources": resources or {}})
+    key = spec_hash({"cfg": canonical_json(dataclasses.asdict(cfg)), "resources": resources or {}})
     job = reattach(record, key, executor)
     if job is None:
         job = submit(fn, cfg, executor, log_dir, name, resources)
-        write_json(record, {"job_id": job.job_id, "executor": executor, "folder": str(log_dir), "key": key, "name": name,
-                            "tasks": len(job._sub_jobs) or 1})
-    print(f"[vlmscale] {name}: submitted job {job.job_id} ({executor}); logs: {job.paths.stdout}", file=sys.stderr, flush=True)
+        write_json(
+            record,
+            {
+                "job_id": job.job_id,
+                "executor": executor,
+                "folder": str(log_dir),
+                "key": key,
+                "name": name,
+                "tasks": len(job._sub_jobs) or 1,
+            },
+        )
+    print(
+        f"[vlmscale] {name}: submitted job {job.job_id} ({executor}); logs: {job.paths.stdout}",
+        file=sys.stderr,
+        flush=True,
+    )
     try:
         if executor == "slurm":
             wait_while_schedulable(job, name)
         return job.results()[0]  # a multi-task (one per GPU) job: rank 0 speaks for the cell
     except submitit.core.utils.UncompletedJobError as exc:
-        raise JobFailed(f"{name}: job {job.job_id} failed: {last_error_line(str(exc))} "
-                        f"(traceback: {job.paths.stderr})") from None
+        raise JobFailed(
+            f"{name}: job {job.job_id} failed: {last_error_line(str(exc))} (traceback: {job.paths.stderr})"
+        ) from None
     finally:
         _echo(job.paths.stdout, "stdout")
         _echo(job.paths.stderr, "stderr")
 
 
-def submit(fn, cfg: dict, executor: str, log_dir, name: str, resources: dict | None):
+def submit(fn, cfg, executor: str, log_dir, name: str, resources: dict | None):
     ex = submitit.AutoExecutor(folder=str(log_dir), cluster=executor)
     ex.update_parameters(**submitit_parameters(resources, executor, name))
     try:
@@ -132,10 +169,15 @@ def reattach(record: Path, key: str, executor: str):
     previous = json.loads(record.read_text())
     if previous.get("key") != key:
         return None
-    job = submitit.SlurmJob(folder=previous["folder"], job_id=previous["job_id"], tasks=tuple(range(previous.get("tasks", 1))))
+    job = submitit.SlurmJob(
+        folder=previous["folder"], job_id=previous["job_id"], tasks=tuple(range(previous.get("tasks", 1)))
+    )
     if (finished(job) and succeeded(job)) or slurm_state(previous["job_id"]) in ACTIVE_STATES:
-        print(f"[vlmscale] {previous['name']}: re-attached to job {job.job_id} submitted by an earlier run",
-              file=sys.stderr, flush=True)
+        print(
+            f"[vlmscale] {previous['name']}: re-attached to job {job.job_id} submitted by an earlier run",
+            file=sys.stderr,
+            flush=True,
+        )
         return job
     return None
 
@@ -154,8 +196,15 @@ def slurm_state_and_reason(job_id: str) -> tuple[str, str]:
 
 
 # Pending reasons that no amount of waiting clears: the request exceeds what the partition can give.
-NEVER_SCHEDULED = ("PartitionConfig", "PartitionNodeLimit", "PartitionTimeLimit", "BadConstraints",
-                   "InvalidAccount", "InvalidQOS", "Resources_Unavailable")
+NEVER_SCHEDULED = (
+    "PartitionConfig",
+    "PartitionNodeLimit",
+    "PartitionTimeLimit",
+    "BadConstraints",
+    "InvalidAccount",
+    "InvalidQOS",
+    "Resources_Unavailable",
+)
 
 
 def finished(job) -> bool:
@@ -181,7 +230,11 @@ def wait_while_schedulable(job, name: str, poll_s: float = 0.5, max_poll_s: floa
     while not finished(job):
         state, reason = slurm_state_and_reason(job.job_id)
         if (state, reason) != last:
-            print(f"[vlmscale] {name}: job {job.job_id} {state or 'not in squeue'} {reason}".rstrip(), file=sys.stderr, flush=True)
+            print(
+                f"[vlmscale] {name}: job {job.job_id} {state or 'not in squeue'} {reason}".rstrip(),
+                file=sys.stderr,
+                flush=True,
+            )
             last = (state, reason)
         if state == "PENDING" and reason in NEVER_SCHEDULED:
             subprocess.run(["scancel", str(job.job_id)], capture_output=True)

@@ -11,6 +11,7 @@ For fixed exponents every form is linear in its other parameters, so the fit sea
 ("variable projection"). Soft problems (a parameter on its bound, no convergence) are reported in the
 result's ``status`` and ``warnings``; only unusable input raises ``LawInputError``.
 """
+
 from __future__ import annotations
 
 import math
@@ -19,7 +20,8 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 from scipy.optimize import nnls
 
-from vlmscale.config import LAW_PARAMS as N_PARAMS  # shared with the config check
+from vlmscale.choices import LAW_FORMS as N_PARAMS  # shared with the config check
+from vlmscale.cost import paper_flops, params_for_budget
 
 FORMS = ("paper", "paper-qv", "additive")
 EXPONENT_BOUNDS = (0.0, 3.0)
@@ -89,8 +91,6 @@ class FitResult:
 
     def predict(self, n, v) -> np.ndarray:
         return predict(self.form, self.params, np.asarray(n, float), np.asarray(v, float), self.text_tokens)
-
-
 
 
 def validate(data: LawData, form: str = "paper") -> None:
@@ -181,7 +181,9 @@ def _grid_sse(form: str, data: LawData, alphas: np.ndarray, betas: np.ndarray, w
     return best.reshape(len(alphas), len(betas))
 
 
-def _search(form: str, data: LawData, starts: int, weights=None, rounds: int = 30) -> tuple[np.ndarray, np.ndarray, float, bool]:
+def _search(
+    form: str, data: LawData, starts: int, weights=None, rounds: int = 30
+) -> tuple[np.ndarray, np.ndarray, float, bool]:
     """Best exponents: a vectorised grid over (alpha, beta), then zoom in around the best point
     (a 7x7 grid each round, the span halving until it is below 1e-5; bounded by construction)."""
     lo, hi = EXPONENT_BOUNDS
@@ -219,14 +221,23 @@ def fit(data: LawData, form: str = "paper", starts: int = 10, huber_delta: float
     warnings = _bound_warnings(params)
     status = "not_converged" if not ok else ("at_bound" if warnings else "converged")
     return FitResult(
-        form, params, sse, 1.0 - sse / sst if sst > 0 else float("nan"), len(data.error), status, tuple(warnings), data.text_tokens
+        form,
+        params,
+        sse,
+        1.0 - sse / sst if sst > 0 else float("nan"),
+        len(data.error),
+        status,
+        tuple(warnings),
+        data.text_tokens,
     )
 
 
 def _bound_warnings(params: dict) -> list[str]:
     out = []
     for key in ("alpha", "beta"):
-        if math.isclose(params[key], EXPONENT_BOUNDS[0], abs_tol=1e-6) or math.isclose(params[key], EXPONENT_BOUNDS[1], abs_tol=1e-6):
+        if math.isclose(params[key], EXPONENT_BOUNDS[0], abs_tol=1e-6) or math.isclose(
+            params[key], EXPONENT_BOUNDS[1], abs_tol=1e-6
+        ):
             out.append(f"{key} = {params[key]:.4g} sits on its bound {EXPONENT_BOUNDS}: the data do not pin it down")
     for key in ("K", "A", "B", "D", "E"):
         if key in params and params[key] <= 1e-12:
@@ -252,11 +263,16 @@ def bootstrap(data: LawData, form: str = "paper", n_boot: int = 200, seed: int =
             v_range = (data.visual_tokens.min(), data.visual_tokens.max())
             for q in (0, 50):
                 draws.setdefault(f"v_star_q{q}", []).append(
-                    optimal_tokens(res.params["alpha"], res.params["beta"], q, *v_range))
+                    optimal_tokens(res.params["alpha"], res.params["beta"], q, *v_range)
+                )
     lo, hi = (1 - level) / 2 * 100, (1 + level) / 2 * 100
     ci = {k: [float(np.percentile(v, lo)), float(np.percentile(v, hi))] for k, v in draws.items()}
-    ci["_meta"] = {"n_boot": n_boot, "failed_resamples": failed, "level": level,
-                   "resampled": "seeds" if data.n_seeds >= 2 else "points"}
+    ci["_meta"] = {
+        "n_boot": n_boot,
+        "failed_resamples": failed,
+        "level": level,
+        "resampled": "seeds" if data.n_seeds >= 2 else "points",
+    }
     return ci
 
 
@@ -313,14 +329,16 @@ def _is_floor_warning(warning: str) -> bool:
     return warning.startswith(("D = 0", "E = 0"))
 
 
-def fit_with_checks(data: LawData, form: str = "paper", n_boot: int = 0, seed: int = 0,
-                    huber_delta: float | None = None) -> FitResult:
+def fit_with_checks(
+    data: LawData, form: str = "paper", n_boot: int = 0, seed: int = 0, huber_delta: float | None = None
+) -> FitResult:
     res = fit(data, form, huber_delta=huber_delta)
     ci = bootstrap(data, form, n_boot, seed) if n_boot else {}
     return FitResult(**{**res.__dict__, "ci": ci, "heldout": heldout_check(data, form)})
 
 
 # --------------------------------------------------------------------------- frontier
+
 
 def optimal_tokens(alpha: float, beta: float, text_tokens: int, v_min: float, v_max: float) -> float:
     """V* minimising the paper law at fixed 2N(Q+V): beta*Q/(alpha-beta) if alpha > beta, else the largest V.
@@ -340,7 +358,7 @@ def frontier(result: FitResult, text_tokens: int, budgets, v_range: tuple[float,
     v_star = optimal_tokens(result.params["alpha"], result.params["beta"], text_tokens, *v_range)
     rows = []
     for c in budgets:
-        n_star = c / (2 * (text_tokens + v_star))
+        n_star = params_for_budget(c, text_tokens, v_star)
         rows.append(
             {
                 "text_tokens": text_tokens,
@@ -358,11 +376,18 @@ def _numeric_frontier(result, text_tokens, budgets, v_range) -> list[dict]:
     vs = np.geomspace(v_range[0], v_range[1], 400)
     rows = []
     for c in budgets:
-        ns = c / (2 * (text_tokens + vs))
+        ns = params_for_budget(c, text_tokens, vs)
         ys = predict(result.form, result.params, ns, vs, text_tokens)
         i = int(np.argmin(ys))
         rows.append(
-            {"text_tokens": text_tokens, "flops": float(c), "visual_tokens": float(vs[i]), "llm_params": float(ns[i]), "error": float(ys[i]), "method": "numeric"}
+            {
+                "text_tokens": text_tokens,
+                "flops": float(c),
+                "visual_tokens": float(vs[i]),
+                "llm_params": float(ns[i]),
+                "error": float(ys[i]),
+                "method": "numeric",
+            }
         )
     return rows
 
@@ -371,7 +396,7 @@ def best_trained_cells(table, text_tokens: int, budgets) -> list[dict]:
     """Among trained cells (rows with llm_params, visual_tokens, error), the best one within each budget."""
     rows = []
     for c in budgets:
-        inside = [r for r in table if 2 * r["llm_params"] * (text_tokens + r["visual_tokens"]) <= c]
+        inside = [r for r in table if paper_flops(r["llm_params"], text_tokens, r["visual_tokens"]) <= c]
         if inside:
             best = min(inside, key=lambda r: r["error"])
             rows.append({"text_tokens": text_tokens, "flops": float(c), **best, "method": "best_trained_cell"})

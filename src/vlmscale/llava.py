@@ -11,22 +11,21 @@ Every problem (unparsable JSON, a malformed record, a missing or corrupt image, 
 questions or answers) is collected, written to `data_report.json` and raised as one `DataError` that
 names the file and record, so nothing fails hours later in the middle of training.
 """
+
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-from vlmscale.data import Sample, benchmark_sample, conversation_samples
 from vlmscale.fileio import write_json
+from vlmscale.jobs import STAGES
+from vlmscale.samples import conversation_samples, read_benchmark, vocabulary
 
 MAX_LISTED = 10
 
 
 class DataError(ValueError):
     """The data set has problems; the message lists them (file, record, what is wrong)."""
-
-
-STAGES = ("stage1", "stage2")
 
 
 def stage_data(spec: dict, stage: str) -> dict:
@@ -38,11 +37,17 @@ def stage_data(spec: dict, stage: str) -> dict:
 def check_paths(spec: dict) -> list[str]:
     """Cheap checks at config load: the locations exist. Returns problems, each naming its key."""
     problems = []
-    keys = [("image_folder", "folder", spec.get("image_folder")), ("benchmark_folder", "folder", spec.get("benchmark_folder"))]
+    keys = [
+        ("image_folder", "folder", spec.get("image_folder")),
+        ("benchmark_folder", "folder", spec.get("benchmark_folder")),
+    ]
     for stage in STAGES:
         paths = stage_data(spec, stage)
         where = f"data.{stage}." if stage in spec else "data."
-        keys += [(f"{where}train_json", "file", paths["train_json"]), (f"{where}image_folder", "folder", paths["image_folder"])]
+        keys += [
+            (f"{where}train_json", "file", paths["train_json"]),
+            (f"{where}image_folder", "folder", paths["image_folder"]),
+        ]
     seen = set()
     for key, kind, value in keys:
         key = key if key.startswith("data.") else f"data.{key}"
@@ -74,18 +79,6 @@ def read_json_file(path: Path):
         raise DataError(f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
 
 
-def read_jsonl(path: Path, problems: list[str]) -> list[dict]:
-    rows = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError as exc:
-            problems.append(f"{path}:{number}: not valid JSON ({exc.msg})")
-    return rows
-
-
 def check_images(names: set[str], image_folder: Path, problems: list[str]) -> None:
     from PIL import Image, UnidentifiedImageError
 
@@ -101,28 +94,6 @@ def check_images(names: set[str], image_folder: Path, problems: list[str]) -> No
             problems.append(f"image {name}: corrupt or not an image ({exc})")
 
 
-def benchmark_samples(folder: Path, problems: list[str]) -> list[Sample]:
-    questions_path, answers_path = folder / "questions.jsonl", folder / "answers.jsonl"
-    for path in (questions_path, answers_path):
-        if not path.is_file():
-            problems.append(f"benchmark {folder.name}: {path} is missing")
-            return []
-    questions, answers = read_jsonl(questions_path, problems), read_jsonl(answers_path, problems)
-    if not questions:
-        problems.append(f"benchmark {folder.name}: {questions_path} has no questions")
-        return []
-    by_id = {a.get("question_id"): a.get("answer") for a in answers}
-    samples = []
-    for q in questions:
-        if not {"question_id", "image", "text"} <= set(q):
-            problems.append(f"benchmark {folder.name}: question {q.get('question_id')!r} needs question_id, image and text")
-        elif by_id.get(q["question_id"]) in (None, []):
-            problems.append(f"benchmark {folder.name}: question {q['question_id']!r} has no answer in {answers_path}")
-        else:
-            samples.append(benchmark_sample(q, by_id[q["question_id"]]))
-    return samples
-
-
 def prepare(spec: dict, out_dir: str | Path) -> dict:
     """Validate the whole data set; write data_report.json and, if it is clean, manifest.json."""
     out = Path(out_dir)
@@ -135,21 +106,26 @@ def prepare(spec: dict, out_dir: str | Path) -> dict:
         if source not in train:
             records = read_json_file(source[0])
             train[source] = conversation_samples(records, source[0], problems)
-            text_only += sum(isinstance(r, dict) and "image" not in r for r in records) if isinstance(records, list) else 0
+            text_only += (
+                sum(isinstance(r, dict) and "image" not in r for r in records) if isinstance(records, list) else 0
+            )
             check_images({s.image for s in train[source]}, source[1], problems)
             images |= {str(source[1] / s.image) for s in train[source]}
         stages[stage] = {"json": str(source[0]), "image_folder": str(source[1]), "n_samples": len(train[source])}
     benchmarks = {
-        folder.name: benchmark_samples(folder, problems)
-        for folder in sorted(Path(spec["benchmark_folder"]).resolve().iterdir()) if folder.is_dir()
+        folder.name: read_benchmark(folder, problems)
+        for folder in sorted(Path(spec["benchmark_folder"]).resolve().iterdir())
+        if folder.is_dir()
     }
     bench_images = {s.image for items in benchmarks.values() for s in items}
     check_images(bench_images, image_folder, problems)
     images |= {str(image_folder / name) for name in bench_images}
     all_train = [s for samples in train.values() for s in samples]
     report = {
-        "stages": stages, "image_folder": str(image_folder),
-        "n_train_samples": len(all_train), "n_images": len(images),
+        "stages": stages,
+        "image_folder": str(image_folder),
+        "n_train_samples": len(all_train),
+        "n_images": len(images),
         "benchmarks": {name: len(items) for name, items in benchmarks.items()},
         "multi_word_answers": sum(len(s.answer.split()) != 1 for s in all_train),
         "text_only_records_skipped": text_only,
@@ -159,28 +135,28 @@ def prepare(spec: dict, out_dir: str | Path) -> dict:
     if problems:
         listed = "\n  - ".join(problems[:MAX_LISTED])
         more = f"\n  ... and {len(problems) - MAX_LISTED} more" if len(problems) > MAX_LISTED else ""
-        raise DataError(f"{len(problems)} problems in the data set (all of them: {out / 'data_report.json'}):\n  - {listed}{more}")
+        raise DataError(
+            f"{len(problems)} problems in the data set (all of them: {out / 'data_report.json'}):\n  - {listed}{more}"
+        )
     return _write_manifest(out, spec, stages, image_folder, all_train, benchmarks, images)
 
 
 def _write_manifest(out, spec, stages, image_folder, train, benchmarks, images) -> dict:
-    words: set[str] = set()
-    for s in train + [s for items in benchmarks.values() for s in items]:
-        words.update(s.question.split())
-        words.update(s.answer.split())
     manifest = {
         "spec": spec,
         "source": "llava",
         "root": str(out.resolve()),
         "image_root": str(image_folder),
-        "train": {stage: {"json": info["json"], "image_folder": info["image_folder"]} for stage, info in stages.items()},
+        "train": {
+            stage: {"json": info["json"], "image_folder": info["image_folder"]} for stage, info in stages.items()
+        },
         "images": sorted(images),  # absolute: the stages' image folders may differ
         "n_train_samples": len(train),
         "benchmarks": {
             name: {"path": str(Path(spec["benchmark_folder"]).resolve() / name), "n_questions": len(items)}
             for name, items in benchmarks.items()
         },
-        "vocabulary": sorted(words),
+        "vocabulary": vocabulary(train + [s for items in benchmarks.values() for s in items]),
     }
     write_json(out / "manifest.json", manifest)
     return manifest

@@ -13,24 +13,57 @@
 
 Every metric returns {"accuracy": ..., ...}: `accuracy` is what the family error 1 - mean accuracy uses.
 """
+
 from __future__ import annotations
 
 import re
 from typing import Sequence
 
+from vlmscale.choices import METRICS
+
 # The VQA evaluation's normalisation tables (a faithful subset of the official script's).
 CONTRACTIONS = {
-    "aint": "ain't", "arent": "aren't", "cant": "can't", "couldnt": "couldn't", "didnt": "didn't",
-    "doesnt": "doesn't", "dont": "don't", "hadnt": "hadn't", "hasnt": "hasn't", "havent": "haven't",
-    "isnt": "isn't", "itd": "it'd", "itll": "it'll", "its": "it's", "shouldnt": "shouldn't", "thats": "that's",
-    "theres": "there's", "theyre": "they're", "wasnt": "wasn't", "werent": "weren't", "whats": "what's",
-    "wont": "won't", "wouldnt": "wouldn't", "youre": "you're",
+    "aint": "ain't",
+    "arent": "aren't",
+    "cant": "can't",
+    "couldnt": "couldn't",
+    "didnt": "didn't",
+    "doesnt": "doesn't",
+    "dont": "don't",
+    "hadnt": "hadn't",
+    "hasnt": "hasn't",
+    "havent": "haven't",
+    "isnt": "isn't",
+    "itd": "it'd",
+    "itll": "it'll",
+    "its": "it's",
+    "shouldnt": "shouldn't",
+    "thats": "that's",
+    "theres": "there's",
+    "theyre": "they're",
+    "wasnt": "wasn't",
+    "werent": "weren't",
+    "whats": "what's",
+    "wont": "won't",
+    "wouldnt": "wouldn't",
+    "youre": "you're",
 }
-NUMBER_WORDS = {"none": "0", "zero": "0", "one": "1", "two": "2", "three": "3", "four": "4", "five": "5",
-                "six": "6", "seven": "7", "eight": "8", "nine": "9", "ten": "10"}
+NUMBER_WORDS = {
+    "none": "0",
+    "zero": "0",
+    "one": "1",
+    "two": "2",
+    "three": "3",
+    "four": "4",
+    "five": "5",
+    "six": "6",
+    "seven": "7",
+    "eight": "8",
+    "nine": "9",
+    "ten": "10",
+}
 ARTICLES = {"a", "an", "the"}
-PUNCTUATION = [";", "/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_", "-", ">", "<", "@", "`", ",",
-               "?", "!"]
+PUNCTUATION = [";", "/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_", "-", ">", "<", "@", "`", ",", "?", "!"]
 _PERIOD_STRIP = re.compile(r"(?!<=\d)(\.)(?!\d)")
 _COMMA_STRIP = re.compile(r"(\d)(,)(\d)")
 
@@ -78,7 +111,7 @@ def exact_match(prediction: str, answer: str) -> float:
 
 
 _LETTER_PATTERNS = [
-    re.compile(r"^\s*\(?([A-Z])\)?(?:[.:)\s]|$)"),                        # "B", "(B)", "B.", "B: text"
+    re.compile(r"^\s*\(?([A-Z])\)?(?:[.:)\s]|$)"),  # "B", "(B)", "B.", "B: text"
     re.compile(r"answer(?: is|:)?\s*\(?([A-Z])\)?(?:[.:)\s]|$)", re.IGNORECASE),  # "The answer is B"
 ]
 
@@ -116,21 +149,27 @@ def yes_no_scores(predictions: Sequence[str], answers: Sequence[str]) -> dict:
     precision = tp / (tp + fp) if tp + fp else 0.0
     recall = tp / (tp + fn) if tp + fn else 0.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    return {"accuracy": (tp + tn) / len(truth), "precision": precision, "recall": recall, "f1": f1,
-            "yes_ratio": (tp + fp) / len(truth)}
+    return {
+        "accuracy": (tp + tn) / len(truth),
+        "precision": precision,
+        "recall": recall,
+        "f1": f1,
+        "yes_ratio": (tp + fp) / len(truth),
+    }
 
 
-METRICS = ("exact", "exact_match", "vqa", "multiple_choice", "yes_no")
-
-
-def score(metric: str, predictions: Sequence[str], references: Sequence, options: Sequence[Sequence[str]] | None = None) -> dict:
+def score(
+    metric: str, predictions: Sequence[str], references: Sequence, options: Sequence[Sequence[str]] | None = None
+) -> dict:
     """One benchmark's score. references: an answer per question (a list of annotator answers for vqa)."""
     if len(predictions) != len(references) or not predictions:
         raise ValueError(f"{metric}: {len(predictions)} predictions for {len(references)} references")
     if metric == "yes_no":
         return yes_no_scores(predictions, references)
     if metric == "vqa":
-        per = [vqa_soft_accuracy(p, r if isinstance(r, (list, tuple)) else [r]) for p, r in zip(predictions, references)]
+        per = [
+            vqa_soft_accuracy(p, r if isinstance(r, (list, tuple)) else [r]) for p, r in zip(predictions, references)
+        ]
     elif metric == "multiple_choice":
         opts = options or [()] * len(predictions)
         per = [multiple_choice(p, r, o) for p, r, o in zip(predictions, references, opts)]

@@ -3,6 +3,7 @@
 One code path for tiny and real models: the LM is any `AutoModelForCausalLM` (built from a config for
 the tiny grid, `from_pretrained` for a Hugging Face id or local folder) fed with `inputs_embeds`.
 """
+
 from __future__ import annotations
 
 import math
@@ -11,8 +12,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from vlmscale import choices
 
 # --------------------------------------------------------------------------- vision tower
+
 
 def build_vision_tower(spec: dict) -> nn.Module:
     """A tiny ViT from a transformers config (random init; pretrained once by vlmscale.vision)."""
@@ -40,10 +43,6 @@ def patch_features(tower: nn.Module, pixels: torch.Tensor) -> torch.Tensor:
 
 # --------------------------------------------------------------------------- compressor
 
-def valid_token_counts(patch_grid: int) -> list[int]:
-    """Visual-token counts the avgpool compressor can produce from a square patch grid: k*k, k <= grid."""
-    return [k * k for k in range(1, patch_grid + 1)]
-
 
 class AvgPoolCompressor(nn.Module):
     """Average-pool a square patch grid to a k x k grid (V = k^2 tokens); parameter-free baseline."""
@@ -70,8 +69,10 @@ def token_side(visual_tokens: int, patch_grid: int, name: str) -> int:
     side = math.isqrt(visual_tokens)
     if side * side != visual_tokens or patch_grid % side:
         divisors = [k * k for k in range(1, patch_grid + 1) if patch_grid % k == 0]
-        raise ValueError(f"the {name} compressor cannot make V={visual_tokens} tokens from a {patch_grid}x{patch_grid} "
-                         f"patch grid (sqrt(V) must divide {patch_grid}); choose from {divisors}")
+        raise ValueError(
+            f"the {name} compressor cannot make V={visual_tokens} tokens from a {patch_grid}x{patch_grid} "
+            f"patch grid (sqrt(V) must divide {patch_grid}); choose from {divisors}"
+        )
     return side
 
 
@@ -146,11 +147,14 @@ class QueCCCompressor(nn.Module):
 
 
 COMPRESSORS = {"avgpool": AvgPoolCompressor, "tokenpacker": TokenPackerCompressor, "quecc": QueCCCompressor}
+assert set(COMPRESSORS) == set(choices.COMPRESSORS), "vlmscale.choices.COMPRESSORS lists the implemented compressors"
 
 
-def build_compressor(name: str, visual_tokens: int, dim: int, patch_grid: int | None, text_dim: int | None) -> nn.Module:
+def build_compressor(
+    name: str, visual_tokens: int, dim: int, patch_grid: int | None, text_dim: int | None
+) -> nn.Module:
     if name not in COMPRESSORS:
-        raise ValueError(f"unknown compressor {name!r}; choose from {sorted(COMPRESSORS)}")
+        raise ValueError(f"unknown compressor {name!r}; choose from {list(choices.COMPRESSORS)}")
     if name == "avgpool":
         return AvgPoolCompressor(visual_tokens)
     if patch_grid is None:
@@ -181,6 +185,7 @@ class Projector(nn.Module):
 
 
 # --------------------------------------------------------------------------- language model
+
 
 def llm_config(spec: dict, vocab_size: int):
     """The LM's transformers config: built from the spec's keys (source 'config'), or read from the
@@ -230,6 +235,7 @@ def count_llm_params(llm: nn.Module) -> dict:
 
 # --------------------------------------------------------------------------- the VLM
 
+
 class VLM(nn.Module):
     """Compressor + projector + LM over (frozen) patch features.
 
@@ -237,8 +243,14 @@ class VLM(nn.Module):
     are replaced by the projected compressor output, so any chat template can place the image.
     """
 
-    def __init__(self, llm: nn.Module, vision_dim: int, visual_tokens: int, compressor: str = "avgpool",
-                 patch_grid: int | None = None):
+    def __init__(
+        self,
+        llm: nn.Module,
+        vision_dim: int,
+        visual_tokens: int,
+        compressor: str = "avgpool",
+        patch_grid: int | None = None,
+    ):
         super().__init__()
         text_dim = llm.get_input_embeddings().embedding_dim
         self.compressor = build_compressor(compressor, visual_tokens, vision_dim, patch_grid, text_dim)
@@ -291,19 +303,26 @@ class VLM(nn.Module):
         ids = torch.zeros(len(prompts), width, dtype=torch.long, device=batch.input_ids.device)
         mask = torch.zeros_like(ids)
         for i, p in enumerate(prompts):
-            ids[i, width - len(p):], mask[i, width - len(p):] = p, 1
+            ids[i, width - len(p) :], mask[i, width - len(p) :] = p, 1
         embeds = self.embed(ids, batch.features, batch.question_ids, batch.question_lengths)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        out = self.llm(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=True,
-                       logits_to_keep=1)
+        out = self.llm(
+            inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1
+        )
         tokens = [out.logits[:, -1].argmax(-1)]
         done = tokens[0] == eos_id if eos_id is not None else torch.zeros_like(tokens[0], dtype=torch.bool)
         while len(tokens) < max_new_tokens and not bool(done.all()):
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
             positions = positions[:, -1:] + 1
             step = self.llm.get_input_embeddings()(tokens[-1])[:, None]
-            out = self.llm(inputs_embeds=step, attention_mask=mask, position_ids=positions,
-                           past_key_values=out.past_key_values, use_cache=True, logits_to_keep=1)
+            out = self.llm(
+                inputs_embeds=step,
+                attention_mask=mask,
+                position_ids=positions,
+                past_key_values=out.past_key_values,
+                use_cache=True,
+                logits_to_keep=1,
+            )
             tokens.append(out.logits[:, -1].argmax(-1))
             done |= tokens[-1] == eos_id
         return torch.stack(tokens, dim=1).tolist()

@@ -1,6 +1,7 @@
 """Figures and the Markdown report: error vs inference FLOPs per LLM size with the fitted law and the
 compute-optimal frontier (the paper's Figure 1, for each text-token count Q), and tables a researcher
 can send."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -12,26 +13,40 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from vlmscale.aggregate import family_table  # noqa: E402
-from vlmscale.fileio import atomic_write_bytes, atomic_write_text, code_version, read_json  # noqa: E402
-from vlmscale.flops import paper_flops  # noqa: E402
 from vlmscale import law  # noqa: E402
+from vlmscale.aggregate import family_table  # noqa: E402
+from vlmscale.cost import paper_flops  # noqa: E402
+from vlmscale.fileio import atomic_write_bytes, atomic_write_text, code_version, read_json  # noqa: E402
 from vlmscale.law import FitResult  # noqa: E402
 
 
-def frontier_figure(table: pd.DataFrame, fit: FitResult, family: str, text_tokens: int, path: Path,
-                    reference: pd.DataFrame | None = None) -> Path:
+def frontier_figure(
+    table: pd.DataFrame,
+    fit: FitResult,
+    family: str,
+    text_tokens: int,
+    path: Path,
+    reference: pd.DataFrame | None = None,
+) -> Path:
     return _save(draw_frontier(table, fit, family, text_tokens, reference), path)
 
 
-def draw_frontier(table: pd.DataFrame, fit: FitResult, family: str, text_tokens: int,
-                  reference: pd.DataFrame | None = None):
+def draw_frontier(
+    table: pd.DataFrame, fit: FitResult, family: str, text_tokens: int, reference: pd.DataFrame | None = None
+):
     """Error vs FLOPs = 2N(Q+V): one curve per LLM size (marker size grows with V; bars: ±1 s.d. across
     seeds), fitted curves, frontier; optionally the paper's published cells (grey) on the same axes."""
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     if reference is not None:
-        ax.scatter(paper_flops(reference.llm_params, text_tokens, reference.visual_tokens), reference.error,
-                   s=12, color="0.6", marker="x", label="paper (Li et al. 2024), published cells", zorder=2)
+        ax.scatter(
+            paper_flops(reference.llm_params, text_tokens, reference.visual_tokens),
+            reference.error,
+            s=12,
+            color="0.6",
+            marker="x",
+            label="paper (Li et al. 2024), published cells",
+            zorder=2,
+        )
     v_min, v_max = table.visual_tokens.min(), table.visual_tokens.max()
     colours = plt.cm.viridis(np.linspace(0, 0.9, table.llm_params.nunique()))
     for colour, (n, group) in zip(colours, table.groupby("llm_params")):
@@ -40,19 +55,32 @@ def draw_frontier(table: pd.DataFrame, fit: FitResult, family: str, text_tokens:
         sizes = 20 + 80 * np.log2(group.visual_tokens) / max(1, np.log2(v_max))
         ax.scatter(x, group.error, s=sizes, color=colour, label=f"{group.llm.iloc[0]} ({n:.3g} params)", zorder=3)
         if "n_seeds" in group and group.n_seeds.max() > 1:  # the spread across seeds: ±1 standard deviation
-            ax.errorbar(x, group.error, yerr=group.error_sd, fmt="none", ecolor=colour, elinewidth=1, capsize=2, zorder=3)
+            ax.errorbar(
+                x, group.error, yerr=group.error_sd, fmt="none", ecolor=colour, elinewidth=1, capsize=2, zorder=3
+            )
         vs = np.geomspace(v_min, v_max, 100)
         ax.plot(paper_flops(n, text_tokens, vs), fit.predict(np.full_like(vs, n), vs), color=colour, lw=1, alpha=0.7)
-    budgets = np.geomspace(paper_flops(table.llm_params.min(), text_tokens, v_min),
-                           paper_flops(table.llm_params.max(), text_tokens, v_max), 60)
-    ax.plot(budgets, [_best_on_budget(fit, c, text_tokens, v_min, v_max) for c in budgets], "k--", lw=1.5,
-            label="compute-optimal frontier (law)")
+    budgets = np.geomspace(
+        paper_flops(table.llm_params.min(), text_tokens, v_min),
+        paper_flops(table.llm_params.max(), text_tokens, v_max),
+        60,
+    )
+    ax.plot(
+        budgets,
+        [row["error"] for row in law.frontier(fit, text_tokens, budgets, (v_min, v_max))],
+        "k--",
+        lw=1.5,
+        label="compute-optimal frontier (law)",
+    )
     _log_axis(ax)
     ax.set_xlabel(f"inference FLOPs = 2·N·(Q+V), Q = {text_tokens}")
     ax.set_ylabel(f"{family} error (1 − mean accuracy)")
     untrusted = " — not to be trusted" if law.trust_problems(fit) else ""
-    ax.set_title(f"{family}: α={fit.params.get('alpha', float('nan')):.3f}, β={fit.params.get('beta', float('nan')):.3f}, "
-                 f"R²={fit.r2:.2f}{untrusted}", fontsize=10)
+    ax.set_title(
+        f"{family}: α={fit.params.get('alpha', float('nan')):.3f}, β={fit.params.get('beta', float('nan')):.3f}, "
+        f"R²={fit.r2:.2f}{untrusted}",
+        fontsize=10,
+    )
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -106,12 +134,6 @@ def optimal_tokens_figure(fits: dict[str, FitResult], v_range: tuple[float, floa
     return _save(fig, path)
 
 
-def _best_on_budget(fit: FitResult, budget: float, q: int, v_min: float, v_max: float) -> float:
-    vs = np.geomspace(v_min, v_max, 200)
-    ns = budget / (2 * (q + vs))
-    return float(np.min(fit.predict(ns, vs)))
-
-
 def _save(fig, path: Path) -> Path:
     import io
 
@@ -121,36 +143,69 @@ def _save(fig, path: Path) -> Path:
     return atomic_write_bytes(path, buffer.getvalue())
 
 
-def markdown_report(grid: pd.DataFrame, fits: dict[str, FitResult], frontier: pd.DataFrame, figures: list[Path],
-                    reference: dict | None, out: Path) -> str:
-    lines = ["# vlmscale report", "", f"Code version `{code_version()}`; config hashes per cell in the table below.", ""]
+def markdown_report(
+    grid: pd.DataFrame,
+    fits: dict[str, FitResult],
+    frontier: pd.DataFrame,
+    figures: list[Path],
+    reference: dict | None,
+    out: Path,
+) -> str:
+    lines = [
+        "# vlmscale report",
+        "",
+        f"Code version `{code_version()}`; config hashes per cell in the table below.",
+        "",
+    ]
     lines += _law_table(fits)
     if reference:
-        lines += ["", "## The paper's published grid (visual reasoning), refitted by the same engine", "",
-                  f"α = {reference['alpha']:.4f}, β = {reference['beta']:.4f}, SSE = {reference['sse']:.3g} "
-                  f"(the paper reports α ≈ 0.077, β ≈ 0.015; its exponents reach SSE = {reference['paper_sse']:.3g} on the same table)."]
+        lines += [
+            "",
+            "## The paper's published grid (visual reasoning), refitted by the same engine",
+            "",
+            f"α = {reference['alpha']:.4f}, β = {reference['beta']:.4f}, SSE = {reference['sse']:.3g} "
+            f"(the paper reports α ≈ 0.077, β ≈ 0.015; its exponents reach SSE = {reference['paper_sse']:.3g} "
+            "on the same table).",
+        ]
     lines += ["", "## Compute-optimal frontier", ""] + _frontier_section(fits, frontier) + ["## Figures", ""]
     lines += [f"![{f.stem}](figures/{f.name})" for f in figures]
     lines += ["", "## Family error per cell (mean ± s.d. across seeds)", "", _family_error_table(grid), ""]
     lines += ["", "## Per-cell accuracy (mean over seeds)", "", _per_cell_table(grid), ""]
-    hashes = grid.groupby("cell").agg(config_hash=("config_hash", "first"), train_seconds=("train_seconds", "first"),
-                                      flops_q0=("flops_paper_q0", "first")).reset_index()
-    lines += ["## How each number was produced", "", "Each cell's config hash identifies its resolved spec (see its train.json and MLflow run).", "",
-              hashes.to_markdown(index=False, floatfmt=".4g"), ""]
+    hashes = (
+        grid.groupby("cell")
+        .agg(
+            config_hash=("config_hash", "first"),
+            train_seconds=("train_seconds", "first"),
+            flops_q0=("flops_paper_q0", "first"),
+        )
+        .reset_index()
+    )
+    lines += [
+        "## How each number was produced",
+        "",
+        "Each cell's config hash identifies its resolved spec (see its train.json and MLflow run).",
+        "",
+        hashes.to_markdown(index=False, floatfmt=".4g"),
+        "",
+    ]
     text = "\n".join(lines) + "\n"
     atomic_write_text(out, text)
     return text
 
 
 def _law_table(fits: dict[str, FitResult]) -> list[str]:
-    lines = ["## Fitted laws: Y(N, V) = K·N^-α·V^-β + D", "",
-             "| family | α | β | α/β | K | D | R² | SSE | status | held-out largest LLM: mean (max) abs. error |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "## Fitted laws: Y(N, V) = K·N^-α·V^-β + D",
+        "",
+        "| family | α | β | α/β | K | D | R² | SSE | status | held-out largest LLM: mean (max) abs. error |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for family, fit in fits.items():
         p, ci, held = fit.params, fit.ci, fit.heldout
         ratio = p["alpha"] / p["beta"] if p.get("beta") else float("inf")
         lines.append(
-            f"| {family} | {_ci(p['alpha'], ci.get('alpha'))} | {_ci(p['beta'], ci.get('beta'))} | {ratio:.2f} | {p.get('K', float('nan')):.4g} | "
+            f"| {family} | {_ci(p['alpha'], ci.get('alpha'))} | {_ci(p['beta'], ci.get('beta'))} | {ratio:.2f} | "
+            f"{p.get('K', float('nan')):.4g} | "
             f"{p.get('D', float('nan')):.4g} | {fit.r2:.3f} | {fit.sse:.3g} | {fit.status} | {_heldout_text(held)} |"
         )
     return lines
@@ -162,7 +217,10 @@ def _heldout_text(held: dict) -> str:
         return held.get("reason", "not run")
     text = f"{held['mean_abs_error']:.3f} ({held.get('max_abs_error', float('nan')):.3f})"
     if held.get("mean_abs_rel_error") is not None:
-        text += f"; {held['mean_abs_rel_error']:.1%} relative over the {held['rel_error_cells']} cells with error ≥ {law.RELATIVE_ERROR_FLOOR}"
+        text += (
+            f"; {held['mean_abs_rel_error']:.1%} relative over the {held['rel_error_cells']} cells "
+            f"with error ≥ {law.RELATIVE_ERROR_FLOOR}"
+        )
     return text
 
 
@@ -173,11 +231,17 @@ def _frontier_section(fits: dict[str, FitResult], frontier: pd.DataFrame) -> lis
     untrusted = {family: law.trust_problems(fit) for family, fit in fits.items()}
     for family, problems in untrusted.items():
         if problems:
-            lines += [f"> **Warning — do not read the {family} frontier as an answer.** " + "; ".join(problems) + ".", ""]
+            lines += [
+                f"> **Warning — do not read the {family} frontier as an answer.** " + "; ".join(problems) + ".",
+                "",
+            ]
     for family, fit in fits.items():
         if law.cautions(fit) and not untrusted[family]:
-            lines += [f"> **Caution — {family}:** " + "; ".join(law.cautions(fit)) + ". V* does not depend on "
-                      "the floor, but the exponents were fitted with it held at 0.", ""]
+            lines += [
+                f"> **Caution — {family}:** " + "; ".join(law.cautions(fit)) + ". V* does not depend on "
+                "the floor, but the exponents were fitted with it held at 0.",
+                "",
+            ]
     lines += ["V* = β·Q/(α−β) when α > β, otherwise the largest V; N* = C / (2(Q+V*)).", ""]
     for family, fit in fits.items():
         if untrusted[family]:
@@ -185,14 +249,19 @@ def _frontier_section(fits: dict[str, FitResult], frontier: pd.DataFrame) -> lis
             continue
         v_stars = ", ".join(f"V*(Q={int(q)}) = {v:.3g}" for q, v in _v_star_by_q(frontier, family))
         lines.append(f"- {family}: {v_stars} (α = {fit.params['alpha']:.3f}, β = {fit.params['beta']:.3f}).")
-    shown = frontier[~frontier.family.isin([f for f, p in untrusted.items() if p])] if "family" in frontier else frontier
+    shown = (
+        frontier[~frontier.family.isin([f for f, p in untrusted.items() if p])] if "family" in frontier else frontier
+    )
     lines += ["", shown.to_markdown(index=False, floatfmt=".4g") if len(shown) else "(no trusted frontier)", ""]
     return lines
 
 
 def _v_star_by_q(frontier: pd.DataFrame, family: str) -> list[tuple[float, float]]:
-    rows = frontier[(frontier.get("family") == family) & (frontier.method != "best_trained_cell")] \
-        if "family" in frontier else frontier[frontier.method != "best_trained_cell"]
+    rows = (
+        frontier[(frontier.get("family") == family) & (frontier.method != "best_trained_cell")]
+        if "family" in frontier
+        else frontier[frontier.method != "best_trained_cell"]
+    )
     return [(q, float(g.visual_tokens.iloc[0])) for q, g in rows.groupby("text_tokens")]
 
 
@@ -200,9 +269,15 @@ def _family_error_table(grid: pd.DataFrame) -> str:
     """Rows: LLM; columns: family and V; each entry the family error's mean ± s.d. over seeds."""
     seeds = grid["seed"] if "seed" in grid else 0
     per_seed = grid.assign(seed=seeds).groupby(["family", "llm", "llm_params", "visual_tokens", "seed"]).error.mean()
-    stats = per_seed.groupby(["family", "llm", "llm_params", "visual_tokens"]).agg(["mean", "std", "count"]).reset_index()
-    stats["text"] = [f"{m:.3f} ± {sd:.3f}" if c > 1 else f"{m:.3f}" for m, sd, c in zip(stats["mean"], stats["std"], stats["count"])]
-    table = stats.pivot_table(index=["llm", "llm_params"], columns=["family", "visual_tokens"], values="text", aggfunc="first")
+    stats = (
+        per_seed.groupby(["family", "llm", "llm_params", "visual_tokens"]).agg(["mean", "std", "count"]).reset_index()
+    )
+    stats["text"] = [
+        f"{m:.3f} ± {sd:.3f}" if c > 1 else f"{m:.3f}" for m, sd, c in zip(stats["mean"], stats["std"], stats["count"])
+    ]
+    table = stats.pivot_table(
+        index=["llm", "llm_params"], columns=["family", "visual_tokens"], values="text", aggfunc="first"
+    )
     table = table.sort_index(level="llm_params")
     table.columns = [f"{family} V={v}" for family, v in table.columns]
     return table.reset_index().to_markdown(index=False)

@@ -4,6 +4,7 @@ States: done (train, eval and FLOP files present, trained for the current spec),
 another spec: the next run retrains it), running (a training log that is still growing), failed (the
 training log ends in an error), not started. Running cells show their last step and job id.
 """
+
 from __future__ import annotations
 
 import json
@@ -47,7 +48,11 @@ def cell_state(cfg: dict, cell: vcfg.Cell, running_window_s: float = 120.0) -> d
     job_log = Path(job.group(3)) if job else None
     progress_text = text + (_tail(job_log) if job_log else "")
     steps = PROGRESS.findall(progress_text)
-    info = {"cell": cell.id, "job": job.group(1) if job else "", "step": f"{steps[-1][0]} {steps[-1][1]}/{steps[-1][2]}" if steps else ""}
+    info = {
+        "cell": cell.id,
+        "job": job.group(1) if job else "",
+        "step": f"{steps[-1][0]} {steps[-1][1]}/{steps[-1][2]}" if steps else "",
+    }
     train_json = cell_dir / "train.json"
     if train_json.exists():
         trained = json.loads(train_json.read_text())

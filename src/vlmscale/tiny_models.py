@@ -6,6 +6,7 @@ with `save_pretrained`. Pointing `configs/paper.yaml`'s sources at these folders
 structure end to end offline: `from_pretrained`, the chat template, the image processor, the feature
 layer, all as on a cluster, in seconds on a CPU.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -28,42 +29,72 @@ def save_tokenizer(folder: str | Path, texts: list[str], vocab_size: int = 512):
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
     bpe.train_from_iterator(texts, trainer)
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|im_end|>", pad_token="<|endoftext|>",
-                                        chat_template=CHATML)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=bpe, eos_token="<|im_end|>", pad_token="<|endoftext|>", chat_template=CHATML
+    )
     tokenizer.save_pretrained(folder)
     return tokenizer
 
 
-def save_tiny_qwen2(folder: str | Path, texts: list[str], hidden_size: int = 32, intermediate_size: int = 64,
-                    num_layers: int = 2, num_heads: int = 4, seed: int = 0) -> Path:
+def save_tiny_qwen2(
+    folder: str | Path,
+    texts: list[str],
+    hidden_size: int = 32,
+    intermediate_size: int = 64,
+    num_layers: int = 2,
+    num_heads: int = 4,
+    seed: int = 0,
+) -> Path:
     """A randomly initialised Qwen2ForCausalLM (untied head, as Qwen-1.5) plus its tokenizer."""
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     tokenizer = save_tokenizer(folder, texts)
-    config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=intermediate_size,
-                         num_hidden_layers=num_layers, num_attention_heads=num_heads, num_key_value_heads=num_heads,
-                         max_position_embeddings=1024, tie_word_embeddings=False,
-                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    config = Qwen2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        num_key_value_heads=num_heads,
+        max_position_embeddings=1024,
+        tie_word_embeddings=False,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     torch.manual_seed(seed)
     Qwen2ForCausalLM(config).save_pretrained(folder)
     return Path(folder)
 
 
-def save_tiny_clip(folder: str | Path, image_size: int = 24, patch_size: int = 4, hidden_size: int = 32,
-                   num_layers: int = 3, num_heads: int = 4, seed: int = 0) -> Path:
+def save_tiny_clip(
+    folder: str | Path,
+    image_size: int = 24,
+    patch_size: int = 4,
+    hidden_size: int = 32,
+    num_layers: int = 3,
+    num_heads: int = 4,
+    seed: int = 0,
+) -> Path:
     """A randomly initialised CLIPVisionModel and a CLIP image processor for its input size."""
     import torch
     from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
 
-    config = CLIPVisionConfig(image_size=image_size, patch_size=patch_size, hidden_size=hidden_size,
-                              intermediate_size=4 * hidden_size, num_hidden_layers=num_layers,
-                              num_attention_heads=num_heads)
+    config = CLIPVisionConfig(
+        image_size=image_size,
+        patch_size=patch_size,
+        hidden_size=hidden_size,
+        intermediate_size=4 * hidden_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+    )
     torch.manual_seed(seed)
     CLIPVisionModel(config).save_pretrained(folder)
-    CLIPImageProcessor(size={"shortest_edge": image_size},
-                       crop_size={"height": image_size, "width": image_size}).save_pretrained(folder)
+    CLIPImageProcessor(
+        size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
+    ).save_pretrained(folder)
     return Path(folder)

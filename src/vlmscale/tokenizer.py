@@ -12,6 +12,7 @@ Both codecs lay a sample out the same way, so training, evaluation and the FLOP 
   splits it into prefix and prompt; the answer is followed by the tokenizer's end-of-turn token, which
   is also where greedy decoding stops.
 """
+
 from __future__ import annotations
 
 import torch
@@ -66,10 +67,15 @@ class ChatTokenizer:
 
         self.tok = AutoTokenizer.from_pretrained(source)
         if not self.tok.chat_template:
-            raise ValueError(f"the tokenizer of {source!r} has no chat template; name one that has (e.g. the "
-                             f"chat variant's) in llms[].tokenizer, or add a chat_template to its tokenizer_config.json")
-        self.eos_id = self.tok.convert_tokens_to_ids("<|im_end|>") if "<|im_end|>" in self.tok.get_vocab() \
+            raise ValueError(
+                f"the tokenizer of {source!r} has no chat template; name one that has (e.g. the "
+                f"chat variant's) in llms[].tokenizer, or add a chat_template to its tokenizer_config.json"
+            )
+        self.eos_id = (
+            self.tok.convert_tokens_to_ids("<|im_end|>")
+            if "<|im_end|>" in self.tok.get_vocab()
             else self.tok.eos_token_id
+        )
         self.pad_id = self.tok.pad_token_id if self.tok.pad_token_id is not None else self.eos_id
 
     def __len__(self) -> int:
@@ -79,8 +85,9 @@ class ChatTokenizer:
         return self.tok(text, add_special_tokens=False)["input_ids"]
 
     def layout(self, question: str) -> tuple[list[int], list[int]]:
-        text = self.tok.apply_chat_template([{"role": "user", "content": f"<image>\n{question}"}],
-                                            add_generation_prompt=True, tokenize=False)
+        text = self.tok.apply_chat_template(
+            [{"role": "user", "content": f"<image>\n{question}"}], add_generation_prompt=True, tokenize=False
+        )
         before, after = text.split("<image>", 1)
         return self._ids(before), self._ids(after)
 

@@ -4,14 +4,16 @@ The JSON files are the source of truth; MLflow is the browsing view. Logging fai
 cell: they are reported on stderr and `vlmscale track-sync` (the workflow's last rule) replays every
 cell's results into its run.
 """
+
 from __future__ import annotations
 
 import os
 import sys
 from pathlib import Path
 
+from vlmscale.identity import OLD_RUN_KEY_TAG, RUN_KEY_TAG
+
 CELL_TAG = "vlmscale.cell"
-HASH_TAG = "vlmscale.config_hash"
 GRID_TAG = "vlmscale.grid"
 PARENT_TAG = "vlmscale.parent"
 NOTE_TAG = "mlflow.note.content"  # a run's or experiment's description, Markdown, shown by the UI
@@ -82,48 +84,56 @@ def parent_run_id(client, experiment_id: str, grid: str) -> str:
 def cell_run(client, experiment_id: str, grid: str, cell: str, key: str, tags: dict) -> tuple[str, bool]:
     """The run of `cell` for its current key: found (a resumed or replayed cell continues it) or created
     under the grid's parent, tagging the cell's older runs as superseded. Returns (run_id, created)."""
-    same = find_runs(client, experiment_id, {CELL_TAG: cell, HASH_TAG: key, GRID_TAG: grid})
+    same = [
+        run
+        for tag in (RUN_KEY_TAG, OLD_RUN_KEY_TAG)
+        for run in find_runs(client, experiment_id, {CELL_TAG: cell, tag: key, GRID_TAG: grid})
+    ]
     if same:
         return same[0].info.run_id, False
     for old in find_runs(client, experiment_id, {CELL_TAG: cell, GRID_TAG: grid}):
         client.set_tag(old.info.run_id, "vlmscale.superseded", "true")
     parent = parent_run_id(client, experiment_id, grid)
-    tags = {**tags, CELL_TAG: cell, HASH_TAG: key, GRID_TAG: grid, "mlflow.parentRunId": parent}
+    tags = {**tags, CELL_TAG: cell, RUN_KEY_TAG: key, GRID_TAG: grid, "mlflow.parentRunId": parent}
     return client.create_run(experiment_id, run_name=cell, tags=tags).info.run_id, True
 
 
 class CellTracker:
     """Context manager for a cell's run; resumes the run of the same cell and spec after a requeue."""
 
-    def __init__(self, uri: str, experiment: str, grid: str, cell: str, config_hash: str, params: dict, tags: dict):
+    def __init__(self, uri: str, experiment: str, grid: str, cell: str, key: str, params: dict, tags: dict):
         self.uri, self.experiment, self.grid = uri, experiment, grid
-        self.cell, self.config_hash, self.params, self.tags = cell, config_hash, params, tags
+        self.cell, self.run_key, self.params, self.tags = cell, key, params, tags
         self.client = None
         self.run_id: str | None = None
 
     @classmethod
-    def for_cell(cls, cfg: dict) -> "CellTracker":
+    def for_cell(cls, spec: dict, tracking: dict, key: str, executor: str = "inline") -> "CellTracker":
+        """The tracker of a cell's training job; `key` is the cell's run key (vlmscale.identity)."""
         from vlmscale.fileio import code_version
-        from vlmscale.train import cell_key
+        from vlmscale.launch import current_job
 
-        spec, tracking = cfg["spec"], cfg.get("tracking") or {}
         tags = {
             "llm": spec["llm"]["name"],
             "visual_tokens": str(spec["visual_tokens"]),
             "seed": str(spec["train"]["seed"]),
             "code_version": code_version(),
-            "executor": cfg.get("executor", "inline"),
+            "executor": executor,
             "slurm_job_id": os.environ.get("SLURM_JOB_ID", ""),
             "flop_convention": "2*N*(Q+V)",
         }
-        from vlmscale.launch import current_job
-
         job = current_job()
         if job:
             tags.update(job_id=job["job_id"], job_log=job["stdout"])
+        tracking = tracking or {}
         return cls(
-            tracking.get("uri", ""), tracking.get("experiment", "vlmscale"), tracking.get("grid", "grid"),
-            spec["cell"], cell_key(spec), flatten(spec), tags,
+            tracking.get("uri", ""),
+            tracking.get("experiment", "vlmscale"),
+            tracking.get("grid", "grid"),
+            spec["cell"],
+            key,
+            flatten(spec),
+            tags,
         )
 
     def __enter__(self) -> "CellTracker":
@@ -139,7 +149,7 @@ class CellTracker:
 
     def _start(self) -> str:
         exp = ensure_experiment(self.client, self.experiment)
-        run_id, created = cell_run(self.client, exp, self.grid, self.cell, self.config_hash, self.tags)
+        run_id, created = cell_run(self.client, exp, self.grid, self.cell, self.run_key, self.tags)
         if not created:  # resumed (requeue, restart): point the run at the job doing the work now
             for key in ("slurm_job_id", "job_id", "job_log", "executor"):
                 if self.tags.get(key):

@@ -3,6 +3,7 @@
 Runs once, as the workflow's last rule: evaluation and FLOP jobs stay free of MLflow (fast, and immune to
 a store that is down), and anything a training job could not log is filled in here.
 """
+
 from __future__ import annotations
 
 import time
@@ -21,10 +22,16 @@ def cell_metrics(rows: pd.DataFrame) -> dict:
     metrics = {f"eval/{r.benchmark}/accuracy": r.accuracy for r in rows.itertuples()}
     metrics.update({f"eval/family/{fam}/error": 1 - g.accuracy.mean() for fam, g in rows.groupby("family")})
     metrics.update({f"error_{fam}": 1 - g.accuracy.mean() for fam, g in rows.groupby("family")})
-    metrics.update({f"flops_q{k[len('flops_paper_q'):]}": float(v) for k, v in first.items()
-                    if k.startswith("flops_paper_q") and pd.notna(v)})
-    metrics.update({k: float(v) for k, v in first.items()
-                    if k.startswith(("flops_", "prefill_latency_ms")) and pd.notna(v)})  # latency: null when not measured
+    metrics.update(
+        {
+            f"flops_q{k[len('flops_paper_q') :]}": float(v)
+            for k, v in first.items()
+            if k.startswith("flops_paper_q") and pd.notna(v)
+        }
+    )
+    metrics.update(
+        {k: float(v) for k, v in first.items() if k.startswith(("flops_", "prefill_latency_ms")) and pd.notna(v)}
+    )  # latency: null when not measured
     metrics["llm_params"] = float(first.llm_params)
     return metrics
 
@@ -33,27 +40,40 @@ def cell_description(rows: pd.DataFrame) -> str:
     """One line: the cell, its family errors and its inference cost."""
     first = rows.iloc[0]
     errors = ", ".join(f"{fam} error {1 - g.accuracy.mean():.3f}" for fam, g in rows.groupby("family"))
-    flops = ", ".join(f"{float(v):.3g} at Q = {k[len('flops_paper_q'):]}" for k, v in first.items()
-                      if k.startswith("flops_paper_q") and pd.notna(v))
+    flops = ", ".join(
+        f"{float(v):.3g} at Q = {k[len('flops_paper_q') :]}"
+        for k, v in first.items()
+        if k.startswith("flops_paper_q") and pd.notna(v)
+    )
     seed = f", seed {int(first.seed)}" if "seed" in first else ""
-    return (f"**{first.llm}** ({float(first.llm_params):.3g} parameters), V = {int(first.visual_tokens)}{seed}: "
-            f"{errors}; inference FLOPs 2·N·(Q+V) {flops}.")
+    return (
+        f"**{first.llm}** ({float(first.llm_params):.3g} parameters), V = {int(first.visual_tokens)}{seed}: "
+        f"{errors}; inference FLOPs 2·N·(Q+V) {flops}."
+    )
 
 
 def experiment_description(grid: pd.DataFrame, name: str) -> str:
     seeds = grid.seed.nunique() if "seed" in grid else 1
-    return (f"vlmscale grid `{name}`: {grid.llm.nunique()} LLMs × V ∈ {{{', '.join(map(str, sorted(grid.visual_tokens.unique())))}}}"
-            f" × {seeds} seed(s); families: {', '.join(sorted(grid.family.unique()))}. The parent run "
-            f"`grid:{name}` holds the fitted laws, the frontier and the figures.")
+    return (
+        f"vlmscale grid `{name}`: {grid.llm.nunique()} LLMs × "
+        f"V ∈ {{{', '.join(map(str, sorted(grid.visual_tokens.unique())))}}}"
+        f" × {seeds} seed(s); families: {', '.join(sorted(grid.family.unique()))}. The parent run "
+        f"`grid:{name}` holds the fitted laws, the frontier and the figures."
+    )
 
 
-def grid_description(laws: dict[str, dict], v_range: tuple[float, float], figures: list[str], exp: str, parent: str) -> str:
+def grid_description(
+    laws: dict[str, dict], v_range: tuple[float, float], figures: list[str], exp: str, parent: str
+) -> str:
     """The parent run's description: the law per family, V*, the held-out check, warnings, figure links."""
     from vlmscale import law
 
-    lines = ["### Y(N, V) = K·N^-α·V^-β + D", "",
-             "| family | α [95 % CI] | β [95 % CI] | R² | V*(Q=0) | V*(Q=50) | held-out largest LLM: mean abs. error |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        "### Y(N, V) = K·N^-α·V^-β + D",
+        "",
+        "| family | α [95 % CI] | β [95 % CI] | R² | V*(Q=0) | V*(Q=50) | held-out largest LLM: mean abs. error |",
+        "|---|---|---|---|---|---|---|",
+    ]
     notes = []
     for family, fit in laws.items():
         p, ci = fit["params"], fit.get("ci", {})
@@ -61,13 +81,25 @@ def grid_description(laws: dict[str, dict], v_range: tuple[float, float], figure
         problems = law.trust_problems(result)
         stars = [law.optimal_tokens(p["alpha"], p["beta"], q, *v_range) for q in (0, 50)]
         star_text = ["not to be trusted"] * 2 if problems else [f"{v:.3g}" for v in stars]
-        lines.append(f"| {family} | {_with_ci(p['alpha'], ci.get('alpha'))} | {_with_ci(p['beta'], ci.get('beta'))} | "
-                     f"{fit['r2']:.3f} | {star_text[0]} | {star_text[1]} | "
-                     f"{fit.get('heldout', {}).get('mean_abs_error', float('nan')):.3f} |")
-        notes += [f"- **Warning, {family}:** {w}" for w in problems] + [f"- {family}: {w}" for w in law.cautions(result)]
+        lines.append(
+            f"| {family} | {_with_ci(p['alpha'], ci.get('alpha'))} | {_with_ci(p['beta'], ci.get('beta'))} | "
+            f"{fit['r2']:.3f} | {star_text[0]} | {star_text[1]} | "
+            f"{fit.get('heldout', {}).get('mean_abs_error', float('nan')):.3f} |"
+        )
+        notes += [f"- **Warning, {family}:** {w}" for w in problems] + [
+            f"- {family}: {w}" for w in law.cautions(result)
+        ]
     links = [f"[{name}](#/experiments/{exp}/runs/{parent}/artifactPath/figures/{name})" for name in figures]
-    lines += [""] + notes + ["", "Figures: " + ", ".join(links), "",
-                             "The whole grid, one row per cell × benchmark: artifact `grid_table.json`."]
+    lines += (
+        [""]
+        + notes
+        + [
+            "",
+            "Figures: " + ", ".join(links),
+            "",
+            "The whole grid, one row per cell × benchmark: artifact `grid_table.json`.",
+        ]
+    )
     return "\n".join(lines)
 
 
@@ -78,8 +110,12 @@ def _with_ci(value: float, interval) -> str:
 def ensure_cell_run(client, exp: str, grid: str, row, cell_dir: Path) -> str:
     """The cell's run for its current key; created here, with its training history, when the training
     job could not reach the store."""
-    tags = {"llm": row.llm, "visual_tokens": str(row.visual_tokens), "seed": str(getattr(row, "seed", 0)),
-            "vlmscale.replayed": "true"}
+    tags = {
+        "llm": row.llm,
+        "visual_tokens": str(row.visual_tokens),
+        "seed": str(getattr(row, "seed", 0)),
+        "vlmscale.replayed": "true",
+    }
     run_id, created = track.cell_run(client, exp, grid, row.cell, row.run_key, tags)
     if created:
         replay_training(client, run_id, read_json(cell_dir / "train.json"))
@@ -94,10 +130,14 @@ def replay_training(client, run_id: str, trained: dict) -> None:
     metrics = []
     for h in trained["history"]:
         step = h["step"] + (first_stage_steps if h["stage"] == "stage2" else 0)
-        metrics += [Metric(f"{h['stage']}/loss", h["loss"], now, step),
-                    Metric(f"{h['stage']}/train_accuracy", h["train_accuracy"], now, step)]
-    metrics += [Metric("train_seconds", trained["train_seconds"], now, 0),
-                Metric("final_loss", trained["final_loss"] or 0.0, now, 0)]
+        metrics += [
+            Metric(f"{h['stage']}/loss", h["loss"], now, step),
+            Metric(f"{h['stage']}/train_accuracy", h["train_accuracy"], now, step),
+        ]
+    metrics += [
+        Metric("train_seconds", trained["train_seconds"], now, 0),
+        Metric("final_loss", trained["final_loss"] or 0.0, now, 0),
+    ]
     for i in range(0, len(metrics), 500):
         client.log_batch(run_id, metrics=metrics[i : i + 500])
     params = [Param("config_hash", trained["config_hash"]), Param("llm_params", str(trained["llm_params"]["total"]))]
@@ -127,12 +167,19 @@ def main(cfg: dict) -> dict:
         synced[cell] = run_id
     parent = track.parent_run_id(client, exp, tracking["grid"])
     log_grid_summary(client, exp, parent, grid, results, Path(cfg["report_dir"]), now)
-    summary = {"experiment_id": exp, "parent_run_id": parent, "cell_runs": synced, "uri": track.resolve_uri(tracking["uri"])}
+    summary = {
+        "experiment_id": exp,
+        "parent_run_id": parent,
+        "cell_runs": synced,
+        "uri": track.resolve_uri(tracking["uri"]),
+    }
     write_json(cfg["out"], summary)
     return summary
 
 
-def log_grid_summary(client, exp: str, parent: str, grid: pd.DataFrame, results: Path, report_dir: Path, now: int) -> None:
+def log_grid_summary(
+    client, exp: str, parent: str, grid: pd.DataFrame, results: Path, report_dir: Path, now: int
+) -> None:
     """On the parent run: figures, report, the grid as a table, the law metrics and a description."""
     from mlflow.entities import Metric
 
@@ -141,8 +188,11 @@ def log_grid_summary(client, exp: str, parent: str, grid: pd.DataFrame, results:
     client.log_table(parent, data=grid, artifact_file="grid_table.json")
     laws = {path.stem: read_json(path) for path in sorted((results / "law").glob("*.json"))}
     for family, fit in laws.items():
-        client.log_batch(parent, metrics=[Metric(f"law/{family}/{k}", float(v), now, 0) for k, v in fit["params"].items()]
-                         + [Metric(f"law/{family}/r2", float(fit["r2"]), now, 0)])
+        client.log_batch(
+            parent,
+            metrics=[Metric(f"law/{family}/{k}", float(v), now, 0) for k, v in fit["params"].items()]
+            + [Metric(f"law/{family}/r2", float(fit["r2"]), now, 0)],
+        )
     v_range = (float(grid.visual_tokens.min()), float(grid.visual_tokens.max()))
     figures = sorted(p.name for p in (report_dir / "figures").glob("*.png"))
     client.set_tag(parent, track.NOTE_TAG, grid_description(laws, v_range, figures, exp, parent))

@@ -10,6 +10,7 @@
 cells then never runs the encoder again); `false` records the encoder only, and each training or
 evaluation job runs it on its batches (LLaVA-558K at 576 x 1024 features per image would be ~660 GB).
 """
+
 from __future__ import annotations
 
 import os
@@ -23,11 +24,16 @@ from torch.nn import functional as F
 
 from vlmscale.data import COLOURS, LETTERS, SHAPES
 from vlmscale.fileio import atomic_torch_save, read_json, write_json
+from vlmscale.jobs import TowerJob
 from vlmscale.model import build_vision_tower, patch_features
 
 # Per-patch label heads (class 0 = background): what the tiny tower is pretrained to see.
-LABEL_CLASSES = {"shape": len(SHAPES) + 1, "colour": len(COLOURS) + 1, "glyph": len(LETTERS) + 1,
-                 "object": len(SHAPES) * len(COLOURS) + 1}
+LABEL_CLASSES = {
+    "shape": len(SHAPES) + 1,
+    "colour": len(COLOURS) + 1,
+    "glyph": len(LETTERS) + 1,
+    "object": len(SHAPES) * len(COLOURS) + 1,
+}
 
 
 def with_object_labels(labels: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -177,20 +183,22 @@ def check_pretrained(spec: dict) -> dict:
     config = getattr(config, "vision_config", config)  # a full CLIP checkpoint holds the vision config inside
     for key in ("image_size", "patch_size"):
         if getattr(config, key) != spec[key]:
-            raise ValueError(f"vision.{key}: {spec['source']} has {key} {getattr(config, key)}, the config says "
-                             f"{spec[key]}; set vision.{key}: {getattr(config, key)}")
+            raise ValueError(
+                f"vision.{key}: {spec['source']} has {key} {getattr(config, key)}, the config says "
+                f"{spec[key]}; set vision.{key}: {getattr(config, key)}"
+            )
     layers = config.num_hidden_layers
     if not -layers <= spec["feature_layer"] <= layers:
         raise ValueError(f"vision.feature_layer: {spec['feature_layer']} is outside the encoder's {layers} layers")
     return {"hidden_size": config.hidden_size, "num_layers": layers}
 
 
-def main(cfg: dict) -> dict:
-    """Stage entry point. cfg: vision spec, data root, output folder; writes tower.json (+ tower.pt for the
-    tiny tower, + features.pt when vision.cache is on)."""
-    torch.set_num_threads(cfg.get("threads", 1))
+def main(job: TowerJob) -> dict:
+    """Stage entry point: writes tower.json (+ tower.pt for the tiny tower, + features.pt when vision.cache
+    is on)."""
+    torch.set_num_threads(job.threads)
     start = time.time()
-    spec, root, out = cfg["vision"], Path(cfg["data_root"]), Path(cfg["out"])
+    spec, root, out = job.spec, Path(job.data_root), Path(job.out)
     manifest = read_json(root / "manifest.json")
     image_root = manifest.get("image_root", str(root))
     held_out, names = {}, manifest["images"]

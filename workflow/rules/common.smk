@@ -1,10 +1,12 @@
 # Shared definitions: validated config -> cells, canonical params, wildcard constraints, tracking store.
+import os
 import re
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 
 from vlmscale import config as vcfg
+from vlmscale import identity
 
 try:
     vcfg.check(config)
@@ -20,7 +22,9 @@ SEEDS = [str(s) for s in vcfg.seeds(config)]
 CELLS = [c.id for c in vcfg.cells(config)]
 ARCHITECTURES = [c.architecture_id for c in vcfg.architectures(config)]
 LAUNCH = config["launch"]
-SRC = f"{workflow.basedir}/src/vlmscale"
+# The package's source, relative to the working directory: declared as inputs, the files are compared by
+# path, and an absolute path would make a moved or copied project look changed (and rerun everything).
+SRC = os.path.relpath(f"{workflow.basedir}/src/vlmscale")
 
 
 wildcard_constraints:

@@ -7,6 +7,7 @@ def data_files(wildcards):
 rule prepare_data:
     input:
         data_files,
+        code=[f"{SRC}/{name}" for name in ("data.py", "samples.py", "llava.py")],
     output:
         manifest=f"{RESULTS}/data/manifest.json",
     log:

@@ -1,6 +1,6 @@
 def eval_spec(wildcards):
     return vcfg.as_param({
-        "cell": vcfg.cell_spec(config, wildcards.llm, int(wildcards.V), int(wildcards.seed)),
+        "model": vcfg.cell_spec(config, wildcards.llm, int(wildcards.V), int(wildcards.seed)),
         "benchmarks": [vcfg.benchmark_spec(config, b) for b in BENCHMARKS],
         "max_new_tokens": config["evaluation"]["max_new_tokens"],
     })
@@ -11,7 +11,7 @@ rule evaluate:
     input:
         train=rules.train.output[0],
         vision=rules.pretrain_vision.output.summary,
-        code=[f"{SRC}/evaluate.py", f"{SRC}/metrics.py"],
+        code=[f"{SRC}/{name}" for name in ("evaluate.py", "metrics.py", "batching.py", "cell_model.py", "samples.py")],
     output:
         expand(f"{RESULTS}/cells/{{{{llm}}}}/v{{{{V}}}}/s{{{{seed}}}}/eval/{{benchmark}}.json", benchmark=BENCHMARKS),
     log:

@@ -1,6 +1,6 @@
 def flops_spec(wildcards):
     return vcfg.as_param({
-        "cell": vcfg.architecture_spec(config, wildcards.llm, int(wildcards.V)),
+        "architecture": vcfg.architecture_spec(config, wildcards.llm, int(wildcards.V)),
         "vision": vcfg.vision_spec(config),
         "text_tokens": config["flops"]["text_tokens"],
     })
@@ -9,7 +9,7 @@ def flops_spec(wildcards):
 rule flops:
     input:
         manifest=rules.prepare_data.output.manifest,
-        code=[f"{SRC}/flops.py", f"{SRC}/model.py"],
+        code=[f"{SRC}/{name}" for name in ("flops.py", "model.py", "cell_model.py", "cost.py")],
     output:
         f"{RESULTS}/cells/{{llm}}/v{{V}}/flops.json",
     log:

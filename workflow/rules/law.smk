@@ -1,7 +1,7 @@
 rule fit_law:
     input:
         grid=rules.aggregate.output.parquet,
-        code=f"{SRC}/law.py",
+        code=[f"{SRC}/law.py", f"{SRC}/cost.py"],
     output:
         f"{RESULTS}/law/{{family}}.json",
     log:

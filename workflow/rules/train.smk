@@ -2,7 +2,7 @@ rule train:
     input:
         manifest=rules.prepare_data.output.manifest,
         vision=rules.pretrain_vision.output.summary,
-        code=[f"{SRC}/{name}" for name in ("train.py", "model.py", "tokenizer.py", "data.py", "distributed.py", "vision.py")],
+        code=[f"{SRC}/{name}" for name in identity.TRAINING_CODE],
     output:
         f"{RESULTS}/cells/{{llm}}/v{{V}}/s{{seed}}/train.json",
     log:

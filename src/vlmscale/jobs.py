@@ -1,0 +1,137 @@
+"""The typed input of each stage's job, built once by the CLI from a rule's `--spec` and paths.
+
+A job is a frozen dataclass that submitit pickles and hands to the stage's `main(job) -> dict`. Its `spec`
+is the canonical dict Snakemake compares in `params:` (and that the cell's hashes are computed from);
+everything a stage reads from it goes through the properties here, so the defaults of the training
+settings live in one place, `TrainSettings`. (The schema cannot hold them: one `train` definition serves
+both the top-level defaults and each LLM's overrides, and a schema default in an override would mask the
+top-level value when the two are merged.)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+STAGES = ("stage1", "stage2")  # stage 1: compressor + projector, LLM frozen; stage 2: projector + LLM
+
+
+@dataclass(frozen=True)
+class StageSettings:
+    name: str
+    index: int  # 0, 1: stage 1's batches are seeded apart from stage 2's
+    steps: int
+    lr: float
+    batch_size: int  # global batch of one optimizer step: the stage's own, else train.batch_size
+    zero_stage: int | None  # DeepSpeed ZeRO stage; None: plain PyTorch in one process
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """A cell's training settings, defaults filled."""
+
+    seed: int
+    warmup_frac: float
+    stages: tuple[StageSettings, ...]
+    weight_decay: float = 0.0
+    log_every: int = 50
+    checkpoint_every: int = 500
+    bf16: bool = False
+    gradient_checkpointing: bool = False
+
+    @classmethod
+    def from_spec(cls, train: dict) -> "TrainSettings":
+        zero = train.get("zero_stage") or {}
+        stages = tuple(
+            StageSettings(
+                name,
+                i,
+                train[name]["steps"],
+                train[name]["lr"],
+                train[name].get("batch_size", train["batch_size"]),
+                zero.get(name),
+            )
+            for i, name in enumerate(STAGES)
+        )
+        optional = {
+            k: train[k]
+            for k in ("weight_decay", "log_every", "checkpoint_every", "bf16", "gradient_checkpointing")
+            if k in train
+        }
+        return cls(seed=train.get("seed", 0), warmup_frac=train["warmup_frac"], stages=stages, **optional)
+
+    def global_step(self, stage_index: int, step: int) -> int:
+        """Optimizer steps before (stage_index, step), counting both stages: the step MLflow plots against."""
+        return sum(s.steps for s in self.stages[:stage_index]) + step
+
+    @property
+    def total_steps(self) -> int:
+        return self.global_step(len(self.stages), 0)
+
+
+@dataclass(frozen=True)
+class TowerJob:
+    """Pretrain the shared vision tower (or check a pretrained one) and encode every image."""
+
+    spec: dict  # the vision spec (config `vision:` + the data's hash)
+    data_root: str
+    out: str
+    threads: int = 1
+    executor: str = "inline"
+
+
+@dataclass(frozen=True)
+class TrainJob:
+    """Train one cell (both stages), log it to MLflow, write train.json."""
+
+    spec: dict  # config.cell_spec: llm, visual_tokens, compressor, train, upstream hashes
+    data_root: str
+    vision: str  # the tower's tower.json
+    checkpoint_dir: str
+    out: str = ""
+    tracking: dict = field(default_factory=dict)  # {uri, experiment, grid}; empty: no MLflow
+    threads: int = 1
+    executor: str = "inline"
+
+    @property
+    def cell(self) -> str:
+        return self.spec["cell"]
+
+    @property
+    def settings(self) -> TrainSettings:
+        return TrainSettings.from_spec(self.spec["train"])
+
+
+@dataclass(frozen=True)
+class EvalJob:
+    """Evaluate one trained cell on its benchmarks, one JSON each."""
+
+    spec: dict  # the cell's training spec (its checkpoint must have been trained for it)
+    benchmarks: tuple[dict, ...]
+    data_root: str
+    vision: str
+    checkpoint: str
+    out_dir: str
+    max_new_tokens: int = 16
+    threads: int = 1
+    executor: str = "inline"
+
+    @property
+    def cell(self) -> str:
+        return self.spec["cell"]
+
+    @property
+    def settings(self) -> TrainSettings:
+        return TrainSettings.from_spec(self.spec["train"])
+
+
+@dataclass(frozen=True)
+class FlopJob:
+    """Count one (LLM, V) architecture's inference FLOPs; needs no trained weights."""
+
+    spec: dict  # config.architecture_spec: llm, visual_tokens, compressor
+    vision: dict  # the vision spec (the encoder's shape)
+    text_tokens: tuple[int, ...]
+    manifest: str
+    out: str
+    threads: int = 1
+    executor: str = "inline"

@@ -1,0 +1,162 @@
+"""LLaVA's file formats, read into `Sample`s: what the synthetic generator writes and the real-data check
+reads, so both sides (and training and evaluation) share one reader of each.
+
+* conversations: a JSON list of {"id", "image", "conversations": [{"from": "human", "value": "<image>\\n..."},
+  {"from": "gpt", "value": ...}, ...]}; one sample per human/gpt turn pair;
+* benchmarks: a folder with `questions.jsonl` ({"question_id", "image", "text"[, "category", "options"]})
+  and `answers.jsonl` ({"question_id", "answer"}; VQA: the list of every annotator's answer).
+
+Readers collect problems (file, record, what is wrong) instead of raising on the first one, so a data
+check can report all of them at once; the `load_*` forms raise them as one ValueError.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+MAX_LISTED = 10
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One question about one image: what every loader (synthetic or real LLaVA) yields."""
+
+    image: str  # path relative to the data root (absolute once a loader joins its image folder)
+    question: str
+    answer: str
+    task: str = ""
+    references: tuple[str, ...] = ()  # benchmarks: every annotator's answer (VQA soft accuracy)
+    options: tuple[str, ...] = ()  # benchmarks: the choices of a multiple-choice question, in letter order
+
+
+def with_image_root(samples: list[Sample], image_root: str) -> list[Sample]:
+    return [dataclasses.replace(s, image=os.path.join(image_root, s.image)) for s in samples]
+
+
+def vocabulary(samples: Iterable[Sample]) -> list[str]:
+    """Every word of every question and answer: the word-level tokenizer's vocabulary."""
+    words: set[str] = set()
+    for s in samples:
+        words.update(s.question.split())
+        words.update(s.answer.split())
+    return sorted(words)
+
+
+def _raise_problems(problems: list[str]) -> None:
+    if problems:
+        raise ValueError("; ".join(problems[:MAX_LISTED]))
+
+
+# --------------------------------------------------------------------------- conversations
+
+
+def conversation_samples(records, source: Path, problems: list[str]) -> list[Sample]:
+    """Samples from LLaVA conversation records; malformed records become problems, not exceptions."""
+    if not isinstance(records, list):
+        problems.append(f"{source}: expected a JSON list of conversation records, got {type(records).__name__}")
+        return []
+    samples = []
+    for k, rec in enumerate(records):
+        if isinstance(rec, dict) and "image" not in rec:
+            continue  # a text-only record (the 665K mix has ~40K): no visual tokens to train; counted by llava
+        samples += _record_samples(rec, f"{source}: record {k}", problems)
+    return samples
+
+
+def _record_samples(rec, where: str, problems: list[str]) -> list[Sample]:
+    if isinstance(rec, dict):
+        where = f"{where} (id {rec.get('id')!r})"
+    if not isinstance(rec, dict) or not isinstance(rec.get("image"), str):
+        problems.append(f"{where}: needs an 'image' path")
+        return []
+    turns = rec.get("conversations")
+    if not isinstance(turns, list) or len(turns) < 2 or len(turns) % 2:
+        problems.append(f"{where}: needs an even number (>= 2) of conversation turns")
+        return []
+    samples = []
+    for human, gpt in zip(turns[0::2], turns[1::2]):
+        if not (_is_turn(human, "human") and _is_turn(gpt, "gpt")):
+            problems.append(f"{where}: turns must alternate human/gpt, each with a string 'value'")
+            break
+        question = human["value"].replace("<image>", "").strip()
+        samples.append(Sample(rec["image"], question, gpt["value"].strip(), rec.get("task", "")))
+    return samples
+
+
+def _is_turn(turn, speaker: str) -> bool:
+    return isinstance(turn, dict) and turn.get("from") == speaker and isinstance(turn.get("value"), str)
+
+
+def load_llava_conversations(json_path: str | Path) -> list[Sample]:
+    """Read LLaVA conversation JSON into (image, question, answer) samples, one per human/gpt turn pair."""
+    problems: list[str] = []
+    samples = conversation_samples(json.loads(Path(json_path).read_text()), Path(json_path), problems)
+    _raise_problems(problems)
+    return samples
+
+
+# --------------------------------------------------------------------------- benchmarks
+
+
+def read_jsonl(path: Path, problems: list[str]) -> list[dict]:
+    rows = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as exc:
+            problems.append(f"{path}:{number}: not valid JSON ({exc.msg})")
+    return rows
+
+
+def read_benchmark(folder: Path, problems: list[str]) -> list[Sample]:
+    """A benchmark folder's questions with their answers, in question order."""
+    questions_path, answers_path = folder / "questions.jsonl", folder / "answers.jsonl"
+    for path in (questions_path, answers_path):
+        if not path.is_file():
+            problems.append(f"benchmark {folder.name}: {path} is missing")
+            return []
+    questions, answers = read_jsonl(questions_path, problems), read_jsonl(answers_path, problems)
+    if not questions:
+        problems.append(f"benchmark {folder.name}: {questions_path} has no questions")
+        return []
+    by_id = {a.get("question_id"): a.get("answer") for a in answers}
+    samples = []
+    for q in questions:
+        if not {"question_id", "image", "text"} <= set(q):
+            problems.append(
+                f"benchmark {folder.name}: question {q.get('question_id')!r} needs question_id, image and text"
+            )
+        elif by_id.get(q["question_id"]) in (None, []):
+            problems.append(f"benchmark {folder.name}: question {q['question_id']!r} has no answer in {answers_path}")
+        else:
+            samples.append(benchmark_sample(q, by_id[q["question_id"]]))
+    return samples
+
+
+def load_benchmark(folder: str | Path) -> list[Sample]:
+    """Read a LLaVA-style benchmark folder into samples, in question order; any problem raises."""
+    problems: list[str] = []
+    samples = read_benchmark(Path(folder), problems)
+    _raise_problems(problems)
+    return samples
+
+
+def benchmark_sample(question: dict, answer) -> Sample:
+    """An answer is one string, or (VQA) the list of the annotators' answers; the first is the reference
+    shown in examples and used by the single-answer metrics."""
+    references = tuple(str(a) for a in answer) if isinstance(answer, list) else (str(answer),)
+    return Sample(
+        question["image"],
+        question["text"],
+        references[0],
+        question.get("category", ""),
+        references,
+        tuple(str(o) for o in question.get("options", ())),
+    )
