@@ -135,6 +135,22 @@ def test_second_run_has_nothing_to_do(grid):
     assert "Nothing to be done" in proc.stdout + proc.stderr
 
 
+def test_a_moved_project_plans_nothing(grid, tmp_path):
+    """A finished project copied (as `cp -a` does: results, .snakemake and mtimes with it) to another
+    folder, and run from a copy of the workflow in yet another folder, has nothing to do: no rule
+    names an input by an absolute path."""
+    moved = tmp_path / "scratch/renamed"
+    moved.parent.mkdir(parents=True)
+    subprocess.run(["cp", "-a", str(grid), str(moved)], check=True)
+    checkout = tmp_path / "checkout"
+    checkout.mkdir()
+    for name in ("Snakefile", "workflow", "src"):
+        subprocess.run(["cp", "-a", str(REPO / name), str(checkout / name)], check=True)
+    for snakefile in (REPO / "Snakefile", checkout / "Snakefile"):
+        proc = snakemake(moved, "mini.yaml", "-n", "-s", str(snakefile))
+        assert proc.returncode == 0 and "Nothing to be done" in proc.stdout + proc.stderr, proc.stdout[-3000:]
+
+
 def test_changing_one_llms_training_reruns_exactly_its_cells(grid):
     cfg = copy.deepcopy(MINI)
     cfg["llms"][1]["train"] = {"stage2": {"lr": 0.002}}

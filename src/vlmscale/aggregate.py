@@ -108,58 +108,15 @@ def write_tables(df: pd.DataFrame, parquet: Path, database: Path) -> None:
 
 
 def family_table(path: str | Path, family: str | None = None) -> pd.DataFrame:
-    """Per-(LLM, V) error of a family from a grid parquet or any CSV with llm_params, visual_tokens, error.
+    """Per-(LLM, V) error of a family from a grid parquet or any CSV with llm_params, visual_tokens, error
+    (vlmscale.tables): `error` is the mean over seeds of the per-seed mean over the family's benchmarks,
+    `error_sd` the spread across seeds, `n_seeds` how many."""
+    from dataclasses import asdict
 
-    With a `seed` column the error is first averaged over the family's benchmarks per seed, then over
-    seeds: `error` is the per-(N, V) mean, `error_sd` the spread across seeds, `n_seeds` how many."""
-    return mean_over_seeds(seed_table(path, family))
+    from vlmscale.tables import cell_rows, seed_rows
 
-
-def mean_over_seeds(per_seed: pd.DataFrame) -> pd.DataFrame:
-    """A seed_table reduced to one row per (LLM, V)."""
-    keys = ["family", "llm", "llm_params", "visual_tokens"]
-    grouped = per_seed.groupby(keys, sort=False)
-    df = grouped.agg(
-        error=("error", "mean"), error_sd=("error", "std"), n_seeds=("seed", "nunique"), n_rows=("n_rows", "sum")
-    ).reset_index()
-    df["error_sd"] = df["error_sd"].fillna(0.0)
-    return df.sort_values(["llm_params", "visual_tokens"], ignore_index=True)
-
-
-def seed_table(path: str | Path, family: str | None = None) -> pd.DataFrame:
-    """Per-(LLM, V, seed) error of a family: the mean over its benchmarks (seed 0 when the table has none)."""
-    path = str(path)
-    reader = "read_parquet" if path.endswith(".parquet") else "read_csv_auto"
-    con = duckdb.connect()
-    try:
-        cols = [r[0] for r in con.execute(f"DESCRIBE SELECT * FROM {reader}(?)", [path]).fetchall()]
-        needed = {"llm_params", "visual_tokens", "error"} - set(cols)
-        if needed:
-            raise ValueError(f"{path}: missing column(s) {sorted(needed)}; need llm_params, visual_tokens, error")
-        has_family = "family" in cols
-        if family is not None and not has_family:
-            raise ValueError(f"{path}: --family {family!r} given but the table has no 'family' column")
-        where = "WHERE family = $family" if family is not None else ""
-        params = {"family": family} if family is not None else {}
-        fam = "family" if has_family else "'all' AS family"
-        llm = "llm" if "llm" in cols else "CAST(llm_params AS VARCHAR) AS llm"
-        seed = "seed" if "seed" in cols else "0 AS seed"
-        query = f"""
-            SELECT {fam}, {llm}, llm_params, visual_tokens, {seed}, avg(error) AS error, count(*) AS n_rows
-            FROM (SELECT * FROM {reader}('{path}')) {where}
-            GROUP BY ALL ORDER BY llm_params, visual_tokens, seed"""
-        df = con.execute(query, params).df()
-    finally:
-        con.close()
-    if df.empty:
-        raise ValueError(f"{path}: no rows" + (f" for family {family!r}" if family else ""))
-    return df
-
-
-def replicates(per_seed: pd.DataFrame, table: pd.DataFrame) -> list[list[float]]:
-    """Each row of `table` (mean_over_seeds of per_seed): its per-seed errors, for a bootstrap over seeds."""
-    by_cell = per_seed.groupby(["llm_params", "visual_tokens"])["error"].apply(list)
-    return [by_cell[(n, v)] for n, v in zip(table.llm_params, table.visual_tokens)]
+    rows = [asdict(c) for c in cell_rows(seed_rows(path, family))]
+    return pd.DataFrame(rows).drop(columns="replicates")
 
 
 def main(cfg: dict) -> dict:

@@ -113,13 +113,16 @@ def cmd_aggregate(args) -> dict:
 
 def cmd_fit(args) -> dict:
     from vlmscale import law
-    from vlmscale.aggregate import mean_over_seeds, replicates, seed_table
     from vlmscale.fileio import write_json
+    from vlmscale.tables import cell_rows, seed_rows
 
-    per_seed = seed_table(args.table, args.family)  # the table is read once
-    table = mean_over_seeds(per_seed)
+    cells = cell_rows(seed_rows(args.table, args.family))  # the table is read once
     data = law.LawData.from_arrays(
-        table.llm_params, table.visual_tokens, table.error, args.text_tokens, replicates(per_seed, table)
+        [c.llm_params for c in cells],
+        [c.visual_tokens for c in cells],
+        [c.error for c in cells],
+        args.text_tokens,
+        [list(c.replicates) for c in cells],
     )
     result = law.fit_with_checks(data, args.form, args.bootstrap, args.seed, args.huber).to_dict()
     result["family"] = args.family or "all"
@@ -130,24 +133,35 @@ def cmd_fit(args) -> dict:
 
 
 def cmd_frontier(args) -> dict:
-    import pandas as pd
-
     from vlmscale import law
     from vlmscale.fileio import atomic_write_text, read_json
 
     rows = []
     for fit_path in args.fits:
-        fit = law.FitResult.from_dict(read_json(fit_path))
-        v_range = (args.v_min, args.v_max)
-        trained = _trained_cells(read_json(fit_path))
+        saved = read_json(fit_path)
+        fit = law.FitResult.from_dict(saved)
+        cells = _trained_cells(saved)
         for q in args.text_tokens:
-            budgets = args.flops or list(_default_budgets(fit_path, q))
-            for row in law.frontier(fit, q, budgets, v_range) + law.best_trained_cells(trained, q, budgets):
+            budgets = args.flops or _default_budgets(cells, q)
+            for row in law.frontier(fit, q, budgets, (args.v_min, args.v_max)) + law.best_trained_cells(
+                cells, q, budgets
+            ):
                 rows.append({"family": Path(fit_path).stem, **row})
-    df = pd.DataFrame(rows)
     if args.out:
-        atomic_write_text(args.out, df.to_csv(index=False))
-    return {"rows": len(df), "frontier": df.to_dict(orient="records") if not args.out else args.out}
+        atomic_write_text(args.out, _csv_text(rows))
+    return {"rows": len(rows), "frontier": args.out or rows}
+
+
+def _csv_text(rows: list[dict]) -> str:
+    import csv
+    import io
+
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, columns, restval="", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
 
 
 def _trained_cells(fit: dict) -> list[dict]:
@@ -155,28 +169,26 @@ def _trained_cells(fit: dict) -> list[dict]:
     table = fit.get("table")
     if not table or not Path(table).exists():
         return []
-    from vlmscale.aggregate import family_table
+    from vlmscale.tables import cell_rows, seed_rows
 
     family = fit.get("family")
-    t = family_table(table, None if family in (None, "all") else family)
-    return t[["llm", "llm_params", "visual_tokens", "error"]].to_dict(orient="records")
+    cells = cell_rows(seed_rows(table, None if family in (None, "all") else family))
+    return [
+        {"llm": c.llm, "llm_params": c.llm_params, "visual_tokens": c.visual_tokens, "error": c.error} for c in cells
+    ]
 
 
-def _default_budgets(fit_path, q):
+def _default_budgets(cells: list[dict], q: int) -> list[float]:
+    """Five budgets spanning the trained cells' costs (or 1e9-1e13 FLOPs without them)."""
     import numpy as np
 
-    from vlmscale.fileio import read_json
+    from vlmscale.cost import paper_flops
 
-    table = read_json(fit_path).get("table")
-    if table and Path(table).exists():
-        from vlmscale.aggregate import family_table
-        from vlmscale.cost import paper_flops
-
-        t = family_table(table)
-        lo = paper_flops(t.llm_params.min(), q, t.visual_tokens.min())
-        hi = paper_flops(t.llm_params.max(), q, t.visual_tokens.max())
-        return np.geomspace(lo, hi, 5)
-    return np.geomspace(1e9, 1e13, 5)
+    if not cells:
+        return list(np.geomspace(1e9, 1e13, 5))
+    n = [c["llm_params"] for c in cells]
+    v = [c["visual_tokens"] for c in cells]
+    return list(np.geomspace(paper_flops(min(n), q, min(v)), paper_flops(max(n), q, max(v)), 5))
 
 
 def cmd_report(args) -> dict:

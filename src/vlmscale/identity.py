@@ -16,8 +16,8 @@ from pathlib import Path
 
 from vlmscale.fileio import spec_hash
 
-# The source that decides trained weights. The train rule declares these files as its inputs, so an
-# edit retrains, and the code fingerprint keeps a checkpoint of other code from being resumed.
+# The source that decides trained weights. The train rule passes their fingerprint as a param, so an edit
+# retrains, and the run key keeps a checkpoint of other code from being resumed.
 TRAINING_CODE = (
     "train.py",
     "batching.py",
@@ -33,12 +33,17 @@ RUN_KEY_TAG = "vlmscale.run_key"
 OLD_RUN_KEY_TAG = "vlmscale.config_hash"  # what runs logged by earlier versions carry
 
 
-def code_fingerprint() -> str:
-    """Hash of the training code: a code change must not resume an old checkpoint."""
+def fingerprint(names) -> str:
+    """Hash of the content of some of the package's modules (by file name, in the order given)."""
     h = hashlib.sha256()
-    for name in TRAINING_CODE:
+    for name in names:
         h.update((Path(__file__).parent / name).read_bytes())
     return h.hexdigest()[:12]
+
+
+def code_fingerprint() -> str:
+    """Hash of the training code: a code change must not resume an old checkpoint."""
+    return fingerprint(TRAINING_CODE)
 
 
 def run_key(spec: dict) -> str:

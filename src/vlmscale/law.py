@@ -18,7 +18,6 @@ import math
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
-from scipy.optimize import nnls
 
 from vlmscale.choices import LAW_FORMS as N_PARAMS  # shared with the config check
 from vlmscale.cost import paper_flops, params_for_budget
@@ -129,9 +128,27 @@ def _linear_part(form, exps, data: LawData, weights=None) -> tuple[np.ndarray, f
     """Non-negative least squares for the linear coefficients at fixed exponents: (coefs, SSE)."""
     x = _design(form, exps[0], exps[1], data.llm_params, data.visual_tokens, data.text_tokens)
     w = np.ones_like(data.error) if weights is None else weights
-    coefs, _ = nnls(x * w[:, None], data.error * w)
+    coefs = _nnls(x * w[:, None], data.error * w)
     resid = data.error - x @ coefs
     return coefs, float(resid @ resid)
+
+
+def _nnls(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Non-negative least squares for the law's two or three columns, exactly: the best least-squares
+    solution, over subsets of the columns, whose coefficients are all non-negative (as in _grid_sse).
+    Two or three columns make eight subsets at most: cheaper than importing SciPy's optimizer."""
+    from itertools import combinations
+
+    best, best_sse = np.zeros(x.shape[1]), float(y @ y)
+    for k in range(1, x.shape[1] + 1):
+        for subset in combinations(range(x.shape[1]), k):
+            coefs, *_ = np.linalg.lstsq(x[:, subset], y, rcond=None)
+            resid = y - x[:, subset] @ coefs
+            if (coefs >= 0).all() and float(resid @ resid) < best_sse:
+                best = np.zeros(x.shape[1])
+                best[list(subset)] = coefs
+                best_sse = float(resid @ resid)
+    return best
 
 
 def _params(form, exps, coefs) -> dict:

@@ -3,13 +3,13 @@ rule aggregate:
         train=expand(f"{RESULTS}/cells/{{cell}}/train.json", cell=CELLS),
         flops=expand(f"{RESULTS}/cells/{{cell}}/flops.json", cell=ARCHITECTURES),
         evals=expand(f"{RESULTS}/cells/{{cell}}/eval/{{benchmark}}.json", cell=CELLS, benchmark=BENCHMARKS),
-        code=f"{SRC}/aggregate.py",
     output:
         parquet=f"{RESULTS}/grid.parquet",
         database=f"{RESULTS}/grid.duckdb",
     log:
         f"{RESULTS}/logs/aggregate.log",
     params:
+        code=code_param("aggregate.py", "tables.py"),
         spec=vcfg.as_param({"cells": CELLS, "benchmarks": BENCHMARKS}),
     shell:
         "vlmscale aggregate --spec {params.spec:q} --results {RESULTS} --parquet {output.parquet} "

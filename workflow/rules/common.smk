@@ -1,5 +1,4 @@
 # Shared definitions: validated config -> cells, canonical params, wildcard constraints, tracking store.
-import os
 import re
 from pathlib import Path
 
@@ -22,9 +21,7 @@ SEEDS = [str(s) for s in vcfg.seeds(config)]
 CELLS = [c.id for c in vcfg.cells(config)]
 ARCHITECTURES = [c.architecture_id for c in vcfg.architectures(config)]
 LAUNCH = config["launch"]
-# The package's source, relative to the working directory: declared as inputs, the files are compared by
-# path, and an absolute path would make a moved or copied project look changed (and rerun everything).
-SRC = os.path.relpath(f"{workflow.basedir}/src/vlmscale")
+
 
 
 wildcard_constraints:
@@ -33,6 +30,12 @@ wildcard_constraints:
     seed="|".join(SEEDS),
     benchmark="|".join(re.escape(b) for b in BENCHMARKS),
     family="|".join(re.escape(f) for f in FAMILIES),
+
+
+def code_param(*modules):
+    # The content of the package modules a rule runs, as a param rather than input files: an edit reruns
+    # the rule, while a project moved or copied elsewhere (other paths, same content) reruns nothing.
+    return identity.fingerprint(modules)
 
 
 def cell_spec(wildcards):

@@ -7,12 +7,12 @@ def data_files(wildcards):
 rule prepare_data:
     input:
         data_files,
-        code=[f"{SRC}/{name}" for name in ("data.py", "samples.py", "llava.py")],
     output:
         manifest=f"{RESULTS}/data/manifest.json",
     log:
         f"{RESULTS}/logs/prepare_data.log",
     params:
+        code=code_param("data.py", "samples.py", "llava.py"),
         spec=vcfg.as_param(vcfg.data_spec(config)),
     shell:
         "vlmscale prepare-data --spec {params.spec:q} --out {RESULTS}/data > {log} 2>&1"

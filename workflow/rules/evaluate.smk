@@ -11,12 +11,12 @@ rule evaluate:
     input:
         train=rules.train.output[0],
         vision=rules.pretrain_vision.output.summary,
-        code=[f"{SRC}/{name}" for name in ("evaluate.py", "metrics.py", "batching.py", "cell_model.py", "samples.py")],
     output:
         expand(f"{RESULTS}/cells/{{{{llm}}}}/v{{{{V}}}}/s{{{{seed}}}}/eval/{{benchmark}}.json", benchmark=BENCHMARKS),
     log:
         f"{RESULTS}/logs/evaluate/{{llm}}/v{{V}}/s{{seed}}.log",
     params:
+        code=code_param("evaluate.py", "metrics.py", "batching.py", "cell_model.py", "samples.py"),
         spec=eval_spec,
         out_dir=f"{RESULTS}/cells/{{llm}}/v{{V}}/s{{seed}}/eval",
     threads: LAUNCH["threads"]

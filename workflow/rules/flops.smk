@@ -9,12 +9,12 @@ def flops_spec(wildcards):
 rule flops:
     input:
         manifest=rules.prepare_data.output.manifest,
-        code=[f"{SRC}/{name}" for name in ("flops.py", "model.py", "cell_model.py", "cost.py")],
     output:
         f"{RESULTS}/cells/{{llm}}/v{{V}}/flops.json",
     log:
         f"{RESULTS}/logs/flops/{{llm}}/v{{V}}.log",
     params:
+        code=code_param("flops.py", "model.py", "cell_model.py", "cost.py"),
         spec=flops_spec,
     shell:
         "vlmscale flops --spec {params.spec:q} --manifest {input.manifest} --out {output} > {log} 2>&1"

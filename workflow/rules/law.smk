@@ -1,12 +1,12 @@
 rule fit_law:
     input:
         grid=rules.aggregate.output.parquet,
-        code=[f"{SRC}/law.py", f"{SRC}/cost.py"],
     output:
         f"{RESULTS}/law/{{family}}.json",
     log:
         f"{RESULTS}/logs/fit_law/{{family}}.log",
     params:
+        code=code_param("law.py", "cost.py", "tables.py"),
         form=config["law"]["form"],
         bootstrap=config["law"]["bootstrap"],
         seed=config["law"]["seed"],

@@ -3,7 +3,6 @@ rule report:
         grid=rules.aggregate.output.parquet,
         laws=expand(f"{RESULTS}/law/{{family}}.json", family=FAMILIES),
         frontier=rules.frontier.output[0],
-        code=f"{SRC}/report.py",
     output:
         report=f"{RESULTS}/report.md",
         figures=report(
@@ -24,6 +23,7 @@ rule report:
     log:
         f"{RESULTS}/logs/report.log",
     params:
+        code=code_param("report.py", "law.py", "cost.py"),
         text_tokens=" ".join(str(q) for q in config["flops"]["text_tokens"]),
     shell:
         "vlmscale report --grid {input.grid} --laws {input.laws} --frontier {input.frontier} "

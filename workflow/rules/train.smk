@@ -2,7 +2,6 @@ rule train:
     input:
         manifest=rules.prepare_data.output.manifest,
         vision=rules.pretrain_vision.output.summary,
-        code=[f"{SRC}/{name}" for name in identity.TRAINING_CODE],
     output:
         f"{RESULTS}/cells/{{llm}}/v{{V}}/s{{seed}}/train.json",
     log:
@@ -10,6 +9,7 @@ rule train:
     benchmark:
         f"{RESULTS}/benchmarks/train/{{llm}}/v{{V}}/s{{seed}}.tsv"
     params:
+        code=code_param(*identity.TRAINING_CODE),
         spec=cell_spec,
         tracking=tracking_param(),
         checkpoints=f"{RESULTS}/checkpoints/{{llm}}/v{{V}}/s{{seed}}",

@@ -1,7 +1,6 @@
 rule pretrain_vision:
     input:
         manifest=rules.prepare_data.output.manifest,
-        code=[f"{SRC}/vision.py", f"{SRC}/model.py"],
     output:
         # features.pt only when the encoder's output is cached; tower.json says where features come from
         **({"features": f"{RESULTS}/vision/features.pt"} if config["vision"]["cache"] else {}),
@@ -11,6 +10,7 @@ rule pretrain_vision:
     benchmark:
         f"{RESULTS}/benchmarks/pretrain_vision.tsv"
     params:
+        code=code_param("vision.py", "model.py"),
         spec=vcfg.as_param(vcfg.vision_spec(config)),
     threads: 2
     resources:
