@@ -9,7 +9,7 @@ export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR := false
 
 SNAKEMAKE_ARGS ?=
 
-.PHONY: install run test test-fast ui status clean
+.PHONY: install run test test-fast lint ui status clean
 
 install: $(VENV)/.installed
 
@@ -24,11 +24,15 @@ $(VENV)/.installed: pyproject.toml
 run: install  ## the default tiny grid end to end: data, tower, cells, evaluation, FLOPs, law, report
 	snakemake --profile profiles/local $(SNAKEMAKE_ARGS)
 
-test: install  ## every test, the end-to-end workflow ones included
+test: lint  ## lint, then every test, the end-to-end workflow ones included
 	pytest -q
 
-test-fast: install  ## unit tests only
+test-fast: lint  ## lint, then the unit tests only
 	pytest -q -m "not slow"
+
+lint: install  ## ruff: lint rules and formatting (line length 120, pyproject.toml)
+	ruff check src tests benchmarks
+	ruff format --check src tests benchmarks
 
 ui: install  ## MLflow UI on the local store, http://127.0.0.1:5000
 	vlmscale ui --uri sqlite:///results/mlflow.db
