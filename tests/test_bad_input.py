@@ -192,6 +192,19 @@ def test_malformed_llava_json_names_line_or_record(tmp_path, llava_data):
     assert f"record 5 (id {records[5]['id']!r}): turns must alternate human/gpt" in out
 
 
+def test_a_vqa_benchmark_without_ten_answers_is_refused(tmp_path, llava_data):
+    # One answer per question would score 0 everywhere under VQA's leave-one-out: refused at config load.
+    cfg = llava_config(llava_data)
+    cfg["benchmarks"][1]["metric"] = "vqa"
+    out = snakemake_dry_run(tmp_path, cfg)
+    assert "benchmarks[1] (read): metric vqa scores against 10 annotator answers per question" in out
+    assert "question 0 has 1 in" in out and "answers.jsonl" in out
+    synthetic = default_config()
+    synthetic["benchmarks"][0]["metric"] = "vqa"
+    out = snakemake_dry_run(tmp_path, synthetic)
+    assert "benchmarks[0] (facts): metric vqa scores against ten annotator answers" in out
+
+
 def test_benchmark_with_no_questions_is_named(tmp_path, llava_data):
     (llava_data / "benchmarks/read/questions.jsonl").write_text("\n")
     out = snakemake_dry_run(tmp_path, llava_config(llava_data))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 LAW_FORMS = {"paper": 4, "paper-qv": 4, "additive": 5}  # each law form and its number of free parameters
 COMPRESSORS = ("avgpool", "tokenpacker", "quecc")
-METRICS = ("exact", "exact_match", "vqa", "multiple_choice", "yes_no")
+METRICS = ("exact", "exact_match", "vqa", "multiple_choice", "multiple_choice_lenient", "yes_no")
 EXECUTORS = ("inline", "debug", "local", "slurm")
 
 # config key -> allowed values; "[]" stands for every item of a list

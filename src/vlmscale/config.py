@@ -125,13 +125,18 @@ def _check_data(cfg: dict) -> None:
         if problems:
             raise ConfigError("; ".join(problems))
     for i, bench in enumerate(cfg["benchmarks"]):
+        if data["source"] == "synthetic" and bench.get("metric") == "vqa":
+            raise ConfigError(
+                f"benchmarks[{i}] ({bench['name']}): metric vqa scores against ten annotator answers per "
+                f"question; the synthetic data set has one (use exact)"
+            )
         if data["source"] == "synthetic" and bench["name"] not in data["tasks"]:
             raise ConfigError(
                 f"benchmarks[{i}].name: {bench['name']!r} is not a task of the synthetic data set "
                 f"(data.tasks: {data['tasks']})"
             )
         if data["source"] == "llava":
-            problem = llava.check_benchmark_files(data, bench["name"])
+            problem = llava.check_benchmark_files(data, bench["name"], bench.get("metric", "exact"))
             if problem:
                 raise ConfigError(f"benchmarks[{i}] ({bench['name']}): {problem}")
 

@@ -61,14 +61,37 @@ def check_paths(spec: dict) -> list[str]:
     return problems
 
 
-def check_benchmark_files(spec: dict, name: str) -> str | None:
-    """Cheap check at config load that a configured benchmark has a non-empty question file."""
-    questions = Path(spec["benchmark_folder"]) / name / "questions.jsonl"
+def check_benchmark_files(spec: dict, name: str, metric: str = "exact") -> str | None:
+    """Cheap check at config load that a configured benchmark has questions, and, for the vqa metric,
+    that every question has the ten annotator answers the official scorer needs."""
+    folder = Path(spec["benchmark_folder"]) / name
+    questions = folder / "questions.jsonl"
     if not questions.is_file():
         return f"no question file {questions}"
     with questions.open() as fh:
         if not any(line.strip() for line in fh):
             return f"{questions} has no questions"
+    if metric == "vqa" and (folder / "answers.jsonl").is_file():
+        return _check_vqa_answers(folder / "answers.jsonl")
+    return None
+
+
+def _check_vqa_answers(path: Path) -> str | None:
+    from vlmscale.metrics import VQA_ANSWERS
+
+    with path.open() as fh:
+        for line in fh:
+            if not line.strip():
+                continue
+            row = json.loads(line)
+            answer = row.get("answer")
+            count = len(answer) if isinstance(answer, list) else 1
+            if count != VQA_ANSWERS:
+                return (
+                    f"metric vqa scores against {VQA_ANSWERS} annotator answers per question, but question "
+                    f"{row.get('question_id')!r} has {count} in {path}; give the ten answers as a list, "
+                    f"or use metric exact_match"
+                )
     return None
 
 
