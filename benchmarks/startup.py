@@ -3,7 +3,7 @@ grid's parquet) and `vlmscale frontier`, each the median wall time of several ru
 
     python benchmarks/startup.py [--repeats 7] [--grid results/grid.parquet]
 
-Writes benchmarks/results/startup.json. Target: each under 0.5 s.
+Writes benchmarks/results/startup.json. Targets: --help, fit and frontier under 0.5 s; plan under 5 s.
 """
 
 from __future__ import annotations
@@ -42,6 +42,11 @@ def main() -> None:
         "vlmscale --help": ["--help"],
         "vlmscale fit (28-row CSV, the paper's table)": ["fit", str(REFERENCE)],
         "vlmscale frontier (that fit, Q = 0 and 50)": ["frontier", str(fit)],
+        "vlmscale plan (the paper's 35 cells, configs/paper.yaml)": [
+            "plan",
+            "--configfile",
+            str(REPO / "configs/paper.yaml"),
+        ],
         "python -c pass (the interpreter alone)": None,
     }
     if Path(args.grid).exists():

@@ -11,6 +11,7 @@ LAW_FORMS = {"paper": 4, "paper-qv": 4, "additive": 5}  # each law form and its 
 COMPRESSORS = ("avgpool", "tokenpacker", "quecc")
 METRICS = ("exact", "exact_match", "vqa", "multiple_choice", "multiple_choice_lenient", "yes_no")
 EXECUTORS = ("inline", "debug", "local", "slurm")
+GPUS = ("a100", "h100")  # the GPUs `vlmscale plan` knows by name (vlmscale.plan.GPUS)
 
 # config key -> allowed values; "[]" stands for every item of a list
 BY_KEY = {
@@ -18,4 +19,5 @@ BY_KEY = {
     "compressor": COMPRESSORS,
     "benchmarks[].metric": METRICS,
     "launch.executor": EXECUTORS,
+    "plan.gpu": GPUS,
 }

@@ -12,7 +12,7 @@ import os
 import sys
 from pathlib import Path
 
-from vlmscale.choices import LAW_FORMS
+from vlmscale.choices import GPUS, LAW_FORMS
 
 
 def _json(text: str):
@@ -226,6 +226,17 @@ def cmd_check_config(args) -> dict:
     return {"config": args.configfile, "ok": True, "cells": len(cells), "benchmarks": len(cfg["benchmarks"])}
 
 
+def cmd_plan(args) -> None:
+    from vlmscale import config as vcfg
+    from vlmscale import plan
+
+    schema = Path(__file__).resolve().parents[2] / "workflow/schemas/config.schema.yaml"
+    cfg = vcfg.load_file(args.configfile, schema, data=False)
+    if args.gpu:
+        cfg["plan"]["gpu"] = args.gpu
+    print(plan.main(cfg))
+
+
 def cmd_init_tracking(args) -> dict:
     from vlmscale import track
 
@@ -364,6 +375,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("configfile")
     p.add_argument("--schema", default=None, help="default: the workflow's schema")
     p.set_defaults(func=cmd_check_config)
+
+    p = sub.add_parser("plan", help="cost and memory of every cell before anything is downloaded or submitted")
+    p.add_argument("--configfile", default="config.yaml")
+    p.add_argument("--gpu", choices=list(GPUS), help="plan for this GPU instead of the config's plan.gpu")
+    p.set_defaults(func=cmd_plan)
 
     p = sub.add_parser("init-tracking", help="create the MLflow store and experiment once")
     p.add_argument("--uri", required=True)

@@ -58,8 +58,9 @@ def producible_token_counts(cfg: dict) -> list[int]:
     return [k * k for k in range(1, side + 1) if side % k == 0]
 
 
-def check(cfg: dict) -> dict:
-    """Semantic checks the JSON schema cannot express. Raises ConfigError naming the key."""
+def check(cfg: dict, data: bool = True) -> dict:
+    """Semantic checks the JSON schema cannot express. Raises ConfigError naming the key.
+    data=False skips the data's locations and files (`vlmscale plan` runs before any download)."""
     _check_unique([m["name"] for m in cfg["llms"]], "llms[].name")
     _check_unique([b["name"] for b in cfg["benchmarks"]], "benchmarks[].name")
     _check_unique(cfg["grid"]["visual_tokens"], "grid.visual_tokens")
@@ -78,7 +79,8 @@ def check(cfg: dict) -> dict:
             )
     for i, llm in enumerate(cfg["llms"]):
         _check_llm(llm, f"llms[{i}] ({llm['name']})")
-    _check_data(cfg)
+    if data:
+        _check_data(cfg)
     _check_local_source(vision["source"], "vision.source", allowed=("tiny",))
     _check_grid_fits_law(cfg)
     families = {b["family"] for b in cfg["benchmarks"]}
@@ -96,6 +98,9 @@ def _check_choices(cfg: dict) -> None:
         "launch.executor": [cfg["launch"]["executor"]],
         "benchmarks[].metric": [b.get("metric", "exact") for b in cfg["benchmarks"]],
     }
+    gpu = cfg.get("plan", {}).get("gpu")
+    if isinstance(gpu, str):
+        values["plan.gpu"] = [gpu]
     for key, found in values.items():
         for value in found:
             if value not in choices.BY_KEY[key]:
@@ -176,7 +181,7 @@ def _check_local_source(source: str, key: str, allowed: tuple = ()) -> None:
         raise ConfigError(f"{key}: {source!r} has no config.json (save the model with save_pretrained)")
 
 
-def load_file(path: str | Path, schema: str | Path) -> dict:
+def load_file(path: str | Path, schema: str | Path, data: bool = True) -> dict:
     """Read, schema-validate (defaults filled) and check a config file; every failure is a ConfigError
     naming the file and the line or key. Snakemake's own message for unparsable YAML names neither."""
     import yaml
@@ -197,7 +202,7 @@ def load_file(path: str | Path, schema: str | Path) -> dict:
         validate(cfg, str(schema), set_default=True)
     except Exception as exc:  # snakemake's WorkflowError wraps jsonschema's message
         raise ConfigError(f"{path}: {str(exc).strip()}") from None
-    return check(cfg)
+    return check(cfg, data)
 
 
 def seeds(cfg: dict) -> list[int]:

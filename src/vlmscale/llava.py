@@ -134,7 +134,12 @@ def prepare(spec: dict, out_dir: str | Path) -> dict:
             )
             check_images({s.image for s in train[source]}, source[1], problems)
             images |= {str(source[1] / s.image) for s in train[source]}
-        stages[stage] = {"json": str(source[0]), "image_folder": str(source[1]), "n_samples": len(train[source])}
+        stages[stage] = {
+            "json": str(source[0]),
+            "image_folder": str(source[1]),
+            "n_samples": len(train[source]),
+            "mean_words": mean_words(train[source]),
+        }
     benchmarks = {
         folder.name: read_benchmark(folder, problems)
         for folder in sorted(Path(spec["benchmark_folder"]).resolve().iterdir())
@@ -162,6 +167,13 @@ def prepare(spec: dict, out_dir: str | Path) -> dict:
             f"{len(problems)} problems in the data set (all of them: {out / 'data_report.json'}):\n  - {listed}{more}"
         )
     return _write_manifest(out, spec, stages, image_folder, all_train, benchmarks, images)
+
+
+def mean_words(samples) -> dict[str, float]:
+    """Mean words per question and per answer: what `vlmscale plan` turns into training tokens."""
+    n = max(1, len(samples))
+    return {"question": sum(len(s.question.split()) for s in samples) / n,
+            "answer": sum(len(s.answer.split()) for s in samples) / n}  # fmt: skip
 
 
 def _write_manifest(out, spec, stages, image_folder, train, benchmarks, images) -> dict:

@@ -5,12 +5,16 @@ from pathlib import Path
 from snakemake.exceptions import WorkflowError
 
 from vlmscale import config as vcfg
-from vlmscale import identity
+from vlmscale import identity, plan
 
 try:
     vcfg.check(config)
 except vcfg.ConfigError as exc:
     raise WorkflowError(f"config error: {exc}")
+# With a GPU declared (plan.gpu), a cell that will not fit its GPUs stops the grid before anything is submitted.
+UNFIT = plan.unfit_cells(config)
+if UNFIT:
+    raise WorkflowError("cells that will not fit their GPUs (see `vlmscale plan --configfile ...`):\n  " + "\n  ".join(UNFIT))
 
 RESULTS = config["results"]
 LLMS = [m["name"] for m in config["llms"]]

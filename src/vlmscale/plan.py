@@ -1,0 +1,364 @@
+"""`vlmscale plan`: what a grid will cost and whether each cell fits its GPUs, before anything is downloaded.
+
+One row per (LLM, V) cell and training stage, computed from shapes and counts alone (no torch, no weights,
+no data needed; milliseconds for the paper's grid):
+
+* parameters: the LLM's (from `reference/qwen1.5.json`, a local folder's config.json, or the config's own
+  shape keys), the compressor's and projector's (from their definitions in `vlmscale.model`), the vision
+  encoder's (`reference/encoders.json`); trained per stage: stage 1 the compressor and projector, stage 2
+  those and the LLM.
+* training tokens: steps × global batch × (V + the stage's mean text tokens). Text lengths come from the
+  data's report when the data is there (mean words × `plan.tokens_per_word`), else from `plan.tokens`.
+* training FLOPs, convention stated: 6·N·tokens for trained weights (forward 2, backward 4), 4·N·tokens
+  for a frozen LLM that gradients still flow through (no weight gradients), plus 2·N·tokens recomputed
+  under gradient checkpointing, plus the frozen encoder's forward, 2·N_enc·(patches + 1) per sample
+  when features are not cached.
+* GPU-hours = FLOPs / (`plan.mfu` × the GPU's peak), the GPU from `plan.gpu`.
+* memory per GPU: model states for the ZeRO stage and precision the cell runs with (`model_state_bytes`),
+  activations with gradient checkpointing at the micro-batch (global batch / GPUs) and sequence length,
+  and the LM head's logits over the answer tokens; against `plan.gpu`'s memory (90 % usable).
+
+A cell that does not fit is flagged with what to change; with a GPU declared, the workflow refuses to
+start a grid that holds one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from vlmscale import choices
+from vlmscale.jobs import STAGES, TrainSettings
+
+REFERENCE = Path(__file__).parent / "reference"
+USABLE_MEMORY = 0.9  # of a GPU's memory: the CUDA context, the allocator's fragmentation and NCCL buffers take the rest
+GB = 1e9
+
+
+@dataclass(frozen=True)
+class GPU:
+    name: str
+    peak_flops: float  # dense bf16
+    memory_gb: float
+
+
+GPUS = {
+    "a100": GPU("A100 80GB SXM (bf16 dense 312 TFLOP/s)", 312e12, 80),
+    "h100": GPU("H100 80GB SXM (bf16 dense 989 TFLOP/s)", 989e12, 80),
+}
+assert set(GPUS) == set(choices.GPUS), "vlmscale.choices.GPUS names the GPUs known here"
+
+
+@dataclass(frozen=True)
+class LLMShape:
+    hidden: int
+    intermediate: int
+    layers: int
+    vocab: int
+    tied: bool = False  # Qwen-1.5: untied input and output embeddings
+
+    @property
+    def layer_params(self) -> int:
+        """One decoder layer: q, k, v with biases, o, the gated MLP, two RMSNorms (Qwen2/Llama layout)."""
+        d = self.hidden
+        return 3 * (d * d + d) + d * d + 3 * d * self.intermediate + 2 * d
+
+    @property
+    def params(self) -> int:
+        embeddings = self.vocab * self.hidden * (1 if self.tied else 2)
+        return embeddings + self.layers * self.layer_params + self.hidden
+
+
+def llm_shape(llm: dict, vocab_hint: int) -> LLMShape | None:
+    """The LLM's shape: the config's keys, the shipped Qwen-1.5 table, or a local folder's config.json."""
+    if llm["source"] == "config":
+        return LLMShape(llm["hidden_size"], llm["intermediate_size"], llm["num_layers"], vocab_hint, tied=True)
+    known = json.loads((REFERENCE / "qwen1.5.json").read_text())["models"]
+    name = llm["source"].rstrip("/").split("/")[-1]
+    arch = known.get(name)
+    if arch is None and (Path(llm["source"]).expanduser() / "config.json").is_file():
+        arch = json.loads((Path(llm["source"]).expanduser() / "config.json").read_text())
+    if arch is None:
+        return None
+    return LLMShape(arch["hidden_size"], arch["intermediate_size"], arch["num_hidden_layers"], arch["vocab_size"],
+                    bool(arch.get("tie_word_embeddings", False)))  # fmt: skip
+
+
+def encoder_shape(vision: dict) -> tuple[int, int, int]:
+    """(parameters, hidden size, tokens per image) of the vision encoder."""
+    tokens = (vision["image_size"] // vision["patch_size"]) ** 2 + 1
+    if vision["source"] == "tiny":
+        d, layers = vision["hidden_size"], vision["num_layers"]
+        return layers * (4 * d * d + 8 * d * d), d, tokens
+    known = json.loads((REFERENCE / "encoders.json").read_text())["models"]
+    arch = known.get(vision["source"].rstrip("/").split("/")[-1])
+    if arch is None:
+        raise ValueError(f"vision.source: no shape known for {vision['source']!r} (reference/encoders.json)")
+    return arch["params"], arch["hidden_size"], tokens
+
+
+def adapter_params(compressor: str, vision_dim: int, text_dim: int, visual_tokens: int, patch_grid: int) -> int:
+    """Compressor + projector parameters, as vlmscale.model defines them."""
+    attention = 2 * 2 * vision_dim + 2 * (vision_dim * vision_dim + vision_dim) + vision_dim * 2 * vision_dim
+    attention += 2 * vision_dim
+    stride = patch_grid // max(1, math.isqrt(visual_tokens))
+    compressors = {
+        "avgpool": 0,
+        "tokenpacker": attention,
+        "quecc": attention + text_dim * vision_dim + vision_dim + vision_dim * stride * stride + vision_dim,
+    }
+    positions = 12  # token_positions: 4 x 3 Fourier features
+    projector = (vision_dim + positions) * text_dim + text_dim + text_dim * text_dim + text_dim
+    return compressors[compressor] + projector
+
+
+def model_state_bytes(n_total: int, n_trained: int, zero: int | None, world: int, precision: str,
+                      largest_layer: int = 0) -> float:  # fmt: skip
+    """Weights, gradients and AdamW's state per GPU, in bytes.
+
+    precision "fp32" (what vlmscale runs today): fp32 weights under bf16 autocast; a trained parameter
+    has a 4-byte gradient and 8 bytes of moments, and under ZeRO DeepSpeed keeps a 4-byte fp32 partition
+    of it as well. precision "bf16" (DeepSpeed's bf16 mode, LLaVA's): 2-byte weights; per trained
+    parameter 6 bytes of gradients (16- and 32-bit) and 12 of fp32 master weight and moments, as
+    DeepSpeed's estimators count them (estimate_zero2/zero3_model_states_mem_needs). ZeRO stage 1
+    partitions the optimizer's state over the GPUs, 2 the gradients too, 3 the weights too (a layer's
+    weights are gathered whole while it runs: 4 bytes per parameter of the largest layer).
+    """
+    g = max(1, world)
+    if precision == "bf16":
+        weight, grad, optim = 2.0, 6.0, 12.0
+    else:
+        weight, grad, optim = 4.0, 4.0, 8.0 + (4.0 if zero else 0.0)
+    weights, grads, optims = weight * n_total, grad * n_trained, optim * n_trained
+    if not zero:
+        return weights + grads + optims
+    if zero == 1:
+        return weights + grads + optims / g
+    if zero == 2:
+        return weights + (grads + optims) / g
+    return 4.0 * largest_layer + (weights + grads + optims) / g
+
+
+def activation_bytes(shape: LLMShape, micro_batch: int, seq: int, answer_tokens: int, checkpointing: bool) -> float:
+    """Activations of one micro-batch. With gradient checkpointing: each layer's fp32 input (the residual
+    stream follows the fp32 weights) plus one layer's working set during its recompute, about
+    34·b·s·d bytes (Korthikanti et al. 2022, 16-bit, attention without the s² scores: SDPA); without it,
+    that working set for every layer. Plus the LM head's logits over the answer tokens (bf16, and the
+    fp32 copy the loss takes)."""
+    b, s, d = micro_batch, seq, shape.hidden
+    layer = 34.0 * b * s * d
+    kept = shape.layers * (4.0 * b * s * d) + layer if checkpointing else shape.layers * layer
+    return kept + 6.0 * b * answer_tokens * shape.vocab
+
+
+@dataclass(frozen=True)
+class StagePlan:
+    stage: str
+    trained_params: int
+    micro_batch: int
+    seq_len: int
+    tokens: float
+    flops: float
+    gpu_hours: float
+    states_gb: float
+    activations_gb: float
+
+    @property
+    def memory_gb(self) -> float:
+        return self.states_gb + self.activations_gb
+
+
+@dataclass(frozen=True)
+class CellPlan:
+    cell: str
+    llm_params: int
+    total_params: int
+    gpus: int
+    stages: tuple[StagePlan, ...]
+    checkpoint_gb: float
+    memory_limit_gb: float | None
+    advice: str  # empty when the cell fits (or no GPU is declared)
+
+    @property
+    def gpu_hours(self) -> float:
+        return sum(s.gpu_hours for s in self.stages)
+
+    @property
+    def peak_memory_gb(self) -> float:
+        return max(s.memory_gb for s in self.stages)
+
+    @property
+    def fits(self) -> bool:
+        return self.memory_limit_gb is None or self.peak_memory_gb <= self.memory_limit_gb
+
+
+# --------------------------------------------------------------------------- the grid
+
+
+def world_size(cfg: dict, llm: str) -> int:
+    from vlmscale.config import launch_resources
+
+    resources = launch_resources(cfg, llm)
+    return int(resources.get("tasks_per_node", 1)) * int(resources.get("nodes", 1))
+
+
+def text_tokens(cfg: dict, stage: str) -> tuple[float, float]:
+    """(mean text tokens, mean answer tokens) per sample of a stage: measured words from the data's
+    report when it exists, else the config's stated sizes."""
+    report = Path(cfg["results"]) / "data" / "data_report.json"
+    stated = cfg["plan"]["tokens"][stage]
+    if report.is_file():
+        words = json.loads(report.read_text()).get("stages", {}).get(stage, {}).get("mean_words")
+        if words:
+            per_word = cfg["plan"]["tokens_per_word"]
+            text = per_word * (words["question"] + words["answer"]) + cfg["plan"]["template_tokens"]
+            return text, per_word * words["answer"]
+    return stated["text"], stated["answer"]
+
+
+def gpu_of(cfg: dict) -> GPU | None:
+    name = cfg["plan"].get("gpu")
+    if name is None:
+        return None
+    return GPUS[name] if isinstance(name, str) else GPU(name["name"], name["peak_tflops"] * 1e12, name["memory_gb"])
+
+
+def stage_plan(cfg: dict, cell: dict, stage_index: int) -> StagePlan:
+    """One training stage of one cell (`cell`: the shapes and counts plan_cell gathered)."""
+    stage = cell["settings"].stages[stage_index]
+    text, answer = text_tokens(cfg, stage.name)
+    seq = int(cell["V"] + text)
+    samples = stage.steps * stage.batch_size
+    shape, checkpointing = cell["shape"], cell["settings"].gradient_checkpointing
+    trained = cell["adapter"] + (shape.params if stage_index > 0 else 0)
+    llm_factor = (6 if stage_index > 0 else 4) + (2 if checkpointing else 0)
+    flops = llm_factor * shape.params * samples * seq + 6 * cell["adapter"] * samples * cell["V"]
+    if not cfg["vision"]["cache"]:
+        flops += 2 * cell["encoder"][0] * cell["encoder"][2] * samples
+    gpu = gpu_of(cfg)
+    hours = flops / (cfg["plan"]["mfu"] * gpu.peak_flops) / 3600 if gpu else float("nan")
+    micro = max(1, stage.batch_size // cell["world"])
+    total = shape.params + cell["adapter"]
+    states = model_state_bytes(total, trained, stage.zero_stage, cell["world"], "fp32", shape.layer_params)
+    if not cfg["vision"]["cache"]:
+        states += (2 if cfg["vision"].get("bf16") else 4) * cell["encoder"][0]
+    acts = activation_bytes(shape, micro, seq, int(answer), checkpointing)
+    return StagePlan(stage.name, trained, micro, seq, samples * seq, flops, hours, states / GB, acts / GB)
+
+
+def plan_cell(cfg: dict, llm: str, visual_tokens: int, vocab_hint: int = 1000) -> CellPlan | str:
+    """The cell's plan, or a sentence saying why it cannot be planned."""
+    from vlmscale.config import Cell, cell_spec, llm_by_name, patch_grid
+
+    shape = llm_shape(llm_by_name(cfg, llm), vocab_hint)
+    if shape is None:
+        source = llm_by_name(cfg, llm)["source"]
+        return f"{llm}: no shape known for {source!r} (not in reference/qwen1.5.json, no local config.json)"
+    encoder = encoder_shape(cfg["vision"])
+    adapter = adapter_params(cfg["compressor"], encoder[1], shape.hidden, visual_tokens, patch_grid(cfg))
+    cell = {"shape": shape, "encoder": encoder, "adapter": adapter, "V": visual_tokens, "world": world_size(cfg, llm),
+            "settings": TrainSettings.from_spec(cell_spec(cfg, llm, visual_tokens)["train"])}  # fmt: skip
+    stages = tuple(stage_plan(cfg, cell, i) for i in range(len(STAGES)))
+    gpu = gpu_of(cfg)
+    limit = gpu.memory_gb * USABLE_MEMORY if gpu else None
+    total = shape.params + adapter
+    checkpoint = (4 * total + 4 * total + 8 * stages[-1].trained_params) / GB  # final.pt + last.pt (with moments)
+    plan = CellPlan(Cell(llm, visual_tokens).architecture_id, shape.params, total, cell["world"], stages, checkpoint,
+                    limit, "")  # fmt: skip
+    return plan if plan.fits else _with_advice(cfg, plan, cell)
+
+
+def _with_advice(cfg: dict, plan: CellPlan, cell: dict) -> CellPlan:
+    """What would make a cell fit: ZeRO-2 where a stage runs below it, a smaller micro-batch, more GPUs."""
+    worst = max(plan.stages, key=lambda s: s.memory_gb)
+    stage = cell["settings"].stages[STAGES.index(worst.stage)]
+    tips = []
+    if (stage.zero_stage or 0) < 2:
+        tips.append(f"train.zero_stage.{worst.stage}: 2")
+    room = plan.memory_limit_gb - worst.states_gb
+    if room > 0 and worst.activations_gb > room:
+        fitting = max(1, int(worst.micro_batch * room / worst.activations_gb))
+        tips.append(f"train.{worst.stage}.batch_size {fitting * plan.gpus} (a micro-batch of {fitting}, now "
+                    f"{worst.micro_batch}; without gradient accumulation that is the global batch)")  # fmt: skip
+    index = STAGES.index(worst.stage)
+    more = next((g for g in (2**k for k in range(1, 12)) if g > plan.gpus and
+                 stage_plan(cfg, {**cell, "world": g}, index).memory_gb <= plan.memory_limit_gb), None)  # fmt: skip
+    if more:
+        tips.append(f"{more} GPUs (now {plan.gpus}; llms[].resources: tasks_per_node x nodes)")
+    advice = f"{worst.stage} needs {worst.memory_gb:.0f} GB per GPU of {plan.memory_limit_gb:.0f}: try " + ", or ".join(
+        tips
+    )
+    return CellPlan(**{**plan.__dict__, "advice": advice})
+
+
+def plan_grid(cfg: dict) -> list[CellPlan | str]:
+    from vlmscale.config import architectures
+
+    vocab = _vocabulary_size(cfg)
+    return [plan_cell(cfg, c.llm, c.visual_tokens, vocab) for c in architectures(cfg)]
+
+
+def _vocabulary_size(cfg: dict) -> int:
+    manifest = Path(cfg["results"]) / "data" / "manifest.json"
+    if manifest.is_file():
+        return len(json.loads(manifest.read_text()).get("vocabulary", [])) + 8
+    return 1000
+
+
+def unfit_cells(cfg: dict) -> list[str]:
+    """The cells that will not fit their GPUs, each with what to change (empty when no GPU is declared)."""
+    if gpu_of(cfg) is None:
+        return []
+    return [f"{p.cell}: {p.advice}" for p in plan_grid(cfg) if isinstance(p, CellPlan) and not p.fits]
+
+
+# --------------------------------------------------------------------------- the table
+
+
+def _number(x: float) -> str:
+    for unit, size in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(x) >= size:
+            return f"{x / size:.3g}{unit}"
+    return f"{x:.3g}"
+
+
+def table(cfg: dict, plans: list[CellPlan | str]) -> str:
+    gpu = gpu_of(cfg)
+    header = ("cell", "GPUs", "params", "trained s1/s2", "tokens s1/s2", "train FLOPs", "GPU-h", "GB/GPU s1/s2", "")
+    rows = [header]
+    for p in plans:
+        if isinstance(p, str):
+            rows.append((p, "", "", "", "", "", "", "", ""))
+            continue
+        s1, s2 = p.stages
+        mem = f"{s1.memory_gb:.1f}/{s2.memory_gb:.1f}"
+        rows.append((p.cell, str(p.gpus), _number(p.total_params),
+                     f"{_number(s1.trained_params)}/{_number(s2.trained_params)}",
+                     f"{_number(s1.tokens)}/{_number(s2.tokens)}", f"{sum(s.flops for s in p.stages):.3g}",
+                     f"{p.gpu_hours:.1f}", mem, _verdict(p, gpu)))  # fmt: skip
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    return "\n".join(lines + _summary(cfg, [p for p in plans if isinstance(p, CellPlan)], gpu))
+
+
+def _verdict(plan: CellPlan, gpu: GPU | None) -> str:
+    if gpu is None:
+        return ""
+    return "fits" if plan.fits else "DOES NOT FIT"
+
+
+def _summary(cfg: dict, plans: list[CellPlan], gpu: GPU | None) -> list[str]:
+    seeds = len(cfg["grid"].get("seeds") or [cfg["train"]["seed"]])
+    hours = seeds * sum(p.gpu_hours for p in plans)
+    disk = seeds * sum(p.checkpoint_gb for p in plans)
+    where = f"{gpu.name}, MFU {cfg['plan']['mfu']:.0%}" if gpu else "no plan.gpu declared: no GPU-hours or fit"
+    totals = f"  training GPU-hours {hours:,.0f}; checkpoint disk {disk:,.0f} GB (final.pt + last.pt per cell)"
+    lines = ["", f"{len(plans)} cells x {seeds} seed(s) on {where}:", totals]
+    lines += [f"  {p.cell}: {p.advice}" for p in plans if not p.fits]
+    return lines
+
+
+def main(cfg: dict) -> str:
+    return table(cfg, plan_grid(cfg))

@@ -1,0 +1,110 @@
+"""`vlmscale plan`: parameter counts from shapes, model-state memory against DeepSpeed's own estimators,
+the paper's grid against LLaVA's published training time, and a grid that will not fit refused before
+anything runs."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import yaml
+from test_bad_input import REPO, default_config, run, snakemake_dry_run
+
+from vlmscale import config as vcfg
+from vlmscale import model, plan
+
+VLMSCALE = ["python", "-m", "vlmscale.cli"]
+QWEN = json.loads((REPO / "src/vlmscale/reference/qwen1.5.json").read_text())["models"]
+SCHEMA = REPO / "workflow/schemas/config.schema.yaml"
+
+
+def paper_config(gpu: str = "a100") -> dict:
+    cfg = vcfg.load_file(REPO / "configs/paper.yaml", SCHEMA, data=False)
+    cfg["plan"]["gpu"] = gpu
+    return cfg
+
+
+@pytest.mark.parametrize("name", sorted(QWEN))
+def test_llm_parameters_from_the_shape_match_the_published_sizes(name):
+    shape = plan.llm_shape({"source": f"Qwen/{name}"}, 0)
+    assert shape.params == pytest.approx(QWEN[name]["published_params"], rel=0.01)
+
+
+@pytest.mark.parametrize("compressor", ["avgpool", "tokenpacker", "quecc"])
+@pytest.mark.parametrize("visual_tokens", [1, 4, 16])
+def test_adapter_parameters_match_the_modules(compressor, visual_tokens):
+    vision_dim, text_dim, grid = 24, 40, 8
+    built = model.build_compressor(compressor, visual_tokens, vision_dim, grid, text_dim)
+    projector = model.Projector(vision_dim, text_dim, model.token_positions(2).shape[-1])
+    counted = sum(p.numel() for m in (built, projector) for p in m.parameters())
+    assert plan.adapter_params(compressor, vision_dim, text_dim, visual_tokens, grid) == counted
+
+
+@pytest.mark.parametrize("name", ["Qwen1.5-0.5B", "Qwen1.5-7B", "Qwen1.5-14B"])
+@pytest.mark.parametrize("gpus, nodes", [(8, 1), (8, 2)])
+def test_bf16_model_states_match_deepspeeds_estimators(name, gpus, nodes):
+    from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs
+    from deepspeed.runtime.zero.stage_1_and_2 import estimate_zero2_model_states_mem_needs
+
+    shape = plan.llm_shape({"source": f"Qwen/{name}"}, 0)
+    n, world = shape.params, gpus * nodes
+    largest = shape.vocab * shape.hidden  # an embedding table is the largest single module
+    _, zero2 = estimate_zero2_model_states_mem_needs(n, gpus, nodes, cpu_offload=False)
+    _, zero3, _ = estimate_zero3_model_states_mem_needs(n, largest, gpus, nodes, cpu_offload=False)
+    assert plan.model_state_bytes(n, n, 2, world, "bf16") == pytest.approx(zero2, abs=1)
+    # DeepSpeed's ZeRO-3 estimate leaves out each GPU's share of the 16-bit weights (2 bytes each / GPUs)
+    assert plan.model_state_bytes(n, n, 3, world, "bf16", largest) == pytest.approx(zero3 + 2 * n / world, abs=1)
+
+
+def test_the_fp32_states_vlmscale_runs_today():
+    # 14B under ZeRO-2 on 8 GPUs: 4-byte weights on every GPU, 16 bytes per parameter shared by 8
+    n = 14_000_000_000
+    assert plan.model_state_bytes(n, n, 2, 8, "fp32") / 1e9 == pytest.approx(56 + 28)
+    assert plan.model_state_bytes(n, 0, 2, 8, "fp32") / 1e9 == pytest.approx(56)  # frozen: weights alone
+    assert plan.model_state_bytes(n, n, None, 1, "fp32") / 1e9 == pytest.approx(16 * 14)
+
+
+def test_the_7b_576_cell_lands_near_llavas_published_training_time():
+    # LLaVA-1.5-7B: ~3.5 h of pretraining and ~10 h of fine-tuning on 8 A100s, about 110 GPU-hours.
+    cell = plan.plan_cell(paper_config("a100"), "qwen1.5-7b", 576)
+    assert 110 / 2 <= cell.gpu_hours <= 110 * 2
+    assert cell.fits and cell.gpus == 8
+
+
+def test_the_paper_grid_is_planned_and_fits_its_gpus():
+    plans = plan.plan_grid(paper_config("a100"))
+    assert len(plans) == 35 and all(isinstance(p, plan.CellPlan) and p.fits for p in plans)
+    text = plan.table(paper_config("a100"), plans)
+    assert "qwen1.5-14b/v576" in text and "training GPU-hours" in text and "DOES NOT FIT" not in text
+
+
+def test_a_cell_that_will_not_fit_names_what_to_change():
+    cfg = paper_config("a100")
+    cfg["llms"][-1]["resources"] = {**cfg["llms"][-1]["resources"], "nodes": 1}
+    cell = plan.plan_cell(cfg, "qwen1.5-14b", 576)
+    assert not cell.fits
+    assert "stage2 needs" in cell.advice and "32 GPUs (now 8" in cell.advice
+
+
+def test_the_workflow_refuses_a_grid_with_a_cell_that_will_not_fit(tmp_path):
+    cfg = default_config()
+    cfg["plan"] = {"gpu": {"name": "a 1 MB GPU", "peak_tflops": 1, "memory_gb": 0.001}}
+    out = snakemake_dry_run(tmp_path, cfg)
+    assert "cells that will not fit their GPUs" in out and "lm-l/v16: stage" in out
+
+
+def test_plan_command_runs_before_any_data_exists(tmp_path):
+    cfg = copy.deepcopy(yaml.safe_load((REPO / "configs/paper.yaml").read_text()))
+    (tmp_path / "paper.yaml").write_text(yaml.safe_dump(cfg))
+    code, out = run([*VLMSCALE, "plan", "--configfile", "paper.yaml", "--gpu", "h100"], tmp_path)
+    assert code == 0, out
+    assert "qwen1.5-0.5b/v1 " in out and "H100" in out and not (tmp_path / "data").exists()
+
+
+def test_no_gpu_declared_plans_without_hours_or_fit():
+    cfg = vcfg.load_file(REPO / "config.yaml", SCHEMA, data=False)
+    plans = plan.plan_grid(cfg)
+    assert len(plans) == 12 and all(p.fits and p.advice == "" for p in plans)
+    assert "no plan.gpu declared" in plan.table(cfg, plans)
+    assert plan.unfit_cells(cfg) == []
