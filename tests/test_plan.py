@@ -108,3 +108,15 @@ def test_no_gpu_declared_plans_without_hours_or_fit():
     assert len(plans) == 12 and all(p.fits and p.advice == "" for p in plans)
     assert "no plan.gpu declared" in plan.table(cfg, plans)
     assert plan.unfit_cells(cfg) == []
+
+
+@pytest.mark.parametrize("d, ff, layers, image, patch", [(1024, 4096, 24, 336, 14), (768, 3072, 12, 224, 16)])
+def test_encoder_parameters_match_the_clip_model(d, ff, layers, image, patch):
+    import torch
+    from transformers import CLIPVisionConfig, CLIPVisionModel
+
+    config = CLIPVisionConfig(hidden_size=d, intermediate_size=ff, num_hidden_layers=layers,
+                              num_attention_heads=d // 64, image_size=image, patch_size=patch)  # fmt: skip
+    with torch.device("meta"):
+        built = sum(p.numel() for p in CLIPVisionModel(config).parameters())
+    assert plan.vit_params(d, ff, layers, patch, (image // patch) ** 2 + 1) == built

@@ -86,17 +86,30 @@ def llm_shape(llm: dict, vocab_hint: int) -> LLMShape | None:
                     bool(arch.get("tie_word_embeddings", False)))  # fmt: skip
 
 
-def encoder_shape(vision: dict) -> tuple[int, int, int]:
-    """(parameters, hidden size, tokens per image) of the vision encoder."""
+def vit_params(hidden: int, intermediate: int, layers: int, patch: int, tokens: int) -> int:
+    """A CLIP-style vision transformer: patch embedding (no bias), class and position embeddings, pre- and
+    post-LayerNorm, and per layer q, k, v, o with biases, two LayerNorms and a two-layer MLP."""
+    d, ff = hidden, intermediate
+    layer = 4 * (d * d + d) + 4 * d + (d * ff + ff) + (ff * d + d)
+    return 3 * patch * patch * d + d + tokens * d + 2 * d + layers * layer + 2 * d
+
+
+def encoder_shape(vision: dict) -> tuple[int, int, int] | None:
+    """(parameters, hidden size, tokens per image) of the vision encoder; None when its shape is unknown."""
     tokens = (vision["image_size"] // vision["patch_size"]) ** 2 + 1
     if vision["source"] == "tiny":
-        d, layers = vision["hidden_size"], vision["num_layers"]
-        return layers * (4 * d * d + 8 * d * d), d, tokens
+        d = vision["hidden_size"]
+        return vit_params(d, 4 * d, vision["num_layers"], vision["patch_size"], tokens), d, tokens
     known = json.loads((REFERENCE / "encoders.json").read_text())["models"]
     arch = known.get(vision["source"].rstrip("/").split("/")[-1])
+    local = Path(vision["source"]).expanduser() / "config.json"
+    if arch is None and local.is_file():
+        arch = json.loads(local.read_text())
+        arch = arch.get("vision_config", arch)
     if arch is None:
-        raise ValueError(f"vision.source: no shape known for {vision['source']!r} (reference/encoders.json)")
-    return arch["params"], arch["hidden_size"], tokens
+        return None
+    d = arch["hidden_size"]
+    return vit_params(d, arch["intermediate_size"], arch["num_hidden_layers"], vision["patch_size"], tokens), d, tokens
 
 
 def adapter_params(compressor: str, vision_dim: int, text_dim: int, visual_tokens: int, patch_grid: int) -> int:
@@ -257,6 +270,8 @@ def plan_cell(cfg: dict, llm: str, visual_tokens: int, vocab_hint: int = 1000) -
         source = llm_by_name(cfg, llm)["source"]
         return f"{llm}: no shape known for {source!r} (not in reference/qwen1.5.json, no local config.json)"
     encoder = encoder_shape(cfg["vision"])
+    if encoder is None:
+        return f"{llm}: no shape known for vision.source {cfg['vision']['source']!r} (reference/encoders.json)"
     adapter = adapter_params(cfg["compressor"], encoder[1], shape.hidden, visual_tokens, patch_grid(cfg))
     cell = {"shape": shape, "encoder": encoder, "adapter": adapter, "V": visual_tokens, "world": world_size(cfg, llm),
             "settings": TrainSettings.from_spec(cell_spec(cfg, llm, visual_tokens)["train"])}  # fmt: skip
