@@ -192,6 +192,13 @@ def test_malformed_llava_json_names_line_or_record(tmp_path, llava_data):
     assert f"record 5 (id {records[5]['id']!r}): turns must alternate human/gpt" in out
 
 
+def test_a_micro_batch_that_does_not_split_the_batch_is_named(tmp_path):
+    cfg = default_config()
+    cfg["train"]["micro_batch_size"] = 48
+    out = snakemake_dry_run(tmp_path, cfg)
+    assert "llms[0] (lm-xs): train.stage1.batch_size (64) must be a multiple of train.micro_batch_size (48)" in out
+
+
 def test_a_vqa_benchmark_without_ten_answers_is_refused(tmp_path, llava_data):
     # One answer per question would score 0 everywhere under VQA's leave-one-out: refused at config load.
     cfg = llava_config(llava_data)

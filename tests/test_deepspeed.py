@@ -22,12 +22,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_process_zero2_matches_single_process(small_data, small_vision, tmp_path):
+@pytest.mark.parametrize("micro", [None, 2], ids=["whole-share", "accumulating-2"])
+def test_two_process_zero2_matches_single_process(small_data, small_vision, tmp_path, micro):
+    """micro 2: each rank's half of the batch of 8 in two micro-batches, gradients accumulated by DeepSpeed."""
     from vlmscale import train
 
     single = train.train_cell(cell_cfg(small_data, small_vision, tmp_path / "single"), log=lambda m: None)
 
-    cfg = cell_cfg(small_data, small_vision, tmp_path / "zero2", zero_stage={"stage1": 2, "stage2": 2})
+    extra = {"micro_batch_size": micro} if micro else {}
+    cfg = cell_cfg(small_data, small_vision, tmp_path / "zero2", zero_stage={"stage1": 2, "stage2": 2}, **extra)
     args = [
         "--spec",
         json.dumps(cfg.spec),

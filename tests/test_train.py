@@ -78,3 +78,22 @@ def test_checkpoint_of_another_spec_is_not_resumed(small_data, small_vision, tmp
     messages = []
     train.train_cell(other, log=messages.append)
     assert not any("resuming" in m for m in messages)
+
+
+def test_gradient_accumulation_follows_the_one_batch_curve(small_data, small_vision, tmp_path):
+    """batch 8 in two micro-batches of 4: each micro-batch's loss weighted by its share of the answer
+    tokens, so the step is the one-batch step up to floating-point summation order."""
+    whole = train.train_cell(cell_cfg(small_data, small_vision, tmp_path / "whole"), log=lambda m: None)
+    split = train.train_cell(cell_cfg(small_data, small_vision, tmp_path / "split", micro_batch_size=4),
+                             log=lambda m: None)  # fmt: skip
+    assert [h["step"] for h in split["history"]] == [h["step"] for h in whole["history"]]
+    for ours, reference in zip(split["history"], whole["history"]):
+        assert ours["loss"] == pytest.approx(reference["loss"], rel=1e-3), (ours, reference)
+        assert ours["train_accuracy"] == pytest.approx(reference["train_accuracy"], abs=1e-3)
+
+
+def test_a_micro_batch_that_does_not_divide_the_batch_is_refused(small_data, small_vision, tmp_path):
+    with pytest.raises(
+        ValueError, match=r"train.stage1.batch_size \(8\) must be a multiple of train.micro_batch_size \(3\)"
+    ):
+        train.train_cell(cell_cfg(small_data, small_vision, tmp_path, micro_batch_size=3), log=lambda m: None)

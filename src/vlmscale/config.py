@@ -79,6 +79,7 @@ def check(cfg: dict, data: bool = True) -> dict:
             )
     for i, llm in enumerate(cfg["llms"]):
         _check_llm(llm, f"llms[{i}] ({llm['name']})")
+        _check_batches(cfg, llm["name"], f"llms[{i}] ({llm['name']})")
     if data:
         _check_data(cfg)
     _check_local_source(vision["source"], "vision.source", allowed=("tiny",))
@@ -105,6 +106,19 @@ def _check_choices(cfg: dict) -> None:
         for value in found:
             if value not in choices.BY_KEY[key]:
                 raise ConfigError(f"{key}: {value!r} is not one of {list(choices.BY_KEY[key])}")
+
+
+def _check_batches(cfg: dict, llm: str, where: str) -> None:
+    """Each stage's batch splits evenly over the LLM's processes and micro-batches (launch resources)."""
+    from vlmscale.jobs import TrainSettings
+
+    resources = launch_resources(cfg, llm)
+    world = int(resources.get("tasks_per_node", 1)) * int(resources.get("nodes", 1))
+    for stage in TrainSettings.from_spec(cell_spec(cfg, llm, cfg["grid"]["visual_tokens"][0])["train"]).stages:
+        try:
+            stage.accumulation(world)
+        except ValueError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
 
 
 def _check_grid_fits_law(cfg: dict) -> None:

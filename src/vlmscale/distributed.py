@@ -69,11 +69,14 @@ class TorchStepper:
         self.model, self.params = model, params
         self.optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
 
-    def step(self, loss: torch.Tensor) -> None:
-        self.optimizer.zero_grad(set_to_none=True)
+    def accumulate(self, loss: torch.Tensor) -> None:
+        """Add this micro-batch's gradients (its loss already weighted by its share of the step)."""
         loss.backward()
+
+    def step(self) -> None:
         torch.nn.utils.clip_grad_norm_(self.params, 1.0)
         self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
 
     def optimizer_state(self) -> dict | None:
         return self.optimizer.state_dict()
@@ -85,14 +88,14 @@ class TorchStepper:
 class DeepSpeedStepper:
     """The same update through a DeepSpeed engine with ZeRO stage `zero` (0-2) over `world`."""
 
-    def __init__(self, model, params, lr: float, weight_decay: float, zero: int, micro_batch: int, world: World):
+    def __init__(self, model, params, lr: float, weight_decay: float, zero: int, micro_batch: int, accumulation: int):
         import deepspeed
 
         init_process_group()
         optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)  # a torch optimizer: no extra op build
         config = {
             "train_micro_batch_size_per_gpu": micro_batch,
-            "gradient_accumulation_steps": 1,
+            "gradient_accumulation_steps": accumulation,
             "gradient_clipping": 1.0,
             "zero_optimization": {"stage": zero},
             "steps_per_print": 10**9,
@@ -100,9 +103,14 @@ class DeepSpeedStepper:
         self.engine, self.optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=config)
         self.model = self.engine
 
-    def step(self, loss: torch.Tensor) -> None:
-        self.engine.backward(loss)
+    def accumulate(self, loss: torch.Tensor) -> None:
+        # The loss is already weighted by its share of the step: DeepSpeed must not divide it again. Its
+        # step() after each micro-batch only counts them, and updates at the accumulation boundary.
+        self.engine.backward(loss, scale_wrt_gas=False)
         self.engine.step()
+
+    def step(self) -> None:
+        pass  # the engine stepped at the last micro-batch's boundary
 
     def optimizer_state(self) -> dict | None:
         return None  # partitioned across ranks under ZeRO: a resume restarts the optimizer's moments
@@ -133,6 +141,5 @@ def make_stepper(model, params, stage, weight_decay: float, world: World):
     for a ZeRO stage or the job has several processes; each process takes batch_size / world of the batch."""
     if stage.zero_stage is None and world.size == 1:
         return TorchStepper(model, params, stage.lr, weight_decay)
-    return DeepSpeedStepper(
-        model, params, stage.lr, weight_decay, stage.zero_stage or 0, stage.batch_size // world.size, world
-    )
+    micro, accumulation = stage.micro_batch(world.size), stage.accumulation(world.size)
+    return DeepSpeedStepper(model, params, stage.lr, weight_decay, stage.zero_stage or 0, micro, accumulation)

@@ -23,6 +23,24 @@ class StageSettings:
     lr: float
     batch_size: int  # global batch of one optimizer step: the stage's own, else train.batch_size
     zero_stage: int | None  # DeepSpeed ZeRO stage; None: plain PyTorch in one process
+    micro_batch_size: int | None = None  # per process and forward pass; None: the process's whole share
+
+    def accumulation(self, world: int) -> int:
+        """Micro-batches per optimizer step and process: batch_size / (micro_batch_size x world)."""
+        if self.batch_size % world:
+            raise ValueError(f"train.{self.name}.batch_size ({self.batch_size}) must be divisible by the number "
+                             f"of processes ({world})")  # fmt: skip
+        if self.micro_batch_size is None:
+            return 1
+        if self.batch_size % (self.micro_batch_size * world):
+            raise ValueError(
+                f"train.{self.name}.batch_size ({self.batch_size}) must be a multiple of train.micro_batch_size "
+                f"({self.micro_batch_size}) x processes ({world})"
+            )
+        return self.batch_size // (self.micro_batch_size * world)
+
+    def micro_batch(self, world: int) -> int:
+        return self.batch_size // world // self.accumulation(world)
 
 
 @dataclass(frozen=True)
@@ -49,6 +67,7 @@ class TrainSettings:
                 train[name]["lr"],
                 train[name].get("batch_size", train["batch_size"]),
                 zero.get(name),
+                train.get("micro_batch_size"),
             )
             for i, name in enumerate(STAGES)
         )

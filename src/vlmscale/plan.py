@@ -252,7 +252,7 @@ def stage_plan(cfg: dict, cell: dict, stage_index: int) -> StagePlan:
         flops += 2 * cell["encoder"][0] * cell["encoder"][2] * samples
     gpu = gpu_of(cfg)
     hours = flops / (cfg["plan"]["mfu"] * gpu.peak_flops) / 3600 if gpu else float("nan")
-    micro = max(1, stage.batch_size // cell["world"])
+    micro = stage.micro_batch(cell["world"])
     total = shape.params + cell["adapter"]
     states = model_state_bytes(total, trained, stage.zero_stage, cell["world"], "fp32", shape.layer_params)
     if not cfg["vision"]["cache"]:

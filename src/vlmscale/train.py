@@ -26,6 +26,7 @@ from vlmscale.fileio import atomic_torch_save, code_version, read_json, write_js
 from vlmscale.identity import config_hash, run_key
 from vlmscale.jobs import STAGES, StageSettings, TrainJob, TrainSettings
 from vlmscale.model import VLM, count_llm_params
+from vlmscale.tokenizer import IGNORE
 from vlmscale.vision import device_for_job, feature_source
 
 
@@ -208,6 +209,7 @@ def run_stage(loop: Loop, stage: StageSettings, state: TrainingState) -> None:
     if state.optimizer and state.step > 0:
         stepper.load_optimizer_state(state.optimizer)
     loop.model.train()
+    accumulation = stage.accumulation(loop.world.size)
     window: list[tuple[float, float]] = []
     for step in range(state.step, stage.steps):
         for group in stepper.optimizer.param_groups:
@@ -215,11 +217,8 @@ def run_stage(loop: Loop, stage: StageSettings, state: TrainingState) -> None:
         indices = batch_indices(
             len(loop.data.samples[stage.name]), stage.batch_size, loop.settings.seed, stage.index + 1, step
         )
-        loss, acc = checked_loss(
-            loop, stage, step, stepper.model, loop.data.batch(stage.name, share(indices, loop.world))
-        )
-        stepper.step(loss)
-        loss, acc = mean_across(torch.stack([loss.detach(), acc.detach()]), loop.world)
+        loss, acc = optimizer_step(loop, stage, step, stepper, share(indices, loop.world).chunk(accumulation))
+        loss, acc = mean_across(torch.stack([loss, acc]), loop.world)
         window.append((loss.item(), acc.item()))
         if (step + 1) % max(1, loop.settings.log_every) == 0 or step + 1 == stage.steps:
             record_progress(loop, state, stage, step, window)
@@ -228,6 +227,27 @@ def run_stage(loop: Loop, stage: StageSettings, state: TrainingState) -> None:
             state.step, state.seconds = step + 1, time.time() - loop.started
             loop.checkpointer.save(state, loop.model, stepper.optimizer_state())
     state.optimizer = None
+
+
+def optimizer_step(loop: Loop, stage: StageSettings, step: int, stepper, parts) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimizer step over this process's share, in micro-batches (`parts`, index chunks). Each
+    micro-batch's loss is weighted by its share of the answer tokens, so the accumulated gradient, and
+    the loss and accuracy returned, are those of the whole share at once."""
+    batches = [loop.data.batch(stage.name, part) for part in parts]
+    if len(batches) == 1:  # no accumulation: exactly the one-batch step
+        loss, acc = checked_loss(loop, stage, step, stepper.model, batches[0])
+        stepper.accumulate(loss)
+        stepper.step()
+        return loss.detach(), acc.detach()
+    tokens = [int((b.labels[:, 1:] != IGNORE).sum()) for b in batches]
+    total_loss = total_acc = torch.zeros((), device=loop.data.device)
+    for batch, n in zip(batches, tokens):
+        loss, acc = checked_loss(loop, stage, step, stepper.model, batch)
+        stepper.accumulate(loss * (n / sum(tokens)))
+        total_loss = total_loss + loss.detach() * (n / sum(tokens))
+        total_acc = total_acc + acc.detach() * (n / sum(tokens))
+    stepper.step()
+    return total_loss, total_acc
 
 
 def checked_loss(loop: Loop, stage: StageSettings, step: int, model, batch: Batch):
@@ -239,7 +259,8 @@ def checked_loss(loop: Loop, stage: StageSettings, step: int, model, batch: Batc
             raise
         raise CellOutOfMemory(
             f"{stage.name} step {step}: out of memory with train.batch_size {stage.batch_size}; lower it for "
-            f"this LLM (llms[].train.batch_size) or give the job more memory (launch resources). "
+            f"this LLM (llms[].train.batch_size), set a smaller train.micro_batch_size (gradient accumulation "
+            f"keeps the batch), or give the job more memory (launch resources). "
             f"Last checkpoint kept at {loop.checkpointer.path}"
         ) from exc
     if not torch.isfinite(loss):
