@@ -298,14 +298,20 @@ def _with_advice(cfg: dict, plan: CellPlan, cell: dict) -> CellPlan:
         tips.append(f"train.{worst.stage}.batch_size {fitting * plan.gpus} (a micro-batch of {fitting}, now "
                     f"{worst.micro_batch}; without gradient accumulation that is the global batch)")  # fmt: skip
     index = STAGES.index(worst.stage)
-    more = next((g for g in (2**k for k in range(1, 12)) if g > plan.gpus and
-                 stage_plan(cfg, {**cell, "world": g}, index).memory_gb <= plan.memory_limit_gb), None)  # fmt: skip
+    more = next((g for g in (2**k for k in range(1, 12)) if g > plan.gpus and _fits_on(cfg, cell, index, g)), None)
     if more:
         tips.append(f"{more} GPUs (now {plan.gpus}; llms[].resources: tasks_per_node x nodes)")
     advice = f"{worst.stage} needs {worst.memory_gb:.0f} GB per GPU of {plan.memory_limit_gb:.0f}: try " + ", or ".join(
         tips
     )
     return CellPlan(**{**plan.__dict__, "advice": advice})
+
+
+def _fits_on(cfg: dict, cell: dict, stage_index: int, world: int) -> bool:
+    try:
+        return stage_plan(cfg, {**cell, "world": world}, stage_index).memory_gb <= gpu_of(cfg).memory_gb * USABLE_MEMORY
+    except ValueError:  # the batch does not split over that many GPUs
+        return False
 
 
 def plan_grid(cfg: dict) -> list[CellPlan | str]:
