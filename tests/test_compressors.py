@@ -62,3 +62,30 @@ def test_quecc_trains_a_cell_end_to_end(small_data, small_vision, tmp_path):
     cfg.spec["compressor"] = "quecc"
     result = train.train_cell(cfg, log=lambda m: None)
     assert result["history"][-1]["step"] == 30 and result["final_loss"] < result["history"][0]["loss"]
+
+
+def quecc_vlm():
+    torch.manual_seed(0)
+    llm = model.build_llm({"name": "t", "source": "config", "arch": "qwen2", "hidden_size": 32,
+                           "intermediate_size": 64, "num_layers": 2, "num_heads": 2}, vocab_size=40)  # fmt: skip
+    return model.VLM(llm, vision_dim=DIM, visual_tokens=16, compressor="quecc", patch_grid=8).eval()
+
+
+def test_quecc_query_is_the_llms_last_hidden_state_at_the_questions_last_token():
+    vlm = quecc_vlm()
+    questions = torch.tensor([[5, 6, 7, 8, 9], [5, 6, 7, 0, 0]])  # the second row right-padded
+    lengths = torch.tensor([5, 3])
+    state = vlm.question_state(questions, lengths)
+    with torch.no_grad():
+        alone = [
+            vlm.llm.base_model(input_ids=row[None, :n]).last_hidden_state[0, -1] for row, n in zip(questions, lengths)
+        ]
+    assert torch.allclose(state, torch.stack(alone), atol=1e-5)  # pads after the last token change nothing
+
+
+def test_quecc_query_changes_with_a_word_far_from_the_questions_end():
+    vlm = quecc_vlm()
+    lengths = torch.tensor([6])
+    first = vlm.question_state(torch.tensor([[5, 6, 7, 8, 9, 10]]), lengths)
+    changed = vlm.question_state(torch.tensor([[11, 6, 7, 8, 9, 10]]), lengths)  # only the first word differs
+    assert not torch.allclose(first, changed)

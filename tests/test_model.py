@@ -127,3 +127,13 @@ def test_learned_compressors_flops_are_measured_and_reported_apart(compressor):
     n_patches, dim = (SMALL_VISION["image_size"] // SMALL_VISION["patch_size"]) ** 2, SMALL_VISION["hidden_size"]
     assert row["flops_compressor"] >= 2 * n_patches * dim * 2 * dim > base["flops_compressor"]
     assert row["flops_llm_measured"] == base["flops_llm_measured"]  # the LLM's cost does not include it
+
+
+def test_quecc_question_pass_is_its_own_flop_column():
+    spec = {"cell": "t/v4", "llm": LLM, "visual_tokens": 4, "compressor": "quecc"}
+    counted = flops.count_cell(spec, SMALL_VISION, [f"w{i}" for i in range(40)], [0, 50])
+    n = counted["llm_params"]["total"]
+    assert [r["flops_quecc_question"] for r in counted["rows"]] == [0.0, 2.0 * n * 50]
+    assert all(r["flops_paper"] == 2.0 * n * (r["text_tokens"] + 4) for r in counted["rows"])  # the law's axis
+    plain = flops.count_cell({**spec, "compressor": "avgpool"}, SMALL_VISION, [f"w{i}" for i in range(40)], [50])
+    assert "flops_quecc_question" not in plain["rows"][0]

@@ -12,6 +12,8 @@ Everything the paper leaves out is reported beside it, never folded in:
 * `flops_compressor`: avgpool, one add per patch feature element (P * D); tokenpacker and quecc,
   measured like the encoder (their projections, convolution and local attention);
 * `flops_projector`: 2 * projector parameters * V;
+* `flops_quecc_question` (QueCC cells only): the question's own pass through the LLM that builds QueCC's
+  query, 2 * N * Q (the question taken as the row's Q text tokens): QueCC's price beyond 2N(Q+V);
 * `prefill_latency_ms`: measured wall time of one LLM prefill (batch 1, median of repeats, this machine);
   null for pretrained LLMs, which are counted on PyTorch's meta device: shapes only, no weights loaded,
   so a 14B model is counted in seconds on a login node.
@@ -115,6 +117,11 @@ def count_cell(spec: dict, vision: dict, vocabulary: list[str], text_tokens: lis
                 "flops_compressor": compressor_flops,
                 "flops_projector": 2.0 * projector_params * v,
                 "prefill_latency_ms": None if pretrained else round(prefill_latency_ms(llm, embeds), 4),
+                **(
+                    {"flops_quecc_question": paper_flops(params["total"], q, 0)}
+                    if spec["compressor"] == "quecc"
+                    else {}
+                ),
             }
         )
     return {"llm_params": params, "rows": rows}

@@ -124,21 +124,23 @@ class TokenPackerCompressor(nn.Module):
 
 
 class QueCCCompressor(nn.Module):
-    """QueCC (the paper's query-based convolutional cross-attention): the question, embedded by the LM
-    and projected, is added to every patch feature; a depthwise convolution with stride s downsamples
-    these question-aware features into V queries; each query cross-attends to its own region."""
+    """QueCC (the paper's query-based convolutional cross-attention), its query built as the paper's code
+    builds it (locuslab/llava-token-compression: clip_encoder.py, quecc.py): the question run through the
+    LM on its own, the last layer's hidden state at its last token, projected (linear + LayerNorm), is
+    added to every patch feature; a depthwise convolution with stride s downsamples these question-aware
+    features into V queries; each query cross-attends to its own region."""
 
     def __init__(self, visual_tokens: int, dim: int, patch_grid: int, text_dim: int | None = None, heads: int = 4, **_):
         super().__init__()
         self.side = token_side(visual_tokens, patch_grid, "quecc")
         stride = patch_grid // self.side
-        self.text = nn.Linear(text_dim or dim, dim)
+        self.text = nn.Sequential(nn.Linear(text_dim or dim, dim), nn.LayerNorm(dim, eps=1e-6))
         self.down = nn.Conv2d(dim, dim, kernel_size=stride, stride=stride, groups=dim)
         self.attend = LocalCrossAttention(dim, dim, heads)
 
     def forward(self, features: torch.Tensor, question: torch.Tensor | None = None) -> torch.Tensor:
         if question is None:
-            raise ValueError("the quecc compressor needs the question's embedding")
+            raise ValueError("the quecc compressor needs the question's hidden state")
         x = features + self.text(question)[:, None, :]
         b, p, d = x.shape
         grid = math.isqrt(p)
@@ -264,11 +266,13 @@ class VLM(nn.Module):
     def visual_embeds(self, features: torch.Tensor, question: torch.Tensor | None = None) -> torch.Tensor:
         return self.projector(self.compressor(features, question), self.positions)
 
-    def question_embedding(self, question_ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """Mean of the question's token embeddings (pads excluded): what QueCC conditions on."""
-        text = self.llm.get_input_embeddings()(question_ids)
-        mask = (torch.arange(text.shape[1], device=text.device)[None, :] < lengths[:, None]).to(text.dtype)
-        return (text * mask[..., None]).sum(1) / lengths[:, None].to(text.dtype)
+    @torch.no_grad()
+    def question_state(self, question_ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """The LM's last-layer hidden state at the question's last token, the question run on its own:
+        what QueCC conditions on (no gradient flows back through this pass, as in the paper's code).
+        Rows are right-padded; with causal attention the last real token sees no pad."""
+        hidden = self.llm.base_model(input_ids=question_ids, use_cache=False).last_hidden_state
+        return hidden[torch.arange(hidden.shape[0], device=hidden.device), lengths.to(hidden.device) - 1]
 
     def embed(self, input_ids: torch.Tensor, features: torch.Tensor, question_ids=None, question_lengths=None):
         """Token embeddings with the V visual tokens written over each row's IMAGE placeholders."""
@@ -276,7 +280,7 @@ class VLM(nn.Module):
 
         is_image = input_ids == IMAGE
         embeds = self.llm.get_input_embeddings()(input_ids.masked_fill(is_image, 0))
-        question = self.question_embedding(question_ids, question_lengths) if self.uses_question else None
+        question = self.question_state(question_ids, question_lengths) if self.uses_question else None
         vis = self.visual_embeds(features.to(embeds.dtype), question)
         return embeds.masked_scatter(is_image[..., None], vis.to(embeds.dtype))
 

@@ -120,7 +120,7 @@ def adapter_params(compressor: str, vision_dim: int, text_dim: int, visual_token
     compressors = {
         "avgpool": 0,
         "tokenpacker": attention,
-        "quecc": attention + text_dim * vision_dim + vision_dim + vision_dim * stride * stride + vision_dim,
+        "quecc": attention + text_dim * vision_dim + 3 * vision_dim + vision_dim * stride * stride + vision_dim,
     }
     positions = 12  # token_positions: 4 x 3 Fourier features
     projector = (vision_dim + positions) * text_dim + text_dim + text_dim * text_dim + text_dim
