@@ -232,8 +232,10 @@ def test_unreadable_trained_weights_name_the_cell(tmp_path, small_data, small_vi
     from test_train import cell_cfg
 
     spec = cell_cfg(small_data, small_vision, tmp_path).spec
-    (tmp_path / "final.pt").write_bytes(b"torn")
-    (tmp_path / "train.json").write_text(json.dumps({"checkpoint": str(tmp_path / "final.pt")}))
+    (tmp_path / "final").mkdir()
+    (tmp_path / "final/final.json").write_text("{}")
+    (tmp_path / "final/adapters.safetensors").write_bytes(b"torn")
+    (tmp_path / "train.json").write_text(json.dumps({"checkpoint": str(tmp_path / "final")}))
     eval_spec = json.dumps(
         {"model": spec, "benchmarks": [{"name": "colour", "family": "reasoning"}], "max_new_tokens": 4}
     )

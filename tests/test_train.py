@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from vlmscale import train
+from vlmscale.checkpoint import read_final
 from vlmscale.jobs import TrainJob
 
 LLM = {
@@ -60,9 +61,9 @@ def test_killed_training_resumes_to_identical_result(small_data, small_vision, t
     resumed = train.train_cell(cfg, log=messages.append)
     assert any("resuming t/v4 at stage2 step 20" in m for m in messages)
     assert resumed["history"] == reference["history"]
-    a = torch.load(tmp_path / "a/final.pt", weights_only=False)["model"]
-    b = torch.load(tmp_path / "b/final.pt", weights_only=False)["model"]
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    _, a = read_final(tmp_path / "a/final")
+    _, b = read_final(tmp_path / "b/final")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_divergence_stops_with_the_setting_to_change(small_data, small_vision, tmp_path):
@@ -97,3 +98,51 @@ def test_a_micro_batch_that_does_not_divide_the_batch_is_refused(small_data, sma
         ValueError, match=r"train.stage1.batch_size \(8\) must be a multiple of train.micro_batch_size \(3\)"
     ):
         train.train_cell(cell_cfg(small_data, small_vision, tmp_path, micro_batch_size=3), log=lambda m: None)
+
+
+def test_a_stage1_checkpoint_holds_the_adapters_and_resumes_to_the_same_result(
+    small_data, small_vision, tmp_path, monkeypatch
+):
+    longer = {"stage1": {"steps": 25, "lr": 1e-3}}
+    reference = train.train_cell(cell_cfg(small_data, small_vision, tmp_path / "a", **longer), log=lambda m: None)
+    original = train.record_progress
+
+    def dies_in_stage1(loop, state, stage, step, window):
+        original(loop, state, stage, step, window)
+        if stage.name == "stage1" and step + 1 == 15:  # after the step-10 checkpoint
+            raise Killed()
+
+    monkeypatch.setattr(train, "record_progress", dies_in_stage1)
+    cfg = cell_cfg(small_data, small_vision, tmp_path / "b", **longer)
+    with pytest.raises(Killed):
+        train.train_cell(cfg, log=lambda m: None)
+    saved = torch.load(tmp_path / "b/last.pt", weights_only=False)
+    assert saved["model"] and not any(k.startswith("llm.") for k in saved["model"])  # the frozen LLM is not saved
+    monkeypatch.setattr(train, "record_progress", original)
+    resumed = train.train_cell(cfg, log=lambda m: None)
+    assert resumed["history"] == reference["history"]
+    done = torch.load(tmp_path / "b/last.pt", weights_only=False)
+    assert done["stage"] == 2 and done["model"] is None and done["optimizer"] is None  # weights live in final/
+
+
+def test_final_weights_load_with_from_pretrained_in_the_cells_dtype(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from vlmscale import checkpoint, model
+
+    llm = model.build_llm({**LLM, "init_seed": 0}, vocab_size=40)
+    vlm = model.VLM(llm, vision_dim=16, visual_tokens=4)
+    for dtype, folder in ((torch.bfloat16, tmp_path / "bf16"), (torch.float32, tmp_path / "fp32")):
+        final = checkpoint.save_final(folder, vlm, "key", dtype)
+        loaded = AutoModelForCausalLM.from_pretrained(final / "llm", dtype=dtype)
+        reference = {k: v.to(dtype) for k, v in llm.state_dict().items()}
+        assert all(torch.equal(v, reference[k]) for k, v in loaded.state_dict().items())
+    from safetensors.torch import load_file
+
+    for name, dtype in (("bf16", torch.bfloat16), ("fp32", torch.float32)):  # bf16 on disk: half the bytes
+        assert {v.dtype for v in load_file(tmp_path / name / "final/llm/model.safetensors").values()} == {dtype}
+    meta, weights = checkpoint.read_final(tmp_path / "fp32/final")
+    again = model.VLM(model.build_llm({**LLM, "init_seed": 1}, vocab_size=40), vision_dim=16, visual_tokens=4)
+    checkpoint.load_final(again, weights)
+    assert meta == {"run_key": "key", "dtype": "float32"}
+    assert all(torch.equal(v, vlm.state_dict()[k]) for k, v in again.state_dict().items())

@@ -28,6 +28,7 @@ TRAINING_CODE = (
     "samples.py",
     "distributed.py",
     "vision.py",
+    "checkpoint.py",
 )
 RUN_KEY_TAG = "vlmscale.run_key"
 OLD_RUN_KEY_TAG = "vlmscale.config_hash"  # what runs logged by earlier versions carry

@@ -190,7 +190,8 @@ class CellPlan:
     total_params: int
     gpus: int
     stages: tuple[StagePlan, ...]
-    checkpoint_gb: float
+    checkpoint_gb: float  # final/, kept per cell and seed
+    checkpoint_peak_gb: float  # last.pt while stage 2 trains
     memory_limit_gb: float | None
     advice: str  # empty when the cell fits (or no GPU is declared)
 
@@ -279,9 +280,12 @@ def plan_cell(cfg: dict, llm: str, visual_tokens: int, vocab_hint: int = 1000) -
     gpu = gpu_of(cfg)
     limit = gpu.memory_gb * USABLE_MEMORY if gpu else None
     total = shape.params + adapter
-    checkpoint = (4 * total + 4 * total + 8 * stages[-1].trained_params) / GB  # final.pt + last.pt (with moments)
+    # kept: final/ (the LLM in the cell's training dtype, the adapters in fp32); while stage 2 trains,
+    # last.pt holds every weight in fp32 and AdamW's two moments (vlmscale.checkpoint)
+    checkpoint = ((2 if cell["settings"].bf16 else 4) * shape.params + 4 * adapter) / GB
+    peak = (4 * total + 8 * stages[-1].trained_params) / GB
     plan = CellPlan(Cell(llm, visual_tokens).architecture_id, shape.params, total, cell["world"], stages, checkpoint,
-                    limit, "")  # fmt: skip
+                    peak, limit, "")  # fmt: skip
     return plan if plan.fits else _with_advice(cfg, plan, cell)
 
 
@@ -375,8 +379,10 @@ def _summary(cfg: dict, plans: list[CellPlan], gpu: GPU | None) -> list[str]:
     hours = seeds * sum(p.gpu_hours for p in plans)
     disk = seeds * sum(p.checkpoint_gb for p in plans)
     where = f"{gpu.name}, MFU {cfg['plan']['mfu']:.0%}" if gpu else "no plan.gpu declared: no GPU-hours or fit"
-    totals = f"  training GPU-hours {hours:,.0f}; checkpoint disk {disk:,.0f} GB (final.pt + last.pt per cell)"
-    lines = ["", f"{len(plans)} cells x {seeds} seed(s) on {where}:", totals]
+    peak = max((p.checkpoint_peak_gb for p in plans), default=0.0)
+    lines = ["", f"{len(plans)} cells x {seeds} seed(s) on {where}:",
+             f"  training GPU-hours {hours:,.0f}; checkpoints kept {disk:,.0f} GB (final/ per cell), plus up to "
+             f"{peak:,.0f} GB per cell while its stage 2 trains (last.pt)"]  # fmt: skip
     lines += [f"  {p.cell}: {p.advice}" for p in plans if not p.fits]
     return lines
 

@@ -21,6 +21,7 @@ from torch.nn import functional as F
 
 from vlmscale.batching import Batch, TrainingData, batch_indices, check_samples, load_stage_samples
 from vlmscale.cell_model import build_cell_model
+from vlmscale.checkpoint import adapter_state, load_weights, save_final
 from vlmscale.distributed import World, make_stepper, mean_across, share, world_from_env
 from vlmscale.fileio import atomic_torch_save, code_version, read_json, write_json
 from vlmscale.identity import config_hash, run_key
@@ -85,11 +86,12 @@ class TrainingState:
 
 
 class Checkpointer:
-    """Last-step checkpoint of one cell; refuses one written for another run key (spec or code)."""
+    """A cell's checkpoints (`vlmscale.checkpoint` says what each holds); refuses ones written for another
+    run key (spec or code)."""
 
     def __init__(self, folder: str | Path, key: str):
         self.path = Path(folder) / "last.pt"
-        self.final = Path(folder) / "final.pt"
+        self.final = Path(folder) / "final"
         self.run_key = key
 
     def load(self) -> tuple[TrainingState, dict | None]:
@@ -104,14 +106,28 @@ class Checkpointer:
         if saved.get("run_key", saved.get("cell_hash")) != self.run_key:
             print(f"checkpoint {self.path} belongs to another spec; training from scratch")
             return TrainingState(), None
-        return TrainingState.from_checkpoint(saved), saved.get("model")
+        state = TrainingState.from_checkpoint(saved)
+        if state.stage == len(STAGES) and not self.has_final():
+            print(f"{self.path} says the cell is trained but {self.final} is missing; training from scratch")
+            return TrainingState(), None
+        return state, saved.get("model")
+
+    def has_final(self) -> bool:
+        meta = self.final / "final.json"
+        return meta.is_file() and json.loads(meta.read_text()).get("run_key") == self.run_key
 
     def save(self, state: TrainingState, model: torch.nn.Module, optimizer: dict | None = None) -> None:
-        saved = {**asdict(state), "optimizer": optimizer, "model": model.state_dict(), "run_key": self.run_key}
+        """Mid-stage: stage 1 keeps the adapters it trains (the frozen LLM is rebuilt on resume), stage 2
+        every weight; a finished cell keeps the state alone (its weights are in final/)."""
+        if state.stage >= len(STAGES):
+            weights = None
+        else:
+            weights = model.state_dict() if state.stage > 0 else adapter_state(model)
+        saved = {**asdict(state), "optimizer": optimizer, "model": weights, "run_key": self.run_key}
         atomic_torch_save(saved, self.path)
 
-    def save_final(self, model: torch.nn.Module) -> None:
-        atomic_torch_save({"model": model.state_dict(), "run_key": self.run_key}, self.final)
+    def save_final(self, model: torch.nn.Module, dtype: torch.dtype) -> None:
+        save_final(self.final.parent, model, self.run_key, dtype)
 
     def record_attempt(self, event: str, **fields) -> None:
         """Append to attempts.jsonl: every start (with the step it resumes from) and every finish, so
@@ -182,8 +198,9 @@ def train_cell(job: TrainJob, tracker=None, log=_progress) -> dict:
     key = run_key(job.spec)
     loop, n_train = prepare_loop(job, key, tracker, log)
     state, weights = loop.checkpointer.load()
+    trained_before = state.stage == len(STAGES)  # its final/ is there: nothing to train or save
     if weights is not None:
-        loop.model.load_state_dict(weights)
+        load_weights(loop.model, weights)
         loop.model.to(loop.data.device)
         loop.log(f"resuming {job.cell} at {state.stage_name} step {state.step}")
     start_at = loop.settings.global_step(state.stage, state.step)
@@ -196,7 +213,8 @@ def train_cell(job: TrainJob, tracker=None, log=_progress) -> dict:
     state.seconds = time.time() - loop.started
     total = loop.settings.total_steps
     if loop.world.is_main:
-        loop.checkpointer.save_final(loop.model)
+        if not trained_before:
+            loop.checkpointer.save_final(loop.model, torch.bfloat16 if loop.settings.bf16 else torch.float32)
         loop.checkpointer.save(state, loop.model)
         loop.checkpointer.record_attempt("finished", step=total, steps_run=total - start_at)
     return {**summarise(job.spec, key, loop, state, n_train), "world_size": loop.world.size}
