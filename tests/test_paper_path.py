@@ -106,6 +106,7 @@ def tiny_paper_config(root: Path) -> dict:
     cfg["vision"].update(source=str(root / "models/clip"), image_size=24, patch_size=4)
     cfg["train"].update(
         batch_size=8,
+        micro_batch_size=4,  # two micro-batches per step: gradient accumulation on the real path
         log_every=5,
         checkpoint_every=10,
         stage1={"steps": 10, "lr": 0.001, "batch_size": 8},
