@@ -85,6 +85,9 @@ def test_a_cell_that_will_not_fit_names_what_to_change():
     cell = plan.plan_cell(cfg, "qwen1.5-14b", 576)
     assert not cell.fits
     assert "stage2 needs" in cell.advice and "32 GPUs (now 8" in cell.advice
+    cfg["llms"][-1]["resources"]["nodes"] = 2  # 16 GPUs: the weights fit, the activations do not
+    cell = plan.plan_cell(cfg, "qwen1.5-14b", 576)
+    assert "train.micro_batch_size: 1 (now 4; gradient accumulation keeps the batch of 128)" in cell.advice
 
 
 def test_the_workflow_refuses_a_grid_with_a_cell_that_will_not_fit(tmp_path):

@@ -298,9 +298,11 @@ def _with_advice(cfg: dict, plan: CellPlan, cell: dict) -> CellPlan:
         tips.append(f"train.zero_stage.{worst.stage}: 2")
     room = plan.memory_limit_gb - worst.states_gb
     if room > 0 and worst.activations_gb > room:
+        share = stage.batch_size // plan.gpus
         fitting = max(1, int(worst.micro_batch * room / worst.activations_gb))
-        tips.append(f"train.{worst.stage}.batch_size {fitting * plan.gpus} (a micro-batch of {fitting}, now "
-                    f"{worst.micro_batch}; without gradient accumulation that is the global batch)")  # fmt: skip
+        micro = max(m for m in range(1, fitting + 1) if share % m == 0)
+        tips.append(f"train.micro_batch_size: {micro} (now {worst.micro_batch}; gradient accumulation keeps "
+                    f"the batch of {stage.batch_size})")  # fmt: skip
     index = STAGES.index(worst.stage)
     more = next((g for g in (2**k for k in range(1, 12)) if g > plan.gpus and _fits_on(cfg, cell, index, g)), None)
     if more:
