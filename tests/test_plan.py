@@ -16,7 +16,7 @@ from vlmscale import model, plan
 
 VLMSCALE = ["python", "-m", "vlmscale.cli"]
 QWEN = json.loads((REPO / "src/vlmscale/reference/qwen1.5.json").read_text())["models"]
-SCHEMA = REPO / "workflow/schemas/config.schema.yaml"
+SCHEMA = vcfg.SCHEMA
 
 
 def paper_config(gpu: str = "a100") -> dict:

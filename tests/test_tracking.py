@@ -3,6 +3,7 @@ a real `mlflow server` seen through its REST API."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import multiprocessing
 import os
@@ -51,42 +52,17 @@ def test_parallel_cells_on_a_fresh_sqlite_store(tmp_path):
 
 def test_unreachable_store_keeps_training_and_is_replayed_later(small_data, small_vision, tmp_path, monkeypatch):
     from mlflow.tracking import MlflowClient
+    from test_train import cell_cfg
 
     from vlmscale import track_sync, train
-    from vlmscale.jobs import TrainJob
 
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
-    spec = {
-        "cell": "t/v4",
-        "llm": {
-            "name": "t",
-            "source": "config",
-            "arch": "qwen2",
-            "hidden_size": 16,
-            "intermediate_size": 32,
-            "num_layers": 1,
-            "num_heads": 2,
-        },
-        "visual_tokens": 4,
-        "compressor": "avgpool",
-        "train": {
-            "batch_size": 8,
-            "seed": 0,
-            "warmup_frac": 0.1,
-            "log_every": 5,
-            "checkpoint_every": 50,
-            "stage1": {"steps": 5, "lr": 1e-3},
-            "stage2": {"steps": 10, "lr": 3e-3},
-        },
-    }
     out = tmp_path / "cells/t/v4/train.json"
-    job = TrainJob(
-        spec,
-        str(small_data),
-        str(small_vision),
-        str(tmp_path / "ckpt"),
-        str(out),
+    short = {"checkpoint_every": 50, "stage1": {"steps": 5, "lr": 1e-3}, "stage2": {"steps": 10, "lr": 3e-3}}
+    job = dataclasses.replace(
+        cell_cfg(small_data, small_vision, tmp_path / "ckpt", **short),
+        out=str(out),
         tracking={"uri": "http://127.0.0.1:9", "experiment": "down", "grid": "g"},
     )
     result = train.main(job)  # the store is down: training goes on, the JSON is intact

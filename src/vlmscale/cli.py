@@ -220,8 +220,7 @@ def cmd_status(args) -> None:
 def cmd_check_config(args) -> dict:
     from vlmscale import config as vcfg
 
-    schema = Path(__file__).resolve().parents[2] / "workflow/schemas/config.schema.yaml"
-    cfg = vcfg.load_file(args.configfile, args.schema or schema)
+    cfg = vcfg.load_file(args.configfile, args.schema or vcfg.SCHEMA)
     cells = vcfg.cells(cfg)
     return {"config": args.configfile, "ok": True, "cells": len(cells), "benchmarks": len(cfg["benchmarks"])}
 
@@ -230,8 +229,7 @@ def cmd_plan(args) -> None:
     from vlmscale import config as vcfg
     from vlmscale import plan
 
-    schema = Path(__file__).resolve().parents[2] / "workflow/schemas/config.schema.yaml"
-    cfg = vcfg.load_file(args.configfile, schema, data=False)
+    cfg = vcfg.load_file(args.configfile, vcfg.SCHEMA, data=False)
     if args.gpu:
         cfg["plan"]["gpu"] = args.gpu
     print(plan.main(cfg))

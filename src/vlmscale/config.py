@@ -15,6 +15,7 @@ from vlmscale.choices import LAW_FORMS
 from vlmscale.fileio import canonical_json, spec_hash
 
 KNOWN_ARCHS = ("qwen2", "llama", "mistral", "gpt2")
+SCHEMA = Path(__file__).resolve().parents[2] / "workflow/schemas/config.schema.yaml"
 
 
 class ConfigError(ValueError):
@@ -112,8 +113,7 @@ def _check_batches(cfg: dict, llm: str, where: str) -> None:
     """Each stage's batch splits evenly over the LLM's processes and micro-batches (launch resources)."""
     from vlmscale.jobs import TrainSettings
 
-    resources = launch_resources(cfg, llm)
-    world = int(resources.get("tasks_per_node", 1)) * int(resources.get("nodes", 1))
+    world = world_size(cfg, llm)
     for stage in TrainSettings.from_spec(cell_spec(cfg, llm, cfg["grid"]["visual_tokens"][0])["train"]).stages:
         try:
             stage.accumulation(world)
@@ -267,6 +267,12 @@ def launch_resources(cfg: dict, llm: str | None = None, single_task: bool = Fals
         if resources.get("gpus_per_node"):
             resources["gpus_per_node"] = 1
     return resources
+
+
+def world_size(cfg: dict, llm: str) -> int:
+    """The processes (one per GPU) an LLM's training job runs: tasks_per_node x nodes."""
+    resources = launch_resources(cfg, llm)
+    return int(resources.get("tasks_per_node", 1)) * int(resources.get("nodes", 1))
 
 
 def cell_spec(cfg: dict, llm: str, visual_tokens: int, seed: int | None = None) -> dict:

@@ -98,8 +98,22 @@ class TowerJob:
     executor: str = "inline"
 
 
+class _CellSpec:
+    """What a job about one trained cell reads from its spec."""
+
+    spec: dict
+
+    @property
+    def cell(self) -> str:
+        return self.spec["cell"]
+
+    @property
+    def settings(self) -> TrainSettings:
+        return TrainSettings.from_spec(self.spec["train"])
+
+
 @dataclass(frozen=True)
-class TrainJob:
+class TrainJob(_CellSpec):
     """Train one cell (both stages), log it to MLflow, write train.json."""
 
     spec: dict  # config.cell_spec: llm, visual_tokens, compressor, train, upstream hashes
@@ -111,17 +125,9 @@ class TrainJob:
     threads: int = 1
     executor: str = "inline"
 
-    @property
-    def cell(self) -> str:
-        return self.spec["cell"]
-
-    @property
-    def settings(self) -> TrainSettings:
-        return TrainSettings.from_spec(self.spec["train"])
-
 
 @dataclass(frozen=True)
-class EvalJob:
+class EvalJob(_CellSpec):
     """Evaluate one trained cell on its benchmarks, one JSON each."""
 
     spec: dict  # the cell's training spec (its checkpoint must have been trained for it)
@@ -133,14 +139,6 @@ class EvalJob:
     max_new_tokens: int = 16
     threads: int = 1
     executor: str = "inline"
-
-    @property
-    def cell(self) -> str:
-        return self.spec["cell"]
-
-    @property
-    def settings(self) -> TrainSettings:
-        return TrainSettings.from_spec(self.spec["train"])
 
 
 @dataclass(frozen=True)

@@ -114,8 +114,8 @@ def encoder_shape(vision: dict) -> tuple[int, int, int] | None:
 
 def adapter_params(compressor: str, vision_dim: int, text_dim: int, visual_tokens: int, patch_grid: int) -> int:
     """Compressor + projector parameters, as vlmscale.model defines them."""
-    attention = 2 * 2 * vision_dim + 2 * (vision_dim * vision_dim + vision_dim) + vision_dim * 2 * vision_dim
-    attention += 2 * vision_dim
+    d = vision_dim  # LocalCrossAttention: two LayerNorms, q and out projections, the fused k/v projection
+    attention = 2 * (2 * d) + 2 * (d * d + d) + (d * 2 * d + 2 * d)
     stride = patch_grid // max(1, math.isqrt(visual_tokens))
     compressors = {
         "avgpool": 0,
@@ -211,25 +211,19 @@ class CellPlan:
 # --------------------------------------------------------------------------- the grid
 
 
-def world_size(cfg: dict, llm: str) -> int:
-    from vlmscale.config import launch_resources
-
-    resources = launch_resources(cfg, llm)
-    return int(resources.get("tasks_per_node", 1)) * int(resources.get("nodes", 1))
-
-
-def text_tokens(cfg: dict, stage: str) -> tuple[float, float]:
-    """(mean text tokens, mean answer tokens) per sample of a stage: measured words from the data's
-    report when it exists, else the config's stated sizes."""
+def text_tokens(cfg: dict) -> dict[str, tuple[float, float]]:
+    """Per stage, (mean text tokens, mean answer tokens) per sample: measured words from the data's report
+    when it exists, else the config's stated sizes."""
     report = Path(cfg["results"]) / "data" / "data_report.json"
-    stated = cfg["plan"]["tokens"][stage]
-    if report.is_file():
-        words = json.loads(report.read_text()).get("stages", {}).get(stage, {}).get("mean_words")
-        if words:
-            per_word = cfg["plan"]["tokens_per_word"]
-            text = per_word * (words["question"] + words["answer"]) + cfg["plan"]["template_tokens"]
-            return text, per_word * words["answer"]
-    return stated["text"], stated["answer"]
+    measured = json.loads(report.read_text()).get("stages", {}) if report.is_file() else {}
+    per_word, template = cfg["plan"]["tokens_per_word"], cfg["plan"]["template_tokens"]
+    tokens = {}
+    for stage in STAGES:
+        words = measured.get(stage, {}).get("mean_words")
+        stated = cfg["plan"]["tokens"][stage]
+        tokens[stage] = ((per_word * (words["question"] + words["answer"]) + template, per_word * words["answer"])
+                         if words else (stated["text"], stated["answer"]))  # fmt: skip
+    return tokens
 
 
 def gpu_of(cfg: dict) -> GPU | None:
@@ -242,7 +236,7 @@ def gpu_of(cfg: dict) -> GPU | None:
 def stage_plan(cfg: dict, cell: dict, stage_index: int) -> StagePlan:
     """One training stage of one cell (`cell`: the shapes and counts plan_cell gathered)."""
     stage = cell["settings"].stages[stage_index]
-    text, answer = text_tokens(cfg, stage.name)
+    text, answer = cell["tokens"][stage.name]
     seq = int(cell["V"] + text)
     samples = stage.steps * stage.batch_size
     shape, checkpointing = cell["shape"], cell["settings"].gradient_checkpointing
@@ -262,9 +256,12 @@ def stage_plan(cfg: dict, cell: dict, stage_index: int) -> StagePlan:
     return StagePlan(stage.name, trained, micro, seq, samples * seq, flops, hours, states / GB, acts / GB)
 
 
-def plan_cell(cfg: dict, llm: str, visual_tokens: int, vocab_hint: int = 1000) -> CellPlan | str:
-    """The cell's plan, or a sentence saying why it cannot be planned."""
-    from vlmscale.config import Cell, cell_spec, llm_by_name, patch_grid
+def plan_cell(
+    cfg: dict, llm: str, visual_tokens: int, vocab_hint: int = 1000, tokens: dict | None = None
+) -> CellPlan | str:
+    """The cell's plan, or a sentence saying why it cannot be planned. tokens: text_tokens(cfg), when a
+    grid's cells share it."""
+    from vlmscale.config import Cell, cell_spec, llm_by_name, patch_grid, world_size
 
     shape = llm_shape(llm_by_name(cfg, llm), vocab_hint)
     if shape is None:
@@ -275,7 +272,8 @@ def plan_cell(cfg: dict, llm: str, visual_tokens: int, vocab_hint: int = 1000) -
         return f"{llm}: no shape known for vision.source {cfg['vision']['source']!r} (reference/encoders.json)"
     adapter = adapter_params(cfg["compressor"], encoder[1], shape.hidden, visual_tokens, patch_grid(cfg))
     cell = {"shape": shape, "encoder": encoder, "adapter": adapter, "V": visual_tokens, "world": world_size(cfg, llm),
-            "settings": TrainSettings.from_spec(cell_spec(cfg, llm, visual_tokens)["train"])}  # fmt: skip
+            "settings": TrainSettings.from_spec(cell_spec(cfg, llm, visual_tokens)["train"]),
+            "tokens": tokens or text_tokens(cfg)}  # fmt: skip
     stages = tuple(stage_plan(cfg, cell, i) for i in range(len(STAGES)))
     gpu = gpu_of(cfg)
     limit = gpu.memory_gb * USABLE_MEMORY if gpu else None
@@ -304,7 +302,14 @@ def _with_advice(cfg: dict, plan: CellPlan, cell: dict) -> CellPlan:
         tips.append(f"train.micro_batch_size: {micro} (now {worst.micro_batch}; gradient accumulation keeps "
                     f"the batch of {stage.batch_size})")  # fmt: skip
     index = STAGES.index(worst.stage)
-    more = next((g for g in (2**k for k in range(1, 12)) if g > plan.gpus and _fits_on(cfg, cell, index, g)), None)
+    more = next(
+        (
+            g
+            for g in (2**k for k in range(1, 12))
+            if g > plan.gpus and _fits_on(cfg, cell, index, g, plan.memory_limit_gb)
+        ),
+        None,
+    )
     if more:
         tips.append(f"{more} GPUs (now {plan.gpus}; llms[].resources: tasks_per_node x nodes)")
     advice = f"{worst.stage} needs {worst.memory_gb:.0f} GB per GPU of {plan.memory_limit_gb:.0f}: try " + ", or ".join(
@@ -313,9 +318,9 @@ def _with_advice(cfg: dict, plan: CellPlan, cell: dict) -> CellPlan:
     return CellPlan(**{**plan.__dict__, "advice": advice})
 
 
-def _fits_on(cfg: dict, cell: dict, stage_index: int, world: int) -> bool:
+def _fits_on(cfg: dict, cell: dict, stage_index: int, world: int, limit_gb: float) -> bool:
     try:
-        return stage_plan(cfg, {**cell, "world": world}, stage_index).memory_gb <= gpu_of(cfg).memory_gb * USABLE_MEMORY
+        return stage_plan(cfg, {**cell, "world": world}, stage_index).memory_gb <= limit_gb
     except ValueError:  # the batch does not split over that many GPUs
         return False
 
@@ -323,8 +328,8 @@ def _fits_on(cfg: dict, cell: dict, stage_index: int, world: int) -> bool:
 def plan_grid(cfg: dict) -> list[CellPlan | str]:
     from vlmscale.config import architectures
 
-    vocab = _vocabulary_size(cfg)
-    return [plan_cell(cfg, c.llm, c.visual_tokens, vocab) for c in architectures(cfg)]
+    vocab, tokens = _vocabulary_size(cfg), text_tokens(cfg)  # the data's files read once for the grid
+    return [plan_cell(cfg, c.llm, c.visual_tokens, vocab, tokens) for c in architectures(cfg)]
 
 
 def _vocabulary_size(cfg: dict) -> int:

@@ -12,8 +12,6 @@ import re
 import time
 from pathlib import Path
 
-import yaml
-
 from vlmscale import config as vcfg
 from vlmscale.fileio import spec_hash
 
@@ -22,12 +20,7 @@ SUBMITTED = re.compile(r"submitted job (\S+) \((\w+)\); logs: (\S+)")
 
 
 def load_config(path: str | Path) -> dict:
-    from snakemake.utils import validate
-
-    schema = Path(__file__).resolve().parents[2] / "workflow/schemas/config.schema.yaml"
-    cfg = yaml.safe_load(Path(path).read_text())
-    validate(cfg, str(schema), set_default=True)
-    return vcfg.check(cfg)
+    return vcfg.load_file(path, vcfg.SCHEMA)
 
 
 def _tail(path: Path, size: int = 20000) -> str:

@@ -260,10 +260,11 @@ def optimizer_step(loop: Loop, stage: StageSettings, step: int, stepper, parts) 
     tokens = [int((b.labels[:, 1:] != IGNORE).sum()) for b in batches]
     total_loss = total_acc = torch.zeros((), device=loop.data.device)
     for batch, n in zip(batches, tokens):
+        weight = n / sum(tokens)
         loss, acc = checked_loss(loop, stage, step, stepper.model, batch)
-        stepper.accumulate(loss * (n / sum(tokens)))
-        total_loss = total_loss + loss.detach() * (n / sum(tokens))
-        total_acc = total_acc + acc.detach() * (n / sum(tokens))
+        stepper.accumulate(loss * weight)
+        total_loss = total_loss + loss.detach() * weight
+        total_acc = total_acc + acc.detach() * weight
     stepper.step()
     return total_loss, total_acc
 
