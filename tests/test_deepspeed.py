@@ -1,6 +1,9 @@
-"""DeepSpeed: a cell trained by two processes (CPU, gloo) under ZeRO-2 follows the single-process loss
-curve: each rank takes half of every global batch, DeepSpeed averages the gradients and clips the
-global norm, so each step is the single-process step up to floating-point summation order."""
+"""DeepSpeed: a cell trained by two processes (CPU, gloo) under ZeRO-2 or ZeRO-3 follows the single-process
+loss curve: each rank takes half of every global batch (in micro-batches when accumulating), DeepSpeed
+averages the gradients and clips the global norm, so each step is the single-process step up to
+floating-point summation order. A job killed after a checkpoint resumes through DeepSpeed's checkpoint
+(each rank's partition of the optimizer's moments, and under ZeRO-3 of the weights) to the uninterrupted
+curve."""
 
 from __future__ import annotations
 
@@ -9,11 +12,31 @@ import os
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from test_train import cell_cfg
 
+from vlmscale.checkpoint import read_final
+
 pytestmark = pytest.mark.slow
+
+# Runs `vlmscale train` and, when DIE_AT names "stage:step", exits hard right after that step is logged
+# (every rank logs the same steps, so all of them die there, as a preempted job's tasks do).
+DRIVER = """
+import os, sys
+from vlmscale import cli, train
+
+die_at, original = os.environ.get("DIE_AT"), train.record_progress
+
+def record_then_die(loop, state, stage, step, window):
+    original(loop, state, stage, step, window)
+    if f"{stage.name}:{step + 1}" == die_at:
+        os._exit(17)
+
+train.record_progress = record_then_die
+sys.exit(cli.main(["train", *sys.argv[1:]]))
+"""
 
 
 def free_port() -> int:
@@ -22,44 +45,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.parametrize("micro", [None, 2], ids=["whole-share", "accumulating-2"])
-def test_two_process_zero2_matches_single_process(small_data, small_vision, tmp_path, micro):
-    """micro 2: each rank's half of the batch of 8 in two micro-batches, gradients accumulated by DeepSpeed."""
-    from vlmscale import train
-
-    single = train.train_cell(cell_cfg(small_data, small_vision, tmp_path / "single"), log=lambda m: None)
-
-    extra = {"micro_batch_size": micro} if micro else {}
-    cfg = cell_cfg(small_data, small_vision, tmp_path / "zero2", zero_stage={"stage1": 2, "stage2": 2}, **extra)
-    args = [
-        "--spec",
-        json.dumps(cfg.spec),
-        "--data-root",
-        cfg.data_root,
-        "--vision",
-        cfg.vision,
-        "--out",
-        str(tmp_path / "train.json"),
-        "--checkpoint-dir",
-        cfg.checkpoint_dir,
-        "--executor",
-        "inline",
-    ]
-    port = free_port()
-    procs = []
+def run_two_processes(cfg, out: Path, die_at: str | None = None) -> list[int]:
+    """Both ranks of a `vlmscale train` job on this machine; their exit codes."""
+    args = ["--spec", json.dumps(cfg.spec), "--data-root", cfg.data_root, "--vision", cfg.vision]
+    args += ["--out", str(out), "--checkpoint-dir", cfg.checkpoint_dir, "--executor", "inline"]
+    port, procs = free_port(), []
     for rank in range(2):
-        env = {
-            **os.environ,
-            "RANK": str(rank),
-            "LOCAL_RANK": str(rank),
-            "WORLD_SIZE": "2",
-            "MASTER_ADDR": "127.0.0.1",
-            "MASTER_PORT": str(port),
-            "DS_ACCELERATOR": "cpu",
-        }
+        env = {**os.environ, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2"}
+        env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), DS_ACCELERATOR="cpu", DIE_AT=die_at or "")
         procs.append(
             subprocess.Popen(
-                [sys.executable, "-m", "vlmscale.cli", "train", *args],
+                [sys.executable, "-c", DRIVER, *args],
                 env=env,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
@@ -67,12 +63,63 @@ def test_two_process_zero2_matches_single_process(small_data, small_vision, tmp_
             )
         )
     outputs = [p.communicate(timeout=600)[0] for p in procs]
-    assert all(p.returncode == 0 for p in procs), outputs[0][-3000:] + outputs[1][-3000:]
+    codes = [p.returncode for p in procs]
+    assert codes == [17, 17] if die_at else codes == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
+    return codes
 
-    zero2 = json.loads((tmp_path / "train.json").read_text())
-    assert zero2["world_size"] == 2
-    assert [h["step"] for h in zero2["history"]] == [h["step"] for h in single["history"]]
-    for ours, reference in zip(zero2["history"], single["history"]):
-        assert ours["loss"] == pytest.approx(reference["loss"], rel=1e-3, abs=1e-4), (ours, reference)
-    events = [json.loads(x) for x in (tmp_path / "zero2/attempts.jsonl").read_text().splitlines()]
+
+def assert_same_curve(ours: list[dict], reference: list[dict]) -> None:
+    assert [h["step"] for h in ours] == [h["step"] for h in reference]
+    for a, b in zip(ours, reference):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-3, abs=1e-4), (a, b)
+
+
+@pytest.fixture(scope="module")
+def single(small_data, small_vision, tmp_path_factory):
+    from vlmscale import train
+
+    return train.train_cell(cell_cfg(small_data, small_vision, tmp_path_factory.mktemp("single")), log=lambda m: None)
+
+
+@pytest.mark.parametrize(
+    "zero, micro",
+    [(2, None), (2, 2), (3, 2)],
+    ids=["zero2-whole-share", "zero2-accumulating-2", "zero3-accumulating-2"],
+)
+def test_two_processes_follow_the_single_process_curve(single, small_data, small_vision, tmp_path, zero, micro):
+    """micro 2: each rank's half of the batch of 8 in two micro-batches, gradients accumulated by DeepSpeed."""
+    extra = {"micro_batch_size": micro} if micro else {}
+    cfg = cell_cfg(small_data, small_vision, tmp_path / "ds", zero_stage={"stage1": zero, "stage2": zero}, **extra)
+    run_two_processes(cfg, tmp_path / "train.json")
+
+    result = json.loads((tmp_path / "train.json").read_text())
+    assert result["world_size"] == 2
+    assert_same_curve(result["history"], single["history"])
+    events = [json.loads(x) for x in (tmp_path / "ds/attempts.jsonl").read_text().splitlines()]
     assert [e["event"] for e in events] == ["start", "finished"] and events[0]["world_size"] == 2  # rank 0 only
+    _, weights = read_final(tmp_path / "ds/final")  # whole tensors, ZeRO-3 included
+    _, reference = read_final(Path(single["checkpoint"]))
+    assert {k: v.shape for k, v in weights.items()} == {k: v.shape for k, v in reference.items()}
+    assert not [p for p in (tmp_path / "ds/deepspeed").glob("*") if p.is_dir()]  # a finished cell keeps final/ only
+
+
+@pytest.mark.parametrize("zero", [2, 3], ids=["zero2", "zero3"])
+def test_killed_job_resumes_through_deepspeeds_checkpoint(small_data, small_vision, tmp_path, zero):
+    """Killed at stage-2 step 25, five steps after its step-20 checkpoint; the rerun restores each rank's
+    partition of the weights and of AdamW's moments and finishes on the uninterrupted curve."""
+    overrides = {"zero_stage": {"stage1": zero, "stage2": zero}, "micro_batch_size": 2}
+    whole = cell_cfg(small_data, small_vision, tmp_path / "whole", **overrides)
+    run_two_processes(whole, tmp_path / "whole.json")
+
+    killed = cell_cfg(small_data, small_vision, tmp_path / "killed", **overrides)
+    run_two_processes(killed, tmp_path / "killed.json", die_at="stage2:25")
+    saved = sorted(p.name for p in (tmp_path / "killed/deepspeed").iterdir() if p.is_dir())
+    assert saved == ["stage2-step20"]  # the stage-1 checkpoint was pruned once last.pt named this one
+    partitions = sorted(p.name for p in (tmp_path / "killed/deepspeed/stage2-step20").glob("*optim_states.pt"))
+    assert len(partitions) == 2, partitions  # one per rank: the moments are partitioned
+
+    run_two_processes(killed, tmp_path / "killed.json")
+    resumed = json.loads((tmp_path / "killed.json").read_text())
+    assert_same_curve(resumed["history"], json.loads((tmp_path / "whole.json").read_text())["history"])
+    events = [json.loads(x) for x in (tmp_path / "killed/attempts.jsonl").read_text().splitlines()]
+    assert [(e["event"], e["step"]) for e in events][-2:] == [("start", 26), ("finished", 36)]

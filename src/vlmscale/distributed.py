@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -63,7 +64,9 @@ def mean_across(values: torch.Tensor, world: World) -> torch.Tensor:
 
 
 class TorchStepper:
-    """Plain AdamW with global-norm clipping at 1.0 (one process)."""
+    """Plain AdamW with global-norm clipping at 1.0 (one process; bf16 runs as autocast over fp32 weights)."""
+
+    casts_weights = False  # the weights stay fp32: bf16 is the loss's autocast
 
     def __init__(self, model, params, lr: float, weight_decay: float):
         self.model, self.params = model, params
@@ -78,28 +81,31 @@ class TorchStepper:
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
 
-    def optimizer_state(self) -> dict | None:
-        return self.optimizer.state_dict()
+    def save(self, folder: Path, tag: str) -> dict:
+        """What a mid-stage checkpoint must keep of the optimizer: its whole state, in last.pt."""
+        return {"optimizer": self.optimizer.state_dict()}
 
-    def load_optimizer_state(self, state: dict) -> None:
-        self.optimizer.load_state_dict(state)
+    def restore(self, saved: dict, folder: Path) -> None:
+        if saved.get("optimizer"):
+            self.optimizer.load_state_dict(saved["optimizer"])
+
+    def release(self) -> None:
+        pass  # the model is the plain module throughout
 
 
 class DeepSpeedStepper:
-    """The same update through a DeepSpeed engine with ZeRO stage `zero` (0-2) over `world`."""
+    """The same update through a DeepSpeed engine with ZeRO stage `zero` (0-3) over the processes; with
+    `bf16`, DeepSpeed's bf16 mode as LLaVA's scripts/zero2.json and zero3.json run it: bf16 weights and
+    activations, fp32 master weights and moments in the optimizer's partitions."""
 
-    def __init__(self, model, params, lr: float, weight_decay: float, zero: int, micro_batch: int, accumulation: int):
+    def __init__(self, model, params, lr: float, weight_decay: float, zero: int, micro_batch: int, accumulation: int,
+                 bf16: bool = False):  # fmt: skip
         import deepspeed
 
         init_process_group()
         optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)  # a torch optimizer: no extra op build
-        config = {
-            "train_micro_batch_size_per_gpu": micro_batch,
-            "gradient_accumulation_steps": accumulation,
-            "gradient_clipping": 1.0,
-            "zero_optimization": {"stage": zero},
-            "steps_per_print": 10**9,
-        }
+        config = deepspeed_config(zero, micro_batch, accumulation, bf16)
+        self.zero, self.casts_weights = zero, bf16
         self.engine, self.optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=config)
         self.model = self.engine
 
@@ -112,11 +118,63 @@ class DeepSpeedStepper:
     def step(self) -> None:
         pass  # the engine stepped at the last micro-batch's boundary
 
-    def optimizer_state(self) -> dict | None:
-        return None  # partitioned across ranks under ZeRO: a resume restarts the optimizer's moments
+    def save(self, folder: Path, tag: str) -> dict:
+        """Every rank writes its partition of the optimizer's state (and, under ZeRO-3, of the weights)
+        through DeepSpeed's checkpoint API; frozen weights are left out (they are rebuilt on resume)."""
+        self.engine.save_checkpoint(str(folder), tag=tag, save_latest=False, exclude_frozen_parameters=True)
+        return {"deepspeed_tag": tag}
 
-    def load_optimizer_state(self, state: dict) -> None:
-        pass
+    def restore(self, saved: dict, folder: Path) -> None:
+        tag = saved.get("deepspeed_tag")
+        if not tag:
+            return
+        path, _ = self.engine.load_checkpoint(
+            str(folder), tag=tag, load_module_strict=False, load_optimizer_states=True, load_lr_scheduler_states=False
+        )
+        if path is None:
+            raise FileNotFoundError(f"DeepSpeed checkpoint {folder / tag} is missing or unreadable")
+
+    def release(self) -> None:
+        """Hand the module back whole and drop the engine's hooks, so the next stage (or the final save)
+        sees plain tensors: ZeRO-3 leaves each rank holding only its slice of every weight."""
+        if self.zero == 3:
+            gather_partitioned(self.engine.module)
+        self.engine.destroy()
+
+
+def deepspeed_config(zero: int, micro_batch: int, accumulation: int, bf16: bool) -> dict:
+    """LLaVA's scripts/zero2.json (stage <= 2) or zero3.json. Their "auto" bucket sizes (Hugging Face's
+    Trainer derives them from the hidden size) stay at DeepSpeed's defaults: with hidden-size buckets,
+    ZeRO-3 deadlocked between two gloo processes on a small model."""
+    zero_optimization = {"stage": zero, "overlap_comm": True, "contiguous_gradients": True, "sub_group_size": 1e9}
+    if zero == 3:
+        zero_optimization |= {
+            "stage3_max_live_parameters": 1e9,
+            "stage3_max_reuse_distance": 1e9,
+            "stage3_gather_16bit_weights_on_model_save": True,
+        }
+    return {
+        "train_micro_batch_size_per_gpu": micro_batch,
+        "gradient_accumulation_steps": accumulation,
+        "gradient_clipping": 1.0,
+        "zero_optimization": zero_optimization,
+        "bf16": {"enabled": bf16},
+        "steps_per_print": 10**9,
+    }
+
+
+def gather_partitioned(module: torch.nn.Module) -> None:
+    """Replace each ZeRO-3 partitioned parameter by a plain one holding the whole tensor (one gather per
+    parameter, so the peak is one weight, not the model; shared parameters stay shared)."""
+    from deepspeed.runtime.zero import GatheredParameters
+
+    whole: dict[int, torch.nn.Parameter] = {}
+    for owner in module.modules():
+        for name, param in list(owner.named_parameters(recurse=False)):
+            if id(param) not in whole:
+                with GatheredParameters([param]):
+                    whole[id(param)] = torch.nn.Parameter(param.data.clone(), requires_grad=param.requires_grad)
+            setattr(owner, name, whole[id(param)])
 
 
 def init_process_group() -> None:
@@ -136,10 +194,13 @@ def init_process_group() -> None:
         )
 
 
-def make_stepper(model, params, stage, weight_decay: float, world: World):
+def make_stepper(model, params, stage, weight_decay: float, world: World, bf16: bool = False):
     """The stage's update (`stage`: a jobs.StageSettings): plain AdamW in one process unless the stage asks
-    for a ZeRO stage or the job has several processes; each process takes batch_size / world of the batch."""
+    for a ZeRO stage or the job has several processes; each process takes batch_size / world of the batch.
+    `bf16` under DeepSpeed is its bf16 mode; in one plain process, autocast (the caller's)."""
     if stage.zero_stage is None and world.size == 1:
+        model.float()  # fp32 weights under autocast (a no-op unless a DeepSpeed bf16 stage came before)
         return TorchStepper(model, params, stage.lr, weight_decay)
     micro, accumulation = stage.micro_batch(world.size), stage.accumulation(world.size)
-    return DeepSpeedStepper(model, params, stage.lr, weight_decay, stage.zero_stage or 0, micro, accumulation)
+    zero = stage.zero_stage or 0
+    return DeepSpeedStepper(model, params, stage.lr, weight_decay, zero, micro, accumulation, bf16)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import socket
 import time
 from collections.abc import Callable
@@ -52,9 +53,10 @@ def lr_at(step: int, total: int, peak: float, warmup_frac: float) -> float:
     return peak * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def step_loss(model: VLM, batch: Batch, bf16: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean cross-entropy over the answer tokens, and the share of them predicted right."""
-    with torch.autocast(batch.input_ids.device.type, dtype=torch.bfloat16, enabled=bf16):
+def step_loss(model: VLM, batch: Batch, autocast: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean cross-entropy over the answer tokens, and the share of them predicted right; `autocast`: in
+    bf16 over fp32 weights (one plain process; DeepSpeed's bf16 mode holds bf16 weights instead)."""
+    with torch.autocast(batch.input_ids.device.type, dtype=torch.bfloat16, enabled=autocast):
         logits, targets = model(batch)
     loss = F.cross_entropy(logits.float(), targets)
     correct = (logits.argmax(-1) == targets).float().mean()
@@ -75,10 +77,15 @@ class TrainingState:
     history: list[dict] = field(default_factory=list)  # one entry per logged window
     seconds: float = 0.0  # training time so far, earlier attempts included
     optimizer: dict | None = None  # the optimizer's state at a mid-stage checkpoint (single process)
+    deepspeed_tag: str | None = None  # or, under DeepSpeed, the tag of its checkpoint (every rank's partition)
 
     @classmethod
     def from_checkpoint(cls, saved: dict) -> "TrainingState":
-        return cls(**{k: saved[k] for k in ("stage", "step", "history", "seconds", "optimizer") if k in saved})
+        return cls(**{k: saved[k] for k in cls.__dataclass_fields__ if k in saved})
+
+    @property
+    def optimizer_checkpoint(self) -> dict:
+        return {"optimizer": self.optimizer, "deepspeed_tag": self.deepspeed_tag}
 
     @property
     def stage_name(self) -> str:
@@ -92,6 +99,7 @@ class Checkpointer:
     def __init__(self, folder: str | Path, key: str):
         self.path = Path(folder) / "last.pt"
         self.final = Path(folder) / "final"
+        self.deepspeed_dir = Path(folder) / "deepspeed"  # DeepSpeed's checkpoints, one folder per tag
         self.run_key = key
 
     def load(self) -> tuple[TrainingState, dict | None]:
@@ -118,13 +126,23 @@ class Checkpointer:
 
     def save(self, state: TrainingState, model: torch.nn.Module, optimizer: dict | None = None) -> None:
         """Mid-stage: stage 1 keeps the adapters it trains (the frozen LLM is rebuilt on resume), stage 2
-        every weight; a finished cell keeps the state alone (its weights are in final/)."""
-        if state.stage >= len(STAGES):
+        every weight; under DeepSpeed its checkpoint (`optimizer["deepspeed_tag"]`) holds the trained
+        weights instead. A finished cell keeps the state alone (its weights are in final/)."""
+        optimizer = optimizer or {}
+        if state.stage >= len(STAGES) or optimizer.get("deepspeed_tag"):
             weights = None
         else:
             weights = model.state_dict() if state.stage > 0 else adapter_state(model)
-        saved = {**asdict(state), "optimizer": optimizer, "model": weights, "run_key": self.run_key}
-        atomic_torch_save(saved, self.path)
+        saved = {**asdict(state), **{"optimizer": None, "deepspeed_tag": None, **optimizer}}
+        atomic_torch_save({**saved, "model": weights, "run_key": self.run_key}, self.path)
+        self.prune_deepspeed(keep=saved["deepspeed_tag"])
+
+    def prune_deepspeed(self, keep: str | None) -> None:
+        """Remove DeepSpeed checkpoints that last.pt no longer names (after last.pt names the new one)."""
+        if self.deepspeed_dir.is_dir():
+            for tag in self.deepspeed_dir.iterdir():  # DeepSpeed also leaves its zero_to_fp32.py there
+                if tag.is_dir() and tag.name != keep:
+                    shutil.rmtree(tag, ignore_errors=True)
 
     def save_final(self, model: torch.nn.Module, dtype: torch.dtype) -> None:
         save_final(self.final.parent, model, self.run_key, dtype)
@@ -202,6 +220,7 @@ def train_cell(job: TrainJob, tracker=None, log=_progress) -> dict:
     if weights is not None:
         load_weights(loop.model, weights)
         loop.model.to(loop.data.device)
+    if weights is not None or state.deepspeed_tag:  # DeepSpeed's checkpoint is loaded by the stage's engine
         loop.log(f"resuming {job.cell} at {state.stage_name} step {state.step}")
     start_at = loop.settings.global_step(state.stage, state.step)
     if loop.world.is_main:
@@ -221,11 +240,10 @@ def train_cell(job: TrainJob, tracker=None, log=_progress) -> dict:
 
 
 def run_stage(loop: Loop, stage: StageSettings, state: TrainingState) -> None:
-    stepper = make_stepper(
-        loop.model, trainable_params(loop.model, stage.name), stage, loop.settings.weight_decay, loop.world
-    )
-    if state.optimizer and state.step > 0:
-        stepper.load_optimizer_state(state.optimizer)
+    params = trainable_params(loop.model, stage.name)
+    stepper = make_stepper(loop.model, params, stage, loop.settings.weight_decay, loop.world, loop.settings.bf16)
+    if state.step > 0:
+        stepper.restore(state.optimizer_checkpoint, loop.checkpointer.deepspeed_dir)
     loop.model.train()
     accumulation = stage.accumulation(loop.world.size)
     window: list[tuple[float, float]] = []
@@ -241,10 +259,13 @@ def run_stage(loop: Loop, stage: StageSettings, state: TrainingState) -> None:
         if (step + 1) % max(1, loop.settings.log_every) == 0 or step + 1 == stage.steps:
             record_progress(loop, state, stage, step, window)
             window = []
-        if (step + 1) % loop.settings.checkpoint_every == 0 and step + 1 < stage.steps and loop.world.is_main:
+        if (step + 1) % loop.settings.checkpoint_every == 0 and step + 1 < stage.steps:
             state.step, state.seconds = step + 1, time.time() - loop.started
-            loop.checkpointer.save(state, loop.model, stepper.optimizer_state())
-    state.optimizer = None
+            saved = stepper.save(loop.checkpointer.deepspeed_dir, f"{stage.name}-step{step + 1}")  # every rank
+            if loop.world.is_main:
+                loop.checkpointer.save(state, loop.model, saved)
+    stepper.release()
+    state.optimizer = state.deepspeed_tag = None
 
 
 def optimizer_step(loop: Loop, stage: StageSettings, step: int, stepper, parts) -> tuple[torch.Tensor, torch.Tensor]:
@@ -253,7 +274,7 @@ def optimizer_step(loop: Loop, stage: StageSettings, step: int, stepper, parts) 
     the loss and accuracy returned, are those of the whole share at once."""
     batches = [loop.data.batch(stage.name, part) for part in parts]
     if len(batches) == 1:  # no accumulation: exactly the one-batch step
-        loss, acc = checked_loss(loop, stage, step, stepper.model, batches[0])
+        loss, acc = checked_loss(loop, stage, step, stepper, batches[0])
         stepper.accumulate(loss)
         stepper.step()
         return loss.detach(), acc.detach()
@@ -261,7 +282,7 @@ def optimizer_step(loop: Loop, stage: StageSettings, step: int, stepper, parts) 
     total_loss = total_acc = torch.zeros((), device=loop.data.device)
     for batch, n in zip(batches, tokens):
         weight = n / sum(tokens)
-        loss, acc = checked_loss(loop, stage, step, stepper.model, batch)
+        loss, acc = checked_loss(loop, stage, step, stepper, batch)
         stepper.accumulate(loss * weight)
         total_loss = total_loss + loss.detach() * weight
         total_acc = total_acc + acc.detach() * weight
@@ -269,10 +290,10 @@ def optimizer_step(loop: Loop, stage: StageSettings, step: int, stepper, parts) 
     return total_loss, total_acc
 
 
-def checked_loss(loop: Loop, stage: StageSettings, step: int, model, batch: Batch):
+def checked_loss(loop: Loop, stage: StageSettings, step: int, stepper, batch: Batch):
     """The step's loss; out of memory and a non-finite loss stop the cell with what to change."""
     try:
-        loss, acc = step_loss(model, batch, loop.settings.bf16)
+        loss, acc = step_loss(stepper.model, batch, loop.settings.bf16 and not stepper.casts_weights)
     except (RuntimeError, MemoryError) as exc:
         if not out_of_memory(exc):
             raise
