@@ -123,3 +123,31 @@ def test_killed_job_resumes_through_deepspeeds_checkpoint(small_data, small_visi
     assert_same_curve(resumed["history"], json.loads((tmp_path / "whole.json").read_text())["history"])
     events = [json.loads(x) for x in (tmp_path / "killed/attempts.jsonl").read_text().splitlines()]
     assert [(e["event"], e["step"]) for e in events][-2:] == [("start", 26), ("finished", 36)]
+
+
+def test_bf16_mode_holds_bf16_weights_and_fp32_master_partitions(single, small_data, small_vision, tmp_path):
+    """train.bf16 under DeepSpeed is its bf16 mode (LLaVA's): the engine's weights are bf16, each rank's
+    checkpoint partition holds the fp32 master weights, the final LLM is saved in bf16; the curve stays
+    near the fp32 one (bf16 rounding, not a different computation)."""
+    import torch
+
+    cfg = cell_cfg(small_data, small_vision, tmp_path / "bf16", zero_stage={"stage1": 2, "stage2": 3}, bf16=True)
+    run_two_processes(cfg, tmp_path / "bf16.json", die_at="stage2:25")
+    partition = torch.load(
+        tmp_path / "bf16/deepspeed/stage2-step20/zero_pp_rank_0_mp_rank_00_optim_states.pt", weights_only=False
+    )["optimizer_state_dict"]
+    masters = partition["fp32_flat_groups"]
+    assert masters and all(t.dtype == torch.float32 for t in masters)
+    moments = [v for s in partition["optimizer_state_dict"]["state"].values() for v in s.values() if v.dim()]
+    assert moments and all(t.dtype == torch.float32 for t in moments)
+
+    run_two_processes(cfg, tmp_path / "bf16.json")
+    result = json.loads((tmp_path / "bf16.json").read_text())
+    meta, _ = read_final(tmp_path / "bf16/final")
+    assert meta["dtype"] == "bfloat16"
+    from safetensors import safe_open
+
+    with safe_open(str(next((tmp_path / "bf16/final/llm").glob("*.safetensors"))), "pt") as f:
+        assert all(f.get_tensor(k).dtype == torch.bfloat16 for k in f.keys())
+    for ours, reference in zip(result["history"], single["history"]):
+        assert ours["loss"] == pytest.approx(reference["loss"], rel=0.05), (ours, reference)

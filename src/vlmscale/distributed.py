@@ -15,6 +15,8 @@ from pathlib import Path
 
 import torch
 
+from vlmscale.jobs import GRADIENT_BUCKET
+
 
 @dataclass(frozen=True)
 class World:
@@ -143,10 +145,11 @@ class DeepSpeedStepper:
 
 
 def deepspeed_config(zero: int, micro_batch: int, accumulation: int, bf16: bool) -> dict:
-    """LLaVA's scripts/zero2.json (stage <= 2) or zero3.json. Their "auto" bucket sizes (Hugging Face's
-    Trainer derives them from the hidden size) stay at DeepSpeed's defaults: with hidden-size buckets,
-    ZeRO-3 deadlocked between two gloo processes on a small model."""
-    zero_optimization = {"stage": zero, "overlap_comm": True, "contiguous_gradients": True, "sub_group_size": 1e9}
+    """LLaVA's scripts/zero2.json (stage <= 2) or zero3.json. Their "auto" sizes, which Hugging Face's
+    Trainer fills from the hidden size, are DeepSpeed's defaults here but for the gradient bucket
+    (`jobs.GRADIENT_BUCKET` says why)."""
+    zero_optimization = {"stage": zero, "overlap_comm": True, "contiguous_gradients": True, "sub_group_size": 1e9,
+                         "reduce_bucket_size": GRADIENT_BUCKET}  # fmt: skip
     if zero == 3:
         zero_optimization |= {
             "stage3_max_live_parameters": 1e9,

@@ -14,6 +14,11 @@ from dataclasses import dataclass, field
 
 STAGES = ("stage1", "stage2")  # stage 1: compressor + projector, LLM frozen; stage 2: projector + LLM
 
+# DeepSpeed's gradient bucket, in elements. ZeRO-3 allocates it whole on every GPU (the plan counts it):
+# DeepSpeed's default, 5e8, is 1 GB in bf16; Hugging Face's "auto" for LLaVA's scripts, hidden_size²,
+# deadlocked two gloo processes on a small model whenever the gradients spanned several buckets.
+GRADIENT_BUCKET = 50_000_000
+
 
 @dataclass(frozen=True)
 class StageSettings:

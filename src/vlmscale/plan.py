@@ -26,11 +26,11 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from vlmscale import choices
-from vlmscale.jobs import STAGES, TrainSettings
+from vlmscale.jobs import GRADIENT_BUCKET, STAGES, TrainSettings
 
 REFERENCE = Path(__file__).parent / "reference"
 USABLE_MEMORY = 0.9  # of a GPU's memory: the CUDA context, the allocator's fragmentation and NCCL buffers take the rest
@@ -131,13 +131,14 @@ def model_state_bytes(n_total: int, n_trained: int, zero: int | None, world: int
                       largest_layer: int = 0) -> float:  # fmt: skip
     """Weights, gradients and AdamW's state per GPU, in bytes.
 
-    precision "fp32" (what vlmscale runs today): fp32 weights under bf16 autocast; a trained parameter
+    precision "fp32" (one plain process, or train.bf16 off): fp32 weights (under bf16 autocast); a trained parameter
     has a 4-byte gradient and 8 bytes of moments, and under ZeRO DeepSpeed keeps a 4-byte fp32 partition
     of it as well. precision "bf16" (DeepSpeed's bf16 mode, LLaVA's): 2-byte weights; per trained
     parameter 6 bytes of gradients (16- and 32-bit) and 12 of fp32 master weight and moments, as
     DeepSpeed's estimators count them (estimate_zero2/zero3_model_states_mem_needs). ZeRO stage 1
     partitions the optimizer's state over the GPUs, 2 the gradients too, 3 the weights too (a layer's
-    weights are gathered whole while it runs: 4 bytes per parameter of the largest layer).
+    weights are gathered whole while it runs: 4 bytes per parameter of the largest layer; and ZeRO-3
+    allocates its gradient bucket whole, `jobs.GRADIENT_BUCKET` elements).
     """
     g = max(1, world)
     if precision == "bf16":
@@ -151,18 +152,21 @@ def model_state_bytes(n_total: int, n_trained: int, zero: int | None, world: int
         return weights + grads + optims / g
     if zero == 2:
         return weights + (grads + optims) / g
-    return 4.0 * largest_layer + (weights + grads + optims) / g
+    bucket = (2.0 if precision == "bf16" else 4.0) * GRADIENT_BUCKET  # allocated whole by ZeRO-3
+    return 4.0 * largest_layer + bucket + (weights + grads + optims) / g
 
 
-def activation_bytes(shape: LLMShape, micro_batch: int, seq: int, answer_tokens: int, checkpointing: bool) -> float:
-    """Activations of one micro-batch. With gradient checkpointing: each layer's fp32 input (the residual
-    stream follows the fp32 weights) plus one layer's working set during its recompute, about
+def activation_bytes(shape: LLMShape, micro_batch: int, seq: int, answer_tokens: int, checkpointing: bool,
+                     stream_bytes: int = 4) -> float:  # fmt: skip
+    """Activations of one micro-batch. With gradient checkpointing: each layer's input (`stream_bytes` per
+    value: the residual stream follows the weights, 4 under autocast, 2 in bf16 mode) plus one layer's
+    working set during its recompute, about
     34·b·s·d bytes (Korthikanti et al. 2022, 16-bit, attention without the s² scores: SDPA); without it,
     that working set for every layer. Plus the LM head's logits over the answer tokens (bf16, and the
     fp32 copy the loss takes)."""
     b, s, d = micro_batch, seq, shape.hidden
     layer = 34.0 * b * s * d
-    kept = shape.layers * (4.0 * b * s * d) + layer if checkpointing else shape.layers * layer
+    kept = shape.layers * (stream_bytes * b * s * d) + layer if checkpointing else shape.layers * layer
     return kept + 6.0 * b * answer_tokens * shape.vocab
 
 
@@ -233,6 +237,12 @@ def gpu_of(cfg: dict) -> GPU | None:
     return GPUS[name] if isinstance(name, str) else GPU(name["name"], name["peak_tflops"] * 1e12, name["memory_gb"])
 
 
+def stage_precision(bf16: bool, zero_stage: int | None, world: int) -> str:
+    """ "bf16" where train.bf16 runs as DeepSpeed's bf16 mode (a ZeRO stage or several processes), "fp32"
+    where it is autocast over fp32 weights (one plain process) or off (`distributed.make_stepper`)."""
+    return "bf16" if bf16 and (zero_stage is not None or world > 1) else "fp32"
+
+
 def stage_plan(cfg: dict, cell: dict, stage_index: int) -> StagePlan:
     """One training stage of one cell (`cell`: the shapes and counts plan_cell gathered)."""
     stage = cell["settings"].stages[stage_index]
@@ -249,11 +259,23 @@ def stage_plan(cfg: dict, cell: dict, stage_index: int) -> StagePlan:
     hours = flops / (cfg["plan"]["mfu"] * gpu.peak_flops) / 3600 if gpu else float("nan")
     micro = stage.micro_batch(cell["world"])
     total = shape.params + cell["adapter"]
-    states = model_state_bytes(total, trained, stage.zero_stage, cell["world"], "fp32", shape.layer_params)
+    precision = stage_precision(cell["settings"].bf16, stage.zero_stage, cell["world"])
+    states = model_state_bytes(total, trained, stage.zero_stage, cell["world"], precision, shape.layer_params)
     if not cfg["vision"]["cache"]:
         states += (2 if cfg["vision"].get("bf16") else 4) * cell["encoder"][0]
-    acts = activation_bytes(shape, micro, seq, int(answer), checkpointing)
+    acts = activation_bytes(shape, micro, seq, int(answer), checkpointing, 2 if precision == "bf16" else 4)
     return StagePlan(stage.name, trained, micro, seq, samples * seq, flops, hours, states / GB, acts / GB)
+
+
+def training_checkpoint_bytes(cell: dict, total: int, trained: int) -> float:
+    """A stage-2 checkpoint on disk (vlmscale.checkpoint): in one plain process last.pt holds every
+    weight in fp32 and AdamW's two moments; under DeepSpeed its checkpoint holds the trained weights
+    (bf16 or fp32) and, over all ranks' partitions, their fp32 master copy and moments."""
+    last = cell["settings"].stages[-1]
+    if last.zero_stage is None and cell["world"] == 1:
+        return 4.0 * total + 8.0 * trained
+    bf16 = stage_precision(cell["settings"].bf16, last.zero_stage, cell["world"]) == "bf16"
+    return (2.0 if bf16 else 4.0) * trained + 12.0 * trained
 
 
 def plan_cell(
@@ -278,22 +300,24 @@ def plan_cell(
     gpu = gpu_of(cfg)
     limit = gpu.memory_gb * USABLE_MEMORY if gpu else None
     total = shape.params + adapter
-    # kept: final/ (the LLM in the cell's training dtype, the adapters in fp32); while stage 2 trains,
-    # last.pt holds every weight in fp32 and AdamW's two moments (vlmscale.checkpoint)
+    # kept: final/ (the LLM in the cell's training dtype, the adapters in fp32)
     checkpoint = ((2 if cell["settings"].bf16 else 4) * shape.params + 4 * adapter) / GB
-    peak = (4 * total + 8 * stages[-1].trained_params) / GB
+    peak = training_checkpoint_bytes(cell, total, stages[-1].trained_params) / GB
     plan = CellPlan(Cell(llm, visual_tokens).architecture_id, shape.params, total, cell["world"], stages, checkpoint,
                     peak, limit, "")  # fmt: skip
     return plan if plan.fits else _with_advice(cfg, plan, cell)
 
 
 def _with_advice(cfg: dict, plan: CellPlan, cell: dict) -> CellPlan:
-    """What would make a cell fit: ZeRO-2 where a stage runs below it, a smaller micro-batch, more GPUs."""
+    """What would make a cell fit: ZeRO-3 and bf16 where a stage runs without them, a smaller micro-batch,
+    more GPUs."""
     worst = max(plan.stages, key=lambda s: s.memory_gb)
     stage = cell["settings"].stages[STAGES.index(worst.stage)]
     tips = []
-    if (stage.zero_stage or 0) < 2:
-        tips.append(f"train.zero_stage.{worst.stage}: 2")
+    if (stage.zero_stage or 0) < 3:
+        tips.append(f"train.zero_stage.{worst.stage}: 3")
+    if not cell["settings"].bf16:
+        tips.append("train.bf16: true (DeepSpeed's bf16 mode)")
     room = plan.memory_limit_gb - worst.states_gb
     if room > 0 and worst.activations_gb > room:
         share = stage.batch_size // plan.gpus
@@ -319,10 +343,16 @@ def _with_advice(cfg: dict, plan: CellPlan, cell: dict) -> CellPlan:
 
 
 def _fits_on(cfg: dict, cell: dict, stage_index: int, world: int, limit_gb: float) -> bool:
-    try:
-        return stage_plan(cfg, {**cell, "world": world}, stage_index).memory_gb <= limit_gb
-    except ValueError:  # the batch does not split over that many GPUs
-        return False
+    """Whether the stage fits on `world` GPUs, its micro-batch made to divide the smaller share if need be."""
+    settings = cell["settings"]
+    stage = settings.stages[stage_index]
+    if stage.batch_size % world:
+        return False  # the batch does not split over that many GPUs
+    share = stage.batch_size // world
+    if stage.micro_batch_size and share % stage.micro_batch_size:
+        stage = replace(stage, micro_batch_size=math.gcd(share, stage.micro_batch_size))
+        settings = replace(settings, stages=tuple(stage if s.index == stage_index else s for s in settings.stages))
+    return stage_plan(cfg, {**cell, "world": world, "settings": settings}, stage_index).memory_gb <= limit_gb
 
 
 def plan_grid(cfg: dict) -> list[CellPlan | str]:
