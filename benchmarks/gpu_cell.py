@@ -1,7 +1,7 @@
 """One paper-shaped cell's training step on a GPU: tokens/s, MFU and peak memory beside `vlmscale plan`'s
 estimate. The Qwen-1.5 shapes (random weights, from reference/qwen1.5.json) and CLIP ViT-L/336's shape,
-stage 2 (every LLM weight trained) as vlmscale runs it: fp32 weights, bf16 autocast, gradient
-checkpointing, AdamW, the encoder's forward in bf16 on each step's images.
+stage 2 (every LLM weight trained) as configs/paper.yaml runs it: DeepSpeed ZeRO-3 (`--zero`) in its bf16
+mode, gradient checkpointing, AdamW, the encoder's forward in bf16 on each step's images; one process.
 
     python benchmarks/gpu_cell.py [--llm Qwen1.5-0.5B Qwen1.5-1.8B] [--visual-tokens 576] [--micro-batch 16]
     python benchmarks/gpu_cell.py --smoke      # tiny shapes on the CPU: checks the script, measures nothing
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -66,13 +67,27 @@ def batch(vlm, encoder, image: int, micro: int, text: int, answer: int, device):
     return Batch(ids, labels, lengths, ids[:, v : v + 4], torch.full((micro,), 4, device=device), features)
 
 
+def single_process_world() -> None:
+    """What a launcher would set for one process: DeepSpeed needs a process group even alone."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    for key, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
+                       "MASTER_PORT": str(port)}.items():  # fmt: skip
+        os.environ.setdefault(key, value)
+
+
 def measure(name: str, arch: dict, args, device) -> dict:
     from vlmscale import plan
-    from vlmscale.distributed import TorchStepper
+    from vlmscale.distributed import DeepSpeedStepper
     from vlmscale.train import step_loss
 
     vlm, encoder, image = build(arch, args.visual_tokens, args.smoke, device)
-    stepper = TorchStepper(vlm, [p for p in vlm.parameters() if p.requires_grad], 2e-5, 0.0)
+    n_total = sum(p.numel() for p in vlm.parameters())
+    trained = [p for p in vlm.parameters() if p.requires_grad]
+    stepper = DeepSpeedStepper(vlm, trained, 2e-5, 0.0, args.zero, args.micro_batch, 1, bf16=True)
     seq = args.visual_tokens + args.text_tokens
     times = []
     if device.type == "cuda":
@@ -82,7 +97,7 @@ def measure(name: str, arch: dict, args, device) -> dict:
             torch.cuda.synchronize()
         start = time.perf_counter()
         data = batch(vlm, encoder, image, args.micro_batch, args.text_tokens, args.answer_tokens, device)
-        loss, _ = step_loss(vlm, data, bf16=True)
+        loss, _ = step_loss(stepper.model, data)  # DeepSpeed's bf16 mode: bf16 weights, no autocast
         stepper.accumulate(loss)
         stepper.step()
         if device.type == "cuda":
@@ -100,11 +115,11 @@ def measure(name: str, arch: dict, args, device) -> dict:
         else None
     )
     shape = plan.LLMShape(arch["hidden_size"], arch["intermediate_size"], arch["num_hidden_layers"], arch["vocab_size"])
-    n_total = sum(p.numel() for p in vlm.parameters())
-    estimate = (plan.model_state_bytes(n_total, n_total, None, 1, "fp32") + 2 * n_enc
-                + plan.activation_bytes(shape, args.micro_batch, seq, args.answer_tokens, True)) / 1e9  # fmt: skip
+    states = plan.model_state_bytes(n_total, n_total, args.zero, 1, "bf16", shape.layer_params)
+    acts = plan.activation_bytes(shape, args.micro_batch, seq, args.answer_tokens, True, stream_bytes=2)
+    estimate = (states + 2 * n_enc + acts) / 1e9
     return {
-        "llm": name, "llm_params": n_llm, "micro_batch": args.micro_batch, "seq_len": seq,
+        "llm": name, "llm_params": n_llm, "zero": args.zero, "micro_batch": args.micro_batch, "seq_len": seq,
         "seconds_per_step": round(seconds, 4), "tokens_per_second": round(args.micro_batch * seq / seconds, 1),
         "mfu": round(flops / seconds / peak, 4) if peak else None,
         "peak_memory_gb": round(torch.cuda.max_memory_allocated() / 1e9, 2) if device.type == "cuda" else None,
@@ -120,6 +135,7 @@ def main() -> int:
     parser.add_argument("--text-tokens", type=int, default=100)
     parser.add_argument("--answer-tokens", type=int, default=50)
     parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--zero", type=int, default=3, help="ZeRO stage (paper config: 3 for stage 2)")
     parser.add_argument("--smoke", action="store_true", help="tiny shapes on the CPU")
     parser.add_argument("--out", default=str(REPO / "benchmarks/results/gpu_cell.json"))
     args = parser.parse_args()
@@ -129,6 +145,7 @@ def main() -> int:
         print("gpu_cell: no GPU on this machine; nothing measured (--smoke runs tiny shapes on the CPU)")
         return 0
     device = torch.device("cuda" if torch.cuda.is_available() and not args.smoke else "cpu")
+    single_process_world()
     rows = [measure(name, arch, args, device) for name, arch in shapes(args.llm, args.smoke).items()]
     result = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu (smoke)", "rows": rows}
     print(json.dumps(result, indent=2))

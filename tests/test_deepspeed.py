@@ -133,9 +133,8 @@ def test_bf16_mode_holds_bf16_weights_and_fp32_master_partitions(single, small_d
 
     cfg = cell_cfg(small_data, small_vision, tmp_path / "bf16", zero_stage={"stage1": 2, "stage2": 3}, bf16=True)
     run_two_processes(cfg, tmp_path / "bf16.json", die_at="stage2:25")
-    partition = torch.load(
-        tmp_path / "bf16/deepspeed/stage2-step20/zero_pp_rank_0_mp_rank_00_optim_states.pt", weights_only=False
-    )["optimizer_state_dict"]
+    [path] = (tmp_path / "bf16/deepspeed/stage2-step20").glob("bf16_zero_pp_rank_0_*optim_states.pt")
+    partition = torch.load(path, weights_only=False)["optimizer_state_dict"]
     masters = partition["fp32_flat_groups"]
     assert masters and all(t.dtype == torch.float32 for t in masters)
     moments = [v for s in partition["optimizer_state_dict"]["state"].values() for v in s.values() if v.dim()]

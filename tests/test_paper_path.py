@@ -145,6 +145,37 @@ def test_chat_layout_supervises_only_the_answer_and_its_end_of_turn(paper_like):
     assert tok.decode(batch.labels[0][batch.labels[0] != IGNORE].tolist()) == "red"
 
 
+def test_a_conversation_is_one_sequence_supervised_on_every_answer(paper_like, tmp_path):
+    """LLaVA's format: a three-turn record is one sample, rendered by the chat template as one sequence
+    (the image once); the supervised tokens are exactly the three answers, each with its end-of-turn."""
+    from vlmscale.batching import make_batch
+    from vlmscale.samples import load_llava_conversations
+    from vlmscale.tokenizer import IGNORE, IMAGE, ChatTokenizer
+
+    turns = [("what colour is the circle", "red"), ("what shape is blue", "a square"), ("and the small one", "green")]
+    record = {"id": "three", "image": "x.png", "conversations": []}
+    for k, (question, answer) in enumerate(turns):
+        human = f"<image>\n{question}" if k == 0 else question
+        record["conversations"] += [{"from": "human", "value": human}, {"from": "gpt", "value": answer}]
+    (tmp_path / "three.json").write_text(json.dumps([record]))
+    [sample] = load_llava_conversations(tmp_path / "three.json")
+    assert sample.conversation == tuple(turns)
+
+    tok = ChatTokenizer(str(paper_like / "models/qwen-a"))
+    batch = make_batch([sample], tok, 4, lambda paths: torch.zeros(len(paths), 36, 32))
+    row, labels = batch.input_ids[0], batch.labels[0]
+    assert (row == IMAGE).sum() == 4 and batch.truncated == 0
+    expected = [i for _, answer in turns for i in tok._ids(answer) + [tok.eos_id]]
+    assert labels[labels != IGNORE].tolist() == expected
+    supervised = (labels != IGNORE).nonzero().flatten().tolist()
+    assert row[supervised].tolist() == expected  # labels sit on the tokens they name
+    text = tok.tok.decode([i for i in row.tolist() if i != IMAGE])
+    assert text.count("<|im_start|>assistant") == 3 and text.count("<|im_start|>user") == 3
+
+    cut = make_batch([sample], tok, 4, lambda paths: torch.zeros(len(paths), 36, 32), max_length=len(row) - 3)
+    assert cut.truncated == 1 and cut.input_ids.shape[1] == len(row) - 3
+
+
 def test_clip_features_come_from_the_configured_layer(paper_like):
     from transformers import CLIPVisionModel
 

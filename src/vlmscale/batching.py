@@ -6,7 +6,7 @@ would have drawn.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -28,34 +28,30 @@ class Batch:
     question_ids: torch.Tensor
     question_lengths: torch.Tensor
     features: torch.Tensor
+    truncated: int = 0  # rows cut at the model's maximum length
 
     def to(self, device) -> "Batch":
-        return Batch(
-            *(
-                t.to(device)
-                for t in (
-                    self.input_ids,
-                    self.labels,
-                    self.prompt_lengths,
-                    self.question_ids,
-                    self.question_lengths,
-                    self.features,
-                )
-            )
-        )
+        tensors = (self.input_ids, self.labels, self.prompt_lengths, self.question_ids, self.question_lengths,
+                   self.features)  # fmt: skip
+        return Batch(*(t.to(device) for t in tensors), truncated=self.truncated)
 
 
-def make_batch(samples: list[Sample], tokenizer, visual_tokens: int, features) -> Batch:
-    """Tokenise a few samples (tokenising per batch keeps a 665K-sample set out of memory) and fetch
-    their features from the feature source."""
-    rows, labels, prompt_lengths = [], [], []
+def make_batch(samples: list[Sample], tokenizer, visual_tokens: int, features, max_length: int | None = None) -> Batch:
+    """Tokenise a few samples, each conversation one sequence (tokenising per batch keeps a 665K-sample
+    set out of memory), cut at `max_length` tokens, and fetch their features from the feature source."""
+    rows, labels, prompt_lengths, truncated = [], [], [], 0
     for s in samples:
-        prefix, prompt = tokenizer.layout(s.question)
-        head = prefix + [IMAGE] * visual_tokens + prompt
-        answer = tokenizer.answer_ids(s.answer)
-        rows.append(head + answer)
-        labels.append([IGNORE] * len(head) + answer)
-        prompt_lengths.append(len(head))
+        ids, labs = tokenizer.sequence(s.conversation)
+        at = ids.index(IMAGE)  # the one marker becomes the V visual tokens' places
+        ids, labs = (
+            ids[:at] + [IMAGE] * visual_tokens + ids[at + 1 :],
+            labs[:at] + [IGNORE] * visual_tokens + labs[at + 1 :],
+        )
+        if max_length and len(ids) > max_length:
+            ids, labs, truncated = ids[:max_length], labs[:max_length], truncated + 1
+        rows.append(ids)
+        labels.append(labs)
+        prompt_lengths.append(next((i for i, label in enumerate(labs) if label != IGNORE), len(labs)))
     ids, _ = pad_right(rows, tokenizer.pad_id)
     label_ids, _ = pad_right(labels, IGNORE)
     question_ids, question_lengths = pad_right([tokenizer.question_ids(s.question) for s in samples], tokenizer.pad_id)
@@ -66,6 +62,7 @@ def make_batch(samples: list[Sample], tokenizer, visual_tokens: int, features) -
         question_ids,
         question_lengths,
         features([s.image for s in samples]),
+        truncated,
     )
 
 
@@ -76,7 +73,8 @@ def check_samples(samples: list[Sample], tokenizer, features, what: str) -> None
         raise FileNotFoundError(f"{what}: {len(missing)} images have no tower features (first: {missing[0]})")
     if isinstance(tokenizer, WordTokenizer):
         for s in samples:
-            tokenizer.answer_ids(s.answer)
+            for _, answer in s.conversation:
+                tokenizer.answer_id(answer)
 
 
 def train_sources(manifest: dict, data_root: str | Path) -> dict[str, tuple[Path, str]]:
@@ -112,7 +110,11 @@ class TrainingData:
     visual_tokens: int
     features: object
     device: torch.device
+    max_length: int | None = None  # the LLM's maximum sequence length: longer conversations are cut
+    truncated: dict[str, int] = field(default_factory=dict)  # per stage: rows cut, in the batches drawn
 
     def batch(self, stage: str, indices: torch.Tensor) -> Batch:
         rows = [self.samples[stage][i] for i in indices.tolist()]
-        return make_batch(rows, self.tokenizer, self.visual_tokens, self.features).to(self.device)
+        batch = make_batch(rows, self.tokenizer, self.visual_tokens, self.features, self.max_length)
+        self.truncated[stage] = self.truncated.get(stage, 0) + batch.truncated
+        return batch.to(self.device)

@@ -170,10 +170,11 @@ def prepare(spec: dict, out_dir: str | Path) -> dict:
 
 
 def mean_words(samples) -> dict[str, float]:
-    """Mean words per question and per answer: what `vlmscale plan` turns into training tokens."""
+    """Mean words per conversation in its questions and in its answers, and mean turns: what
+    `vlmscale plan` turns into training tokens (a batch counts conversations, as LLaVA's does)."""
     n = max(1, len(samples))
-    return {"question": sum(len(s.question.split()) for s in samples) / n,
-            "answer": sum(len(s.answer.split()) for s in samples) / n}  # fmt: skip
+    words = lambda side: sum(len(turn[side].split()) for s in samples for turn in s.conversation) / n  # noqa: E731
+    return {"question": words(0), "answer": words(1), "turns": sum(len(s.conversation) for s in samples) / n}
 
 
 def _write_manifest(out, spec, stages, image_folder, train, benchmarks, images) -> dict:

@@ -225,8 +225,11 @@ def text_tokens(cfg: dict) -> dict[str, tuple[float, float]]:
     for stage in STAGES:
         words = measured.get(stage, {}).get("mean_words")
         stated = cfg["plan"]["tokens"][stage]
-        tokens[stage] = ((per_word * (words["question"] + words["answer"]) + template, per_word * words["answer"])
-                         if words else (stated["text"], stated["answer"]))  # fmt: skip
+        if words:  # the template wraps every turn
+            text = per_word * (words["question"] + words["answer"]) + template * words.get("turns", 1)
+            tokens[stage] = (text, per_word * words["answer"])
+        else:
+            tokens[stage] = (stated["text"], stated["answer"])
     return tokens
 
 

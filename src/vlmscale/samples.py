@@ -2,7 +2,8 @@
 reads, so both sides (and training and evaluation) share one reader of each.
 
 * conversations: a JSON list of {"id", "image", "conversations": [{"from": "human", "value": "<image>\\n..."},
-  {"from": "gpt", "value": ...}, ...]}; one sample per human/gpt turn pair;
+  {"from": "gpt", "value": ...}, ...]}; one sample per record, its turns in order (LLaVA trains a
+  conversation as one sequence, the loss on every answer);
 * benchmarks: a folder with `questions.jsonl` ({"question_id", "image", "text"[, "category", "options"]})
   and `answers.jsonl` ({"question_id", "answer"}; VQA: the list of every annotator's answer).
 
@@ -24,14 +25,20 @@ MAX_LISTED = 10
 
 @dataclass(frozen=True)
 class Sample:
-    """One question about one image: what every loader (synthetic or real LLaVA) yields."""
+    """A conversation about one image (most often one question): what every loader (synthetic or real
+    LLaVA) yields."""
 
     image: str  # path relative to the data root (absolute once a loader joins its image folder)
-    question: str
+    question: str  # the first turn's (the one the image comes with; what QueCC conditions on)
     answer: str
     task: str = ""
     references: tuple[str, ...] = ()  # benchmarks: every annotator's answer (VQA soft accuracy)
     options: tuple[str, ...] = ()  # benchmarks: the choices of a multiple-choice question, in letter order
+    turns: tuple[tuple[str, str], ...] = ()  # a conversation's later (question, answer) turns
+
+    @property
+    def conversation(self) -> tuple[tuple[str, str], ...]:
+        return ((self.question, self.answer), *self.turns)
 
 
 def with_image_root(samples: list[Sample], image_root: str) -> list[Sample]:
@@ -42,8 +49,9 @@ def vocabulary(samples: Iterable[Sample]) -> list[str]:
     """Every word of every question and answer: the word-level tokenizer's vocabulary."""
     words: set[str] = set()
     for s in samples:
-        words.update(s.question.split())
-        words.update(s.answer.split())
+        for question, answer in s.conversation:
+            words.update(question.split())
+            words.update(answer.split())
     return sorted(words)
 
 
@@ -78,14 +86,14 @@ def _record_samples(rec, where: str, problems: list[str]) -> list[Sample]:
     if not isinstance(turns, list) or len(turns) < 2 or len(turns) % 2:
         problems.append(f"{where}: needs an even number (>= 2) of conversation turns")
         return []
-    samples = []
+    pairs = []
     for human, gpt in zip(turns[0::2], turns[1::2]):
         if not (_is_turn(human, "human") and _is_turn(gpt, "gpt")):
             problems.append(f"{where}: turns must alternate human/gpt, each with a string 'value'")
-            break
-        question = human["value"].replace("<image>", "").strip()
-        samples.append(Sample(rec["image"], question, gpt["value"].strip(), rec.get("task", "")))
-    return samples
+            return []
+        pairs.append((human["value"].replace("<image>", "").strip(), gpt["value"].strip()))
+    (question, answer), *later = pairs
+    return [Sample(rec["image"], question, answer, rec.get("task", ""), turns=tuple(later))]
 
 
 def _is_turn(turn, speaker: str) -> bool:
@@ -93,7 +101,7 @@ def _is_turn(turn, speaker: str) -> bool:
 
 
 def load_llava_conversations(json_path: str | Path) -> list[Sample]:
-    """Read LLaVA conversation JSON into (image, question, answer) samples, one per human/gpt turn pair."""
+    """Read LLaVA conversation JSON into samples, one per record (conversation)."""
     problems: list[str] = []
     samples = conversation_samples(json.loads(Path(json_path).read_text()), Path(json_path), problems)
     _raise_problems(problems)

@@ -1,16 +1,20 @@
-"""Text codecs: how a (question, answer) pair becomes one training sequence, and generated ids text.
+"""Text codecs: how a conversation becomes one training sequence, and generated ids text.
 
 Both codecs lay a sample out the same way, so training, evaluation and the FLOP count share one path:
 
-    prefix ids | IMAGE x V | prompt ids | answer ids
+    prefix ids | IMAGE x V | prompt ids | answer ids [| next prompt ids | next answer ids ...]
     loss only on the answer ids (labels elsewhere are IGNORE)
+
+A conversation of several turns is one sequence, as LLaVA trains it: the image once, every answer
+supervised. `sequence` returns it with one IMAGE marker, which the batch widens to V placeholders.
 
 * `WordTokenizer` (the synthetic grid): a word vocabulary built from the data; no prefix, the prompt is
   the question's words, the answer is one word (greedy decoding stops after one token).
-* `ChatTokenizer` (Hugging Face LMs): the LM's own `AutoTokenizer` and chat template. The user turn is
-  "<image>\\n{question}" rendered with the template (generation prompt added); the image placeholder
-  splits it into prefix and prompt; the answer is followed by the tokenizer's end-of-turn token, which
-  is also where greedy decoding stops.
+* `ChatTokenizer` (Hugging Face LMs): the LM's own `AutoTokenizer` and chat template. The first user turn
+  is "<image>\\n{question}"; the conversation is rendered by the template turn by turn (each prompt with
+  the generation prompt added), the image placeholder splits off the prefix, and each answer is
+  supervised with the end-of-turn token the template closes it with, which is also where greedy
+  decoding stops.
 """
 
 from __future__ import annotations
@@ -43,15 +47,17 @@ class WordTokenizer:
             raise ValueError(f"answers must be one word on the synthetic grid, got {answer!r}")
         return ids[0]
 
-    def layout(self, question: str) -> tuple[list[int], list[int]]:
-        """(ids before the image, ids after it) of the prompt."""
-        return [], self.encode(question)
-
-    def answer_ids(self, answer: str) -> list[int]:
-        return [self.answer_id(answer)]
-
     def question_ids(self, question: str) -> list[int]:
         return self.encode(question)
+
+    def sequence(self, conversation) -> tuple[list[int], list[int]]:
+        """(ids, labels) of a conversation, one IMAGE marker first: each question's words, then its answer."""
+        ids, labels = [IMAGE], [IGNORE]
+        for question, answer in conversation:
+            prompt = self.encode(question)
+            ids += prompt + [self.answer_id(answer)]
+            labels += [IGNORE] * len(prompt) + [ids[-1]]
+        return ids, labels
 
     def decode(self, ids: list[int]) -> str:
         return " ".join(self.vocab[i] for i in ids)
@@ -84,18 +90,35 @@ class ChatTokenizer:
     def _ids(self, text: str) -> list[int]:
         return self.tok(text, add_special_tokens=False)["input_ids"]
 
-    def layout(self, question: str) -> tuple[list[int], list[int]]:
-        text = self.tok.apply_chat_template(
-            [{"role": "user", "content": f"<image>\n{question}"}], add_generation_prompt=True, tokenize=False
-        )
-        before, after = text.split("<image>", 1)
-        return self._ids(before), self._ids(after)
-
-    def answer_ids(self, answer: str) -> list[int]:
-        return self._ids(answer) + [self.eos_id]
-
     def question_ids(self, question: str) -> list[int]:
         return self._ids(question) or [self.pad_id]
+
+    def _render(self, messages: list[dict], prompt: bool) -> str:
+        return self.tok.apply_chat_template(messages, add_generation_prompt=prompt, tokenize=False)
+
+    def sequence(self, conversation) -> tuple[list[int], list[int]]:
+        """(ids, labels) of a conversation rendered by the chat template, one IMAGE marker where the
+        template puts the image; labels on each answer and the end-of-turn token that closes it."""
+        ids, labels, rendered, messages = [], [], "", []
+        for k, (question, answer) in enumerate(conversation):
+            messages.append({"role": "user", "content": f"<image>\n{question}" if k == 0 else question})
+            prompt = self._render(messages, prompt=True)
+            messages.append({"role": "assistant", "content": answer})
+            reply = self._reply(self._render(messages, prompt=False), prompt, rendered, k)
+            before, marker, after = prompt[len(rendered) :].partition("<image>")
+            prompt_ids = self._ids(before) + ([IMAGE] if marker else []) + self._ids(after)
+            reply_ids = self._ids(reply)
+            ids += prompt_ids + reply_ids
+            labels += [IGNORE] * len(prompt_ids) + reply_ids
+            rendered = prompt + reply
+        return ids, labels
+
+    def _reply(self, closed: str, prompt: str, rendered: str, turn: int) -> str:
+        """The assistant's text up to and including its end-of-turn token."""
+        eos = self.tok.convert_ids_to_tokens(self.eos_id)
+        if not (prompt.startswith(rendered) and closed.startswith(prompt) and eos in closed[len(prompt) :]):
+            raise ValueError(f"the chat template does not render turn {turn + 1} as a continuation of the ones before")
+        return closed[len(prompt) : closed.index(eos, len(prompt)) + len(eos)]
 
     def decode(self, ids: list[int]) -> str:
         if self.eos_id in ids:

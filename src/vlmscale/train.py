@@ -197,7 +197,8 @@ def prepare_loop(job: TrainJob, key: str, tracker, log) -> tuple[Loop, dict[str,
     samples = load_stage_samples(manifest, job.data_root)
     for stage, items in samples.items():
         check_samples(items, tokenizer, features, f"{job.cell} {stage}")
-    data = TrainingData(samples, tokenizer, job.spec["visual_tokens"], features, device)
+    max_length = getattr(model.llm.config, "max_position_embeddings", None)
+    data = TrainingData(samples, tokenizer, job.spec["visual_tokens"], features, device, max_length)
     loop = Loop(
         job.cell,
         model,
@@ -334,6 +335,7 @@ def summarise(spec: dict, key: str, loop: Loop, state: TrainingState, n_train: d
         "llm_params": count_llm_params(loop.model.llm),
         "n_train_samples": max(n_train.values()),
         "n_train_samples_by_stage": n_train,
+        "truncated_rows_by_stage": loop.data.truncated,  # conversations cut at the LLM's maximum length
         "final_loss": last.get("loss"),
         "final_train_accuracy": last.get("train_accuracy"),
         "train_seconds": round(state.seconds, 2),
