@@ -81,35 +81,26 @@ def single(small_data, small_vision, tmp_path_factory):
     return train.train_cell(cell_cfg(small_data, small_vision, tmp_path_factory.mktemp("single")), log=lambda m: None)
 
 
-@pytest.mark.parametrize(
-    "zero, micro",
-    [(2, None), (2, 2), (3, 2)],
-    ids=["zero2-whole-share", "zero2-accumulating-2", "zero3-accumulating-2"],
-)
-def test_two_processes_follow_the_single_process_curve(single, small_data, small_vision, tmp_path, zero, micro):
-    """micro 2: each rank's half of the batch of 8 in two micro-batches, gradients accumulated by DeepSpeed."""
-    extra = {"micro_batch_size": micro} if micro else {}
-    cfg = cell_cfg(small_data, small_vision, tmp_path / "ds", zero_stage={"stage1": zero, "stage2": zero}, **extra)
-    run_two_processes(cfg, tmp_path / "train.json")
-
-    result = json.loads((tmp_path / "train.json").read_text())
-    assert result["world_size"] == 2
-    assert_same_curve(result["history"], single["history"])
-    events = [json.loads(x) for x in (tmp_path / "ds/attempts.jsonl").read_text().splitlines()]
-    assert [e["event"] for e in events] == ["start", "finished"] and events[0]["world_size"] == 2  # rank 0 only
-    _, weights = read_final(tmp_path / "ds/final")  # whole tensors, ZeRO-3 included
-    _, reference = read_final(Path(single["checkpoint"]))
-    assert {k: v.shape for k, v in weights.items()} == {k: v.shape for k, v in reference.items()}
-    assert not [p for p in (tmp_path / "ds/deepspeed").glob("*") if p.is_dir()]  # a finished cell keeps final/ only
-
-
 @pytest.mark.parametrize("zero", [2, 3], ids=["zero2", "zero3"])
-def test_killed_job_resumes_through_deepspeeds_checkpoint(small_data, small_vision, tmp_path, zero):
-    """Killed at stage-2 step 25, five steps after its step-20 checkpoint; the rerun restores each rank's
-    partition of the weights and of AdamW's moments and finishes on the uninterrupted curve."""
+def test_two_processes_follow_the_single_process_curve_and_resume_onto_it(
+    single, small_data, small_vision, tmp_path, zero
+):
+    """Each rank's half of the batch of 8 in two micro-batches (gradients accumulated by DeepSpeed) gives
+    the single-process curve. Killed at stage-2 step 25, five steps after its step-20 checkpoint, the
+    rerun restores each rank's partition of the weights and of AdamW's moments and finishes on the
+    uninterrupted curve."""
     overrides = {"zero_stage": {"stage1": zero, "stage2": zero}, "micro_batch_size": 2}
     whole = cell_cfg(small_data, small_vision, tmp_path / "whole", **overrides)
     run_two_processes(whole, tmp_path / "whole.json")
+    result = json.loads((tmp_path / "whole.json").read_text())
+    assert result["world_size"] == 2
+    assert_same_curve(result["history"], single["history"])
+    events = [json.loads(x) for x in (tmp_path / "whole/attempts.jsonl").read_text().splitlines()]
+    assert [e["event"] for e in events] == ["start", "finished"] and events[0]["world_size"] == 2  # rank 0 only
+    _, weights = read_final(tmp_path / "whole/final")  # whole tensors, ZeRO-3 included
+    _, reference = read_final(Path(single["checkpoint"]))
+    assert {k: v.shape for k, v in weights.items()} == {k: v.shape for k, v in reference.items()}
+    assert not [p for p in (tmp_path / "whole/deepspeed").glob("*") if p.is_dir()]  # a finished cell: final/ only
 
     killed = cell_cfg(small_data, small_vision, tmp_path / "killed", **overrides)
     run_two_processes(killed, tmp_path / "killed.json", die_at="stage2:25")

@@ -6,7 +6,7 @@ would have drawn.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -111,10 +111,14 @@ class TrainingData:
     features: object
     device: torch.device
     max_length: int | None = None  # the LLM's maximum sequence length: longer conversations are cut
-    truncated: dict[str, int] = field(default_factory=dict)  # per stage: rows cut, in the batches drawn
+    truncated: int = 0  # rows cut in the batches drawn since the last take_truncated()
 
     def batch(self, stage: str, indices: torch.Tensor) -> Batch:
         rows = [self.samples[stage][i] for i in indices.tolist()]
         batch = make_batch(rows, self.tokenizer, self.visual_tokens, self.features, self.max_length)
-        self.truncated[stage] = self.truncated.get(stage, 0) + batch.truncated
+        self.truncated += batch.truncated
         return batch.to(self.device)
+
+    def take_truncated(self) -> int:
+        taken, self.truncated = self.truncated, 0
+        return taken

@@ -422,7 +422,7 @@ def _summary(cfg: dict, plans: list[CellPlan], gpu: GPU | None) -> list[str]:
     peak = max((p.checkpoint_peak_gb for p in plans), default=0.0)
     lines = ["", f"{len(plans)} cells x {seeds} seed(s) on {where}:",
              f"  training GPU-hours {hours:,.0f}; checkpoints kept {disk:,.0f} GB (final/ per cell), plus up to "
-             f"{peak:,.0f} GB per cell while its stage 2 trains (last.pt)"]  # fmt: skip
+             f"{peak:,.0f} GB per cell while its stage 2 trains (its mid-stage checkpoint)"]  # fmt: skip
     lines += [f"  {p.cell}: {p.advice}" for p in plans if not p.fits]
     return lines
 

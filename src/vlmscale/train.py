@@ -78,6 +78,7 @@ class TrainingState:
     seconds: float = 0.0  # training time so far, earlier attempts included
     optimizer: dict | None = None  # the optimizer's state at a mid-stage checkpoint (single process)
     deepspeed_tag: str | None = None  # or, under DeepSpeed, the tag of its checkpoint (every rank's partition)
+    truncated: dict[str, int] = field(default_factory=dict)  # per stage: rows cut at the LLM's maximum length
 
     @classmethod
     def from_checkpoint(cls, saved: dict) -> "TrainingState":
@@ -255,7 +256,9 @@ def run_stage(loop: Loop, stage: StageSettings, state: TrainingState) -> None:
             len(loop.data.samples[stage.name]), stage.batch_size, loop.settings.seed, stage.index + 1, step
         )
         loss, acc = optimizer_step(loop, stage, step, stepper, share(indices, loop.world).chunk(accumulation))
-        loss, acc = mean_across(torch.stack([loss, acc]), loop.world)
+        cut = torch.tensor(float(loop.data.take_truncated()), device=loss.device)
+        loss, acc, cut = mean_across(torch.stack([loss, acc, cut]), loop.world)
+        state.truncated[stage.name] = state.truncated.get(stage.name, 0) + round(cut.item() * loop.world.size)
         window.append((loss.item(), acc.item()))
         if (step + 1) % max(1, loop.settings.log_every) == 0 or step + 1 == stage.steps:
             record_progress(loop, state, stage, step, window)
@@ -335,7 +338,7 @@ def summarise(spec: dict, key: str, loop: Loop, state: TrainingState, n_train: d
         "llm_params": count_llm_params(loop.model.llm),
         "n_train_samples": max(n_train.values()),
         "n_train_samples_by_stage": n_train,
-        "truncated_rows_by_stage": loop.data.truncated,  # conversations cut at the LLM's maximum length
+        "truncated_rows_by_stage": state.truncated,  # rows (conversations) cut at the LLM's maximum length
         "final_loss": last.get("loss"),
         "final_train_accuracy": last.get("train_accuracy"),
         "train_seconds": round(state.seconds, 2),
