@@ -172,6 +172,8 @@ def reattach(record: Path, key: str, executor: str):
     job = submitit.SlurmJob(
         folder=previous["folder"], job_id=previous["job_id"], tasks=tuple(range(previous.get("tasks", 1)))
     )
+    if failed(job):  # even while squeue still shows it COMPLETING: a retry must not replay the failure
+        return None
     if (finished(job) and succeeded(job)) or slurm_state(previous["job_id"]) in ACTIVE_STATES:
         print(
             f"[vlmscale] {previous['name']}: re-attached to job {job.job_id} submitted by an earlier run",
@@ -219,6 +221,11 @@ def succeeded(job) -> bool:
     except Exception:
         return False
     return outcome == "success"
+
+
+def failed(job) -> bool:
+    """Rank 0 has left a result, and it is an error."""
+    return (job._sub_jobs or [job])[0].paths.result_pickle.exists() and not succeeded(job)
 
 
 def wait_while_schedulable(job, name: str, poll_s: float = 0.5, max_poll_s: float = 10.0) -> None:
