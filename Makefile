@@ -18,7 +18,10 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
 	$(VENV)/bin/pip install --quiet torch==2.13.0
-	$(VENV)/bin/pip install --quiet torch==2.13.0 -e '.[test]'
+	$(VENV)/bin/pip install --quiet torch==2.13.0 -e '.[test,lmms]'
+	@# PyPI's torchvision (pulled in by lmms-eval) cannot load beside the CPU build of torch, and transformers
+	@# then fails to import any model; nothing vlmscale runs needs it, so it goes where it does not import.
+	$(VENV)/bin/python -c "import torchvision" 2>/dev/null || $(VENV)/bin/pip uninstall --quiet -y torchvision
 	touch $@
 
 run: install  ## the default tiny grid end to end: data, tower, cells, evaluation, FLOPs, law, report

@@ -21,6 +21,25 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 PAPER = yaml.safe_load((REPO / "configs/paper.yaml").read_text())
 QUESTIONS_PER_BENCHMARK = 6
+# The paper's benchmarks as LLaVA-format folders scored by the built-in metrics, as LLaVA's scripts score them
+# (configs/paper.yaml names lmms-eval tasks instead; one of those, POPE from a local copy, runs beside them).
+BUILTIN_BENCHMARKS = [
+    {"name": name, "family": family, "metric": metric}
+    for name, family, metric in [
+        ("mme", "reasoning", "yes_no"),
+        ("gqa", "reasoning", "exact_match"),
+        ("ai2d", "reasoning", "multiple_choice"),
+        ("mmbench", "reasoning", "multiple_choice"),
+        ("mmmu", "reasoning", "multiple_choice"),
+        ("scienceqa", "reasoning", "multiple_choice"),
+        ("mathvista", "reasoning", "exact_match"),
+        ("pope", "reasoning", "yes_no"),
+        ("chartqa", "reasoning", "exact_match"),
+        ("textvqa", "ocr", "vqa"),
+        ("docvqa", "ocr", "exact_match"),
+        ("ocrbench", "ocr", "exact_match"),
+    ]
+]
 
 
 def benchmark_rows(metric: str, items: list[dict]) -> tuple[list[dict], list[dict]]:
@@ -85,17 +104,39 @@ def paper_like(tmp_path_factory) -> Path:
             map(json.loads, (images / "benchmarks/colour/answers.jsonl").read_text().splitlines()),
         )
     ]
-    for bench in PAPER["benchmarks"]:
+    for bench in BUILTIN_BENCHMARKS:
         questions, answers = benchmark_rows(bench["metric"], items)
         folder = root / "data/eval" / bench["name"]
         folder.mkdir(parents=True)
         (folder / "questions.jsonl").write_text("".join(json.dumps(q) + "\n" for q in questions))
         (folder / "answers.jsonl").write_text("".join(json.dumps(a) + "\n" for a in answers))
+        if bench["name"] == "pope":
+            save_pope(questions, answers, images, root / "data/lmms/pope")
     texts = [t["value"] for r in records for t in r["conversations"]] + [q["text"] for q in items]
     tiny_models.save_tiny_qwen2(root / "models/qwen-a", texts, hidden_size=32, intermediate_size=64, num_layers=1)
     tiny_models.save_tiny_qwen2(root / "models/qwen-b", texts, hidden_size=48, intermediate_size=96, num_layers=2)
     tiny_models.save_tiny_clip(root / "models/clip", image_size=24, patch_size=4)
     return root
+
+
+def save_pope(questions: list[dict], answers: list[dict], image_folder: Path, out: Path) -> None:
+    """The yes/no questions in POPE's own schema, saved as lmms-eval's pope task reads a local copy."""
+    import datasets
+    from PIL import Image
+
+    rows = {
+        "question_id": [str(q["question_id"]) for q in questions],
+        "question": [q["text"] for q in questions],
+        "answer": [a["answer"] for a in answers],
+        "image_source": [q["image"] for q in questions],
+        "category": ["random"] * len(questions),
+        "image": [Image.open(image_folder / q["image"]).convert("RGB") for q in questions],
+    }
+    features = datasets.Features(
+        {k: datasets.Value("string") for k in rows if k != "image"} | {"image": datasets.Image()}
+    )
+    split = datasets.Dataset.from_dict(rows, features=datasets.Features(features))
+    datasets.DatasetDict({"test": split}).save_to_disk(str(out))
 
 
 def tiny_paper_config(root: Path) -> dict:
@@ -117,6 +158,14 @@ def tiny_paper_config(root: Path) -> dict:
         {"name": "qwen-a", "source": str(root / "models/qwen-a")},
         {"name": "qwen-b", "source": str(root / "models/qwen-b")},
     ]
+    cfg["data"]["benchmark_folder"] = "data/eval"
+    lmms_pope = {
+        "name": "pope-lmms",
+        "family": "reasoning",
+        "task": "pope",
+        "dataset_path": str(root / "data/lmms/pope"),
+    }
+    cfg["benchmarks"] = BUILTIN_BENCHMARKS + [lmms_pope]
     cfg["evaluation"] = {"max_new_tokens": 4}
     cfg["law"]["bootstrap"] = 10
     cfg["launch"] = {"executor": "local", "threads": 1}
@@ -210,7 +259,7 @@ def test_the_paper_config_runs_end_to_end_on_tiny_checkpoints(paper_like):
     assert report["stages"]["stage1"]["n_samples"] * 2 == report["stages"]["stage2"]["n_samples"]
     assert read_json(results / "vision/tower.json")["features"] is None  # encoder ran inside the jobs
     assert not (results / "vision/features.pt").exists()
-    metrics = {b["name"]: b["metric"] for b in PAPER["benchmarks"]}
+    metrics = {b["name"]: b["metric"] for b in BUILTIN_BENCHMARKS}
     for llm in ("qwen-a", "qwen-b"):
         for v in (1, 4, 36):
             cell = results / f"cells/{llm}/v{v}/s0"
@@ -225,6 +274,7 @@ def test_the_paper_config_runs_end_to_end_on_tiny_checkpoints(paper_like):
                 assert all(isinstance(e["prediction"], str) for e in result["examples"])
                 if metric == "yes_no":
                     assert {"precision", "recall", "f1", "yes_ratio"} <= set(result["scores"])
+            check_lmms_pope(read_json(cell / "eval/pope-lmms.json"), read_json(cell / "eval/pope.json"))
             counted = read_json(cell.parent / "flops.json")
             row = counted["rows"][0]
             assert row["flops_vision"] > 0 and row["flops_compressor"] > 0 and row["prefill_latency_ms"] is None
@@ -237,3 +287,14 @@ def test_the_paper_config_runs_end_to_end_on_tiny_checkpoints(paper_like):
     for family in ("reasoning", "ocr"):
         assert "status" in read_json(results / f"law/{family}.json")
     assert (results / "report.md").exists()
+
+
+def check_lmms_pope(result: dict, builtin: dict) -> None:
+    """lmms-eval's POPE on a trained cell, in the workflow: its accuracy is lmms-eval's POPE reading
+    (lower-cased, stripped, equal) of the answers it recorded, over the same questions as the folder's."""
+    said = result["predictions"]
+    assert result["metric"] == "lmms-eval:pope:pope_accuracy" and result["n_questions"] == QUESTIONS_PER_BENCHMARK
+    by_hand = sum(p["prediction"].lower().strip() == p["answer"] for p in said) / len(said)
+    assert result["accuracy"] == pytest.approx(by_hand) == result["scores"]["pope_accuracy"]
+    assert {"pope_precision", "pope_recall", "pope_f1_score", "pope_yes_ratio"} <= set(result["scores"])
+    assert all(isinstance(p["prediction"], str) for p in said) and builtin["n_questions"] == len(said)

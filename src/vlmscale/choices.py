@@ -11,6 +11,21 @@ LAW_FORMS = {"paper": 4, "paper-qv": 4, "additive": 5}  # each law form and its 
 COMPRESSORS = ("avgpool", "tokenpacker", "quecc")
 METRICS = ("exact", "exact_match", "vqa", "multiple_choice", "multiple_choice_lenient", "yes_no")
 EXECUTORS = ("inline", "debug", "local", "slurm")
+# task: (the metric the law uses, its maximum). Tasks that are groups report their metric under the group.
+TASK_SCORES = {
+    "mme": ("mme_perception_score", 2000.0),  # ten perception categories x (acc + acc+), 200 each
+    "gqa": ("exact_match", 1.0),
+    "ai2d": ("exact_match", 1.0),
+    "mmbench_en_dev": ("gpt_eval_score", 100.0),
+    "mmmu_val": ("mmmu_acc", 1.0),
+    "scienceqa_img": ("exact_match", 1.0),
+    "mathvista_testmini": ("gpt_eval_score", 100.0),
+    "pope": ("pope_accuracy", 1.0),
+    "chartqa": ("relaxed_overall", 1.0),
+    "textvqa_val": ("exact_match", 1.0),
+    "docvqa_val": ("anls", 1.0),
+    "ocrbench": ("ocrbench_accuracy", 1.0),
+}
 GPUS = ("a100", "h100")  # the GPUs `vlmscale plan` knows by name (vlmscale.plan.GPUS)
 
 # config key -> allowed values; "[]" stands for every item of a list

@@ -140,10 +140,13 @@ def _check_data(cfg: dict) -> None:
     if data["source"] == "llava":
         from vlmscale import llava  # no heavy imports: PIL loads only when images are checked
 
-        problems = llava.check_paths(data)
+        problems = llava.check_paths(data, benchmark_folder=any(not b.get("task") for b in cfg["benchmarks"]))
         if problems:
             raise ConfigError("; ".join(problems))
     for i, bench in enumerate(cfg["benchmarks"]):
+        if bench.get("task"):
+            _check_task(cfg, bench, f"benchmarks[{i}] ({bench['name']})")
+            continue
         if data["source"] == "synthetic" and bench.get("metric") == "vqa":
             raise ConfigError(
                 f"benchmarks[{i}] ({bench['name']}): metric vqa scores against ten annotator answers per "
@@ -158,6 +161,27 @@ def _check_data(cfg: dict) -> None:
             problem = llava.check_benchmark_files(data, bench["name"], bench.get("metric", "exact"))
             if problem:
                 raise ConfigError(f"benchmarks[{i}] ({bench['name']}): {problem}")
+
+
+def _check_task(cfg: dict, bench: dict, where: str) -> None:
+    """A benchmark that lmms-eval scores: the extra installed, LLMs that read text, a known score, its data."""
+    import importlib.util
+
+    from vlmscale.choices import TASK_SCORES
+
+    if importlib.util.find_spec("lmms_eval") is None:
+        raise ConfigError(f"{where}: task {bench['task']!r} needs lmms-eval: pip install -e '.[lmms]'")
+    word_level = [m["name"] for m in cfg["llms"] if m.get("source", "config") == "config"]
+    if word_level:
+        raise ConfigError(
+            f"{where}: lmms-eval's prompts need an LLM with its own tokenizer; {word_level} are built from a "
+            f"config with the synthetic grid's word vocabulary (give them a Hugging Face id or folder as source)"
+        )
+    if "score" not in bench and bench["task"] not in TASK_SCORES:
+        raise ConfigError(f"{where}.score: name the metric of task {bench['task']!r} that the law uses")
+    path = bench.get("dataset_path")
+    if path and not Path(path).is_dir():
+        raise ConfigError(f"{where}.dataset_path: {path} is not a folder (expected datasets' save_to_disk)")
 
 
 def _check_unique(values: list, key: str) -> None:
@@ -314,8 +338,8 @@ def architecture_spec(cfg: dict, llm: str, visual_tokens: int) -> dict:
 
 def benchmark_spec(cfg: dict, name: str) -> dict:
     for bench in cfg["benchmarks"]:
-        if bench["name"] == name:
-            return dict(bench)
+        if bench["name"] == name:  # an lmms-eval task is scored by its own metrics: no built-in metric
+            return {k: v for k, v in bench.items() if not (k == "metric" and bench.get("task"))}
     raise ConfigError(f"no benchmark named {name!r}")
 
 

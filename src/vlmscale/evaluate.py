@@ -63,7 +63,8 @@ def references(samples, metric: str) -> list:
 
 
 def evaluate_cell(job: EvalJob) -> list[dict]:
-    """Evaluate one trained cell on each of its benchmarks (model and encoder loaded once)."""
+    """Evaluate one trained cell on each of its benchmarks (model and encoder loaded once): the built-in
+    metrics on benchmark folders, lmms-eval on the benchmarks that name a task (vlmscale.harness)."""
     torch.set_num_threads(job.threads)
     manifest = read_json(Path(job.data_root) / "manifest.json")
     image_root = manifest.get("image_root", job.data_root)
@@ -73,22 +74,54 @@ def evaluate_cell(job: EvalJob) -> list[dict]:
         job.spec, job.checkpoint, manifest["vocabulary"], vision["hidden_size"], vision["patch_grid"]
     )
     model.to(device)
-    results = []
+    results = {}
     for bench in job.benchmarks:
-        if bench["name"] not in manifest["benchmarks"]:
-            raise FileNotFoundError(
-                f"benchmark {bench['name']!r} is not in the data set ({sorted(manifest['benchmarks'])})"
-            )
+        if bench.get("task"):
+            continue
         start = time.time()
-        folder = Path(job.data_root) / manifest["benchmarks"][bench["name"]]["path"]
-        samples = with_image_root(load_benchmark(folder), image_root)
-        missing = features.missing(s.image for s in samples)
-        if missing:
-            raise FileNotFoundError(
-                f"benchmark {bench['name']}: {len(missing)} images have no features (first: {missing[0]})"
-            )
+        samples = benchmark_samples(bench["name"], manifest, job.data_root, image_root, features)
         predictions = predict(model, tokenizer, samples, features, job.max_new_tokens, device, job.settings.bf16)
-        results.append(benchmark_result(job, bench, samples, predictions, time.time() - start))
+        results[bench["name"]] = benchmark_result(job, bench, samples, predictions, time.time() - start)
+    tasks = [b for b in job.benchmarks if b.get("task")]
+    if tasks:
+        results |= task_results(job, tasks, (model, tokenizer, device), getattr(features, "encoder", None))
+    return [results[b["name"]] for b in job.benchmarks]
+
+
+def benchmark_samples(name: str, manifest: dict, data_root: str, image_root: str, features) -> list:
+    if name not in manifest["benchmarks"]:
+        raise FileNotFoundError(f"benchmark {name!r} is not in the data set ({sorted(manifest['benchmarks'])})")
+    samples = with_image_root(load_benchmark(Path(data_root) / manifest["benchmarks"][name]["path"]), image_root)
+    missing = features.missing(s.image for s in samples)
+    if missing:
+        raise FileNotFoundError(f"benchmark {name}: {len(missing)} images have no features (first: {missing[0]})")
+    return samples
+
+
+def task_results(job: EvalJob, benches: list[dict], loaded, encoder=None) -> dict[str, dict]:
+    """The benchmarks that name an lmms-eval task, scored by lmms-eval's task definitions. lmms-eval hands
+    the model images, not files: the encoder runs inside the job (the vision stage's one when it does)."""
+    from vlmscale import harness
+    from vlmscale.vision import ImageEncoder
+
+    harness.require_lmms_eval()
+    model, tokenizer, device = loaded
+    encoder = encoder or ImageEncoder(read_json(job.vision), Path(job.vision).parent, device)
+    harness.save_job(job, job.out_dir)
+    start = time.time()
+    scored = harness.evaluate_tasks(benches, (model, tokenizer, encoder, device, job.settings.bf16, job.max_new_tokens))
+    seconds = (time.time() - start) / len(benches)
+    results = {}
+    for bench, scores in zip(benches, scored):
+        print(f"{job.cell} {bench['name']}: {scores['metric']} {scores['accuracy']:.4f} over "
+              f"{scores['n_questions']} questions", flush=True)  # fmt: skip
+        results[bench["name"]] = {
+            **result_header(job, bench),
+            **scores,
+            "examples": scores["examples"][:5],
+            "predictions": scores["examples"],
+            "seconds": round(seconds, 2),
+        }
     return results
 
 
@@ -102,20 +135,26 @@ def benchmark_result(job: EvalJob, bench: dict, samples: list, predictions: list
     )
     print(f"{job.cell} {bench['name']}: {metric} {scores['accuracy']:.4f} over {len(samples)} questions", flush=True)
     return {
-        "cell": job.cell,
-        "benchmark": bench["name"],
-        "family": bench["family"],
+        **result_header(job, bench),
         "metric": metric,
         "accuracy": scores["accuracy"],
         "scores": scores,
         "n_questions": len(samples),
-        "config_hash": config_hash(job.spec),
-        "code_version": code_version(),
         "seconds": round(seconds, 2),
         "examples": [
             {"question": s.question, "answer": s.answer, "prediction": p}
             for s, p in list(zip(samples, predictions))[:5]
         ],
+    }
+
+
+def result_header(job: EvalJob, bench: dict) -> dict:
+    return {
+        "cell": job.cell,
+        "benchmark": bench["name"],
+        "family": bench["family"],
+        "config_hash": config_hash(job.spec),
+        "code_version": code_version(),
     }
 
 

@@ -34,13 +34,13 @@ def stage_data(spec: dict, stage: str) -> dict:
     return {key: own.get(key) or spec.get(key) for key in ("train_json", "image_folder")}
 
 
-def check_paths(spec: dict) -> list[str]:
-    """Cheap checks at config load: the locations exist. Returns problems, each naming its key."""
+def check_paths(spec: dict, benchmark_folder: bool = True) -> list[str]:
+    """Cheap checks at config load: the locations exist. Returns problems, each naming its key.
+    benchmark_folder=False: every benchmark is an lmms-eval task, so no benchmark folder is needed."""
     problems = []
-    keys = [
-        ("image_folder", "folder", spec.get("image_folder")),
-        ("benchmark_folder", "folder", spec.get("benchmark_folder")),
-    ]
+    keys = [("image_folder", "folder", spec.get("image_folder"))]
+    if benchmark_folder or spec.get("benchmark_folder"):
+        keys.append(("benchmark_folder", "folder", spec.get("benchmark_folder")))
     for stage in STAGES:
         paths = stage_data(spec, stage)
         where = f"data.{stage}." if stage in spec else "data."
@@ -140,11 +140,8 @@ def prepare(spec: dict, out_dir: str | Path) -> dict:
             "n_samples": len(train[source]),
             "mean_words": mean_words(train[source]),
         }
-    benchmarks = {
-        folder.name: read_benchmark(folder, problems)
-        for folder in sorted(Path(spec["benchmark_folder"]).resolve().iterdir())
-        if folder.is_dir()
-    }
+    folders = sorted(Path(spec["benchmark_folder"]).resolve().iterdir()) if spec.get("benchmark_folder") else []
+    benchmarks = {folder.name: read_benchmark(folder, problems) for folder in folders if folder.is_dir()}
     bench_images = {s.image for items in benchmarks.values() for s in items}
     check_images(bench_images, image_folder, problems)
     images |= {str(image_folder / name) for name in bench_images}

@@ -115,14 +115,17 @@ class ImageEncoder:
 
             self.model = CLIPVisionModel.from_pretrained(spec["source"], dtype=self.dtype)
             self.processor = AutoImageProcessor.from_pretrained(spec["source"])
-            self.layer = spec["feature_layer"]
+            self.layer, self.size = spec["feature_layer"], self.model.config.image_size
         self.model.to(self.device).eval().requires_grad_(False)
 
-    @torch.no_grad()
     def __call__(self, paths: list[str]) -> torch.Tensor:
         from PIL import Image
 
-        images = [Image.open(p).convert("RGB") for p in paths]
+        return self.encode([Image.open(p).convert("RGB") for p in paths])
+
+    @torch.no_grad()
+    def encode(self, images: list) -> torch.Tensor:
+        """(B, P, D) patch features of RGB PIL images."""
         if self.processor is None:
             pixels = torch.stack([pixels_of(img, self.size) for img in images])
             return patch_features(self.model, pixels.to(self.device)).float()

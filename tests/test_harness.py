@@ -1,0 +1,164 @@
+"""lmms-eval on a vlmscale cell, offline: tiny datasets in five tasks' own schemas (TextVQA, POPE, MME,
+ScienceQA-IMG, DocVQA), saved with `save_to_disk`, evaluated end to end through lmms-eval's task
+definitions with a tiny Qwen2 + CLIP cell. Answers are scripted where the official reading is the point
+(the scores lmms-eval reports must equal the ones computed by hand below); one run is left to the model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytest.importorskip("lmms_eval", reason="the lmms extra is not installed: pip install -e '.[lmms]'")
+
+from vlmscale import harness, tiny_models  # noqa: E402
+from vlmscale.cell_model import build_cell_model  # noqa: E402
+from vlmscale.model import VLM  # noqa: E402
+from vlmscale.vision import ImageEncoder  # noqa: E402
+
+IMAGE_SIZE = 24
+
+
+def image(seed: int):
+    from PIL import Image
+
+    g = torch.Generator().manual_seed(seed)
+    pixels = torch.randint(0, 256, (IMAGE_SIZE, IMAGE_SIZE, 3), generator=g, dtype=torch.uint8)
+    return Image.fromarray(pixels.numpy())
+
+
+# Each document's question, its gold fields in the task's schema, and the answer the model is made to give.
+TEXTVQA = [  # EvalAI's processor: number words, articles, contractions; leave-one-out over ten answers
+    ("what number is on the shirt?", ["2", "2", "two"] + ["3"] * 7, "Two"),  # 3 match: (3*2/3 + 7*1)/10 = 0.9
+    ("which light is on?", ["red one"] + ["red"] * 9, "the red one"),  # 1 match: 9 * (1/3) / 10 = 0.3
+    ("what does he say?", ["don't know"] * 10, "dont know"),  # 1.0
+    ("what colour is the car?", ["green"] * 10, "blue ASSISTANT: green"),  # cut at the stop string: 0
+]
+POPE = [  # lower() and strip() only, then equality; precision / recall count only "yes" / "no" readings
+    ("Is there a dog in the image?", "yes", "Yes"),  # right
+    ("Is there a cat in the image?", "yes", "yes."),  # wrong, and neither yes nor no
+    ("Is there a car in the image?", "no", " No"),  # right
+    ("Is there a bus in the image?", "no", "yes"),  # wrong: a false positive
+    ("Is there a cup in the image?", "yes", "no"),  # wrong: a false negative
+]
+MME = [  # (image id, category): pairs of questions; score = acc + acc+ per category, x 100
+    ("a.jpg", "existence", "Is there a dog in this image? Please answer yes or no.", "Yes", "Yes"),
+    ("a.jpg", "existence", "Is there a cat in this image? Please answer yes or no.", "No", "No"),  # 200
+    ("b.jpg", "existence", "Is there a bird in this image? Please answer yes or no.", "Yes", "yes, there is"),
+    ("b.jpg", "existence", "Is there a horse in this image? Please answer yes or no.", "No", "There is no horse"),  # 50
+    ("c.png", "code_reasoning", "Does this code print 3? Please answer yes or no.", "Yes", "No"),
+    ("c.png", "code_reasoning", "Does this code print 4? Please answer yes or no.", "No", "No"),  # 50
+]
+SCIENCEQA = [  # LLaVA's reading: the letter alone, or "X." at the start; "A dog" is not option A
+    ("Which animal is shown?", ["cat", "dog", "bird"], 1, "B"),
+    ("Which animal barks?", ["dog", "cat", "fish"], 0, "A dog is shown"),
+    ("Which animal flies?", ["cat", "dog", "bird"], 2, "C. bird"),
+    ("Which animal swims?", ["fish", "cat", "dog"], 0, "(A)"),
+]
+DOCVQA = [  # ANLS: 1 - normalised edit distance over the closest answer, 0 below 0.5
+    ("What is the total?", ["$105.00"], "105.00"),  # 1 - 1/7
+    ("Who signed the letter?", ["John Smith", "J. Smith"], "john  smith"),  # 1
+    ("When was it written?", ["December 1999"], "December 1998"),  # 1 - 1/13
+    ("Which company?", ["ITC"], "ITC Limited"),  # 1 - 8/11 < 0.5: 0
+]
+EXPECTED = {
+    "textvqa_val": {"exact_match": (0.9 + 0.3 + 1.0 + 0.0) / 4},
+    "pope": {
+        "pope_accuracy": 2 / 5,
+        "pope_precision": 1 / 2,
+        "pope_recall": 1 / 2,
+        "pope_f1_score": 1 / 2,
+        "pope_yes_ratio": 3 / 5,
+    },  # fmt: skip
+    "mme": {"mme_perception_score": (200 + 50) / 2, "mme_cognition_score": 50.0},
+    "scienceqa_img": {"exact_match": 2 / 4},
+    "docvqa_val": {"anls": (1 - 1 / 7 + 1 + 1 - 1 / 13 + 0) / 4},
+}
+SPLITS = {"textvqa_val": "validation", "docvqa_val": "validation", "pope": "test", "mme": "test"} | {
+    "scienceqa_img": "test"
+}
+
+
+def task_rows(task: str) -> list[dict]:
+    if task == "textvqa_val":
+        return [{"question_id": i, "question": q, "answers": a, "ocr_tokens": [], "image": image(i)}
+                for i, (q, a, _) in enumerate(TEXTVQA)]  # fmt: skip
+    if task == "pope":
+        return [{"question_id": str(i), "question": q, "answer": a, "image_source": f"coco_{i}", "category": "random",
+                 "image": image(10 + i)} for i, (q, a, _) in enumerate(POPE)]  # fmt: skip
+    if task == "mme":
+        return [{"question_id": name, "question": q, "answer": a, "category": cat, "image": image(20 + i // 2)}
+                for i, (name, cat, q, a, _) in enumerate(MME)]  # fmt: skip
+    if task == "scienceqa_img":
+        return [{"question": q, "choices": c, "answer": k, "hint": "", "image": image(30 + i), "task": "closed choice",
+                 "grade": "grade2", "subject": "natural science", "topic": "biology", "category": "animals",
+                 "skill": "", "lecture": "", "solution": ""} for i, (q, c, k, _) in enumerate(SCIENCEQA)]  # fmt: skip
+    return [{"questionId": str(i), "question": q, "question_types": ["form"], "docId": i, "ucsf_document_id": f"d{i}",
+             "ucsf_document_page_no": "1", "answers": a, "data_split": "val", "image": image(40 + i)}
+            for i, (q, a, _) in enumerate(DOCVQA)]  # fmt: skip
+
+
+def save_task_dataset(task: str, folder) -> str:
+    import datasets
+
+    rows = task_rows(task)
+    plain = datasets.Dataset.from_list([{k: v for k, v in r.items() if k != "image"} for r in rows])
+    features = {**plain.features, "image": datasets.Image()}
+    table = {k: [r[k] for r in rows] for k in rows[0]}
+    data = datasets.Dataset.from_dict(table, features=datasets.Features(features))
+    datasets.DatasetDict({SPLITS[task]: data}).save_to_disk(str(folder))
+    return str(folder)
+
+
+SCRIPT = {q: said for rows in (TEXTVQA, POPE, DOCVQA) for q, *_, said in rows}
+SCRIPT |= {q.replace(" Please answer yes or no.", ""): said for *_, q, _, said in MME}
+SCRIPT |= {q: said for q, _, _, said in SCIENCEQA}
+
+
+def scripted_generate(tokenizer):
+    """VLM.generate answering each row with the scripted answer to the question its prompt holds."""
+
+    def generate(self, batch, max_new_tokens, eos_id):
+        out = []
+        for ids, n in zip(batch.question_ids, batch.question_lengths.tolist()):
+            prompt = tokenizer.tok.decode(ids[:n].tolist())
+            said = [a for q, a in SCRIPT.items() if q.lower() in prompt.lower()]
+            assert len(said) == 1, prompt
+            out.append(tokenizer._ids(said[0]) + [eos_id])
+        return out
+
+    return generate
+
+
+@pytest.fixture(scope="module")
+def tiny_cell(tmp_path_factory):
+    root = tmp_path_factory.mktemp("lmms")
+    texts = [q for q in SCRIPT] + list(SCRIPT.values()) + ["Answer the question using a single word or phrase."]
+    qwen = tiny_models.save_tiny_qwen2(root / "qwen", texts, hidden_size=32, intermediate_size=64, num_layers=1)
+    clip = tiny_models.save_tiny_clip(root / "clip", image_size=IMAGE_SIZE, patch_size=4)
+    summary = {"spec": {"source": str(clip), "image_size": IMAGE_SIZE, "feature_layer": -2}}
+    encoder = ImageEncoder(summary, root, "cpu")
+    spec = {"cell": "q/v4", "llm": {"name": "q", "source": str(qwen)}, "visual_tokens": 4, "compressor": "avgpool"}
+    model, tokenizer = build_cell_model(spec, [], encoder.model.config.hidden_size, IMAGE_SIZE // 4)
+    loaded = (model.eval(), tokenizer, encoder, torch.device("cpu"), False, 8)
+    data = {task: save_task_dataset(task, root / task) for task in EXPECTED}
+    return loaded, data
+
+
+def evaluate(tiny_cell, tasks, tmp_path):
+    loaded, data = tiny_cell
+    benches = [{"name": t, "family": "reasoning", "task": t, "dataset_path": data[t]} for t in tasks]
+    return {b["name"]: r for b, r in zip(benches, harness.evaluate_tasks(benches, loaded))}
+
+
+def test_lmms_eval_scores_scripted_answers_as_computed_by_hand(tiny_cell, tmp_path, monkeypatch):
+    monkeypatch.setattr(VLM, "generate", scripted_generate(tiny_cell[0][1]))
+    results = evaluate(tiny_cell, list(EXPECTED), tmp_path)
+    for task, expected in EXPECTED.items():
+        scores = results[task]["scores"]
+        for metric, value in expected.items():
+            assert scores[metric] == pytest.approx(value, abs=1e-9), (task, metric, scores)
+        assert results[task]["n_questions"] == len(task_rows(task))
+    assert results["mme"]["accuracy"] == pytest.approx(125 / 2000)
+    assert results["docvqa_val"]["accuracy"] == pytest.approx(EXPECTED["docvqa_val"]["anls"])
+    said = [e["prediction"] for e in results["textvqa_val"]["examples"]]
+    assert said == ["Two", "the red one", "dont know", "blue "]  # decoded, then cut at textvqa's "ASSISTANT:"
