@@ -162,3 +162,62 @@ def test_lmms_eval_scores_scripted_answers_as_computed_by_hand(tiny_cell, tmp_pa
     assert results["docvqa_val"]["accuracy"] == pytest.approx(EXPECTED["docvqa_val"]["anls"])
     said = [e["prediction"] for e in results["textvqa_val"]["examples"]]
     assert said == ["Two", "the red one", "dont know", "blue "]  # decoded, then cut at textvqa's "ASSISTANT:"
+
+
+def test_lmms_eval_finds_the_vlmscale_model_by_name():
+    from lmms_eval.models import get_model
+
+    assert get_model("vlmscale") is harness.CellLMM
+
+
+def test_the_models_own_answers_are_scored_as_pope_reads_them(tiny_cell, tmp_path):
+    """No script: the tiny (untrained) cell answers POPE itself; lmms-eval's accuracy is POPE's reading
+    (lower-cased, stripped, equal) of the answers it recorded, and every question got one."""
+    result = evaluate(tiny_cell, ["pope"], tmp_path)["pope"]
+    said = result["examples"]
+    golds = [a for _, a, _ in POPE]
+    assert [e["answer"] for e in said] == golds and all(isinstance(e["prediction"], str) for e in said)
+    by_hand = sum(e["prediction"].lower().strip() == gold for e, gold in zip(said, golds)) / len(golds)
+    assert result["scores"]["pope_accuracy"] == pytest.approx(by_hand)
+
+
+def test_loglikelihood_scores_the_continuation_after_the_prompt(tiny_cell):
+    """Each request's log-probability is finite and negative, a longer continuation is less likely, and a
+    continuation that is not the greedy answer is reported as such (the untrained cell's greedy first
+    token is a byte-level piece, never "yes")."""
+    from lmms_eval.api.instance import Instance
+
+    model = harness.CellLMM(loaded=tiny_cell[0])
+    rows = task_rows("pope")
+    model.task_dict = {"pope": {"test": rows}}
+
+    def request(i, continuation):
+        args = (rows[i]["question"], continuation, lambda doc: [doc["image"]], i, "pope", "test")
+        return Instance("loglikelihood", args, i, {"task": "pope", "doc_id": i, "repeats": 1})
+
+    for i in range(len(rows)):
+        (short, short_greedy), (longer, _) = model.loglikelihood([request(i, "yes"), request(i, "yes it is")])
+        assert longer < short < 0 and not short_greedy
+
+
+@pytest.mark.parametrize(
+    "bench, message",
+    [
+        ({"task": "pope"}, r"benchmarks\[0\] \(facts\): lmms-eval's prompts need an LLM with its own tokenizer"),
+        ({"task": "my_task"}, r"benchmarks\[0\] \(facts\).score: name the metric of task 'my_task'"),
+        ({"task": "pope", "dataset_path": "no/such/folder"}, r"benchmarks\[0\] \(facts\).dataset_path: no/such"),
+    ],
+)
+def test_task_benchmarks_are_refused_at_config_load_naming_the_key(bench, message):
+    from test_config import default_config, load
+
+    from vlmscale import config as vcfg
+
+    cfg = default_config()
+    cfg["benchmarks"][0].update(bench)
+    with pytest.raises(vcfg.ConfigError, match=message):
+        if "tokenizer" in message:
+            load(cfg)
+        else:  # past the first check (LLMs that read text): the task's own keys
+            cfg["llms"] = [{"name": "qwen", "source": "Qwen/Qwen1.5-0.5B"}]
+            vcfg._check_task(cfg, cfg["benchmarks"][0], "benchmarks[0] (facts)")
