@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from vlmscale.checkpoint import load_final, read_final
+from vlmscale.identity import run_key
 from vlmscale.jobs import TrainSettings
 from vlmscale.model import VLM, build_llm
 from vlmscale.tokenizer import build_tokenizer
@@ -16,3 +20,28 @@ def build_cell_model(spec: dict, vocabulary: list[str], vision_dim: int, patch_g
     if settings and settings.gradient_checkpointing:
         llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return VLM(llm, vision_dim, spec["visual_tokens"], spec["compressor"], patch_grid), tokenizer
+
+
+class StaleCheckpoint(RuntimeError):
+    """The checkpoint on disk was trained for a different cell spec than the one being evaluated."""
+
+
+class UnreadableCheckpoint(RuntimeError):
+    """The trained cell's weights file is missing or cannot be loaded."""
+
+
+def load_trained(spec: dict, checkpoint: str | Path, vocabulary: list[str], vision_dim: int,
+                 patch_grid: int | None = None):  # fmt: skip
+    """The cell's model from its final/ folder (vlmscale.checkpoint), checked against its run key."""
+    try:
+        meta, weights = read_final(checkpoint)
+    except Exception as exc:  # a missing, torn or foreign folder raises one of several types
+        raise UnreadableCheckpoint(
+            f"{spec['cell']}: cannot read its trained weights {checkpoint} ({type(exc).__name__}: {exc}); "
+            f"delete the cell's train.json and rerun the workflow to retrain it"
+        ) from None
+    if meta.get("run_key") != run_key(spec):
+        raise StaleCheckpoint(f"{checkpoint} was trained for another spec of {spec['cell']}; retrain the cell")
+    model, tokenizer = build_cell_model(spec, vocabulary, vision_dim, patch_grid)
+    load_final(model, weights)
+    return model.eval(), tokenizer

@@ -9,38 +9,12 @@ import torch
 
 from vlmscale import metrics
 from vlmscale.batching import make_batch
-from vlmscale.cell_model import build_cell_model
-from vlmscale.checkpoint import load_final, read_final
+from vlmscale.cell_model import load_trained
 from vlmscale.fileio import code_version, read_json, write_json
-from vlmscale.identity import config_hash, run_key
+from vlmscale.identity import config_hash
 from vlmscale.jobs import EvalJob
 from vlmscale.samples import load_benchmark, with_image_root
 from vlmscale.vision import device_for_job, feature_source
-
-
-class StaleCheckpoint(RuntimeError):
-    """The checkpoint on disk was trained for a different cell spec than the one being evaluated."""
-
-
-class UnreadableCheckpoint(RuntimeError):
-    """The trained cell's weights file is missing or cannot be loaded."""
-
-
-def load_trained(spec: dict, checkpoint: str | Path, vocabulary: list[str], vision_dim: int,
-                 patch_grid: int | None = None):  # fmt: skip
-    """The cell's model from its final/ folder (vlmscale.checkpoint), checked against its run key."""
-    try:
-        meta, weights = read_final(checkpoint)
-    except Exception as exc:  # a missing, torn or foreign folder raises one of several types
-        raise UnreadableCheckpoint(
-            f"{spec['cell']}: cannot read its trained weights {checkpoint} ({type(exc).__name__}: {exc}); "
-            f"delete the cell's train.json and rerun the workflow to retrain it"
-        ) from None
-    if meta.get("run_key") != run_key(spec):
-        raise StaleCheckpoint(f"{checkpoint} was trained for another spec of {spec['cell']}; retrain the cell")
-    model, tokenizer = build_cell_model(spec, vocabulary, vision_dim, patch_grid)
-    load_final(model, weights)
-    return model.eval(), tokenizer
 
 
 @torch.no_grad()

@@ -179,7 +179,7 @@ def job_from_json(path) -> "object":
 
 def load_cell(job) -> tuple:
     """(model, tokenizer, encoder, device, bf16, max_new_tokens) of an evaluation job's trained cell."""
-    from vlmscale.evaluate import load_trained
+    from vlmscale.cell_model import load_trained
     from vlmscale.vision import ImageEncoder, device_for_job
 
     manifest = read_json(Path(job.data_root) / "manifest.json")
