@@ -147,7 +147,7 @@ def tiny_cell(tmp_path_factory):
 def evaluate(tiny_cell, tasks, tmp_path):
     loaded, data = tiny_cell
     benches = [{"name": t, "family": "reasoning", "task": t, "dataset_path": data[t]} for t in tasks]
-    return {b["name"]: r for b, r in zip(benches, harness.evaluate_tasks(benches, loaded))}
+    return {b["name"]: r for b, r in zip(benches, harness.evaluate_tasks(benches, loaded, tmp_path))}
 
 
 def test_lmms_eval_scores_scripted_answers_as_computed_by_hand(tiny_cell, tmp_path, monkeypatch):
@@ -162,6 +162,7 @@ def test_lmms_eval_scores_scripted_answers_as_computed_by_hand(tiny_cell, tmp_pa
     assert results["docvqa_val"]["accuracy"] == pytest.approx(EXPECTED["docvqa_val"]["anls"])
     said = [e["prediction"] for e in results["textvqa_val"]["examples"]]
     assert said == ["Two", "the red one", "dont know", "blue "]  # decoded, then cut at textvqa's "ASSISTANT:"
+    assert list((tmp_path / "lmms/submissions").glob("textvqa_submission_*.json"))  # in the cell's folder
 
 
 def test_lmms_eval_finds_the_vlmscale_model_by_name():
@@ -181,23 +182,58 @@ def test_the_models_own_answers_are_scored_as_pope_reads_them(tiny_cell, tmp_pat
     assert result["scores"]["pope_accuracy"] == pytest.approx(by_hand)
 
 
-def test_loglikelihood_scores_the_continuation_after_the_prompt(tiny_cell):
-    """Each request's log-probability is finite and negative, a longer continuation is less likely, and a
-    continuation that is not the greedy answer is reported as such (the untrained cell's greedy first
-    token is a byte-level piece, never "yes")."""
+def reference_logprobs(model, tokenizer, encoder, image, context: str, continuation: str) -> torch.Tensor:
+    """log p of each continuation token, computed apart from vlmscale's batching: the chat template rendered
+    here, the visual tokens spliced at "<image>", full logits from the LLM, the continuation's positions
+    counted by hand."""
+    tok = tokenizer.tok
+    user = {"role": "user", "content": f"<image>\n{context}"}
+    prompt = tok.apply_chat_template([user], add_generation_prompt=True, tokenize=False)
+    before, after = prompt.split("<image>")
+    pieces = [tok(text, add_special_tokens=False)["input_ids"] for text in (before, after, continuation)]
+    embed = model.llm.get_input_embeddings()
+    visual = model.visual_embeds(encoder.encode([image]))[0]
+    embeds = torch.cat([embed(torch.tensor(pieces[0])), visual, embed(torch.tensor(pieces[1] + pieces[2]))])
+    logits = model.llm(inputs_embeds=embeds[None]).logits[0]
+    start = len(pieces[0]) + len(visual) + len(pieces[1])  # the continuation's first position
+    logprobs = torch.log_softmax(logits[start - 1 :], dim=-1)  # one row per continuation token, then the next
+    return logprobs, torch.tensor(pieces[2], dtype=torch.long)
+
+
+@torch.no_grad()
+def test_loglikelihood_matches_a_reference_computation_and_knows_the_greedy_answer(tiny_cell):
+    """CellLMM.loglikelihood = the log-probability computed by hand, and `is_greedy` holds exactly for the
+    continuation greedy decoding picks. The tiny cell's head is limited (on a copy) to tokens that decode
+    to text and back, so its greedy answer can be written as a string."""
+    import copy
+
     from lmms_eval.api.instance import Instance
 
-    model = harness.CellLMM(loaded=tiny_cell[0])
+    model, tokenizer, encoder, *rest = tiny_cell[0]
+    model = copy.deepcopy(model)
+    head = model.llm.get_output_embeddings()
+    tok = tokenizer.tok
+    clean = torch.tensor([tok(tok.decode([i]), add_special_tokens=False)["input_ids"] == [i] for i in range(len(tok))])
+    biased = torch.nn.Linear(head.in_features, head.out_features, bias=True)
+    biased.weight.copy_(head.weight)
+    biased.bias.copy_(torch.where(clean[: head.out_features], 0.0, -1e4))
+    model.llm.set_output_embeddings(biased)
+    cell = harness.CellLMM(loaded=(model, tokenizer, encoder, *rest))
     rows = task_rows("pope")
-    model.task_dict = {"pope": {"test": rows}}
+    cell.task_dict = {"pope": {"test": rows}}
 
     def request(i, continuation):
         args = (rows[i]["question"], continuation, lambda doc: [doc["image"]], i, "pope", "test")
         return Instance("loglikelihood", args, i, {"task": "pope", "doc_id": i, "repeats": 1})
 
-    for i in range(len(rows)):
-        (short, short_greedy), (longer, _) = model.loglikelihood([request(i, "yes"), request(i, "yes it is")])
-        assert longer < short < 0 and not short_greedy
+    for i, row in enumerate(rows):
+        first = reference_logprobs(model, tokenizer, encoder, row["image"], row["question"], "")[0]
+        greedy = tok.decode([int(first[0].argmax())])  # greedy decoding's first token, as text
+        for continuation, is_greedy in ((greedy, True), (greedy + " zebra", False)):
+            expected, ids = reference_logprobs(model, tokenizer, encoder, row["image"], row["question"], continuation)
+            ((logp, said_greedy),) = cell.loglikelihood([request(i, continuation)])
+            assert logp == pytest.approx(expected[: len(ids)].gather(1, ids[:, None]).sum().item(), abs=1e-4)
+            assert said_greedy is is_greedy
 
 
 @pytest.mark.parametrize(

@@ -83,7 +83,8 @@ def task_results(job: EvalJob, benches: list[dict], loaded, encoder=None) -> dic
     encoder = encoder or ImageEncoder(read_json(job.vision), Path(job.vision).parent, device)
     harness.save_job(job, job.out_dir)
     start = time.time()
-    scored = harness.evaluate_tasks(benches, (model, tokenizer, encoder, device, job.settings.bf16, job.max_new_tokens))
+    loaded = (model, tokenizer, encoder, device, job.settings.bf16, job.max_new_tokens)
+    scored = harness.evaluate_tasks(benches, loaded, job.out_dir)
     seconds = (time.time() - start) / len(benches)
     results = {}
     for bench, scores in zip(benches, scored):

@@ -197,8 +197,11 @@ def save_job(job, out_dir) -> None:
     write_json(Path(out_dir) / "lmms_job.json", dataclasses.asdict(job))
 
 
-def evaluate_tasks(benches: list[dict], loaded) -> list[dict]:
-    """Run lmms-eval on a cell's task benchmarks; one result per benchmark (see evaluate.benchmark_result)."""
+def evaluate_tasks(benches: list[dict], loaded, out_dir) -> list[dict]:
+    """Run lmms-eval on a cell's task benchmarks; one result per benchmark (see evaluate.benchmark_result).
+    What lmms-eval writes itself (submission files of the tasks that make one) goes under out_dir/lmms/."""
+    from types import SimpleNamespace
+
     import lmms_eval.evaluator
     from lmms_eval.tasks import TaskManager
 
@@ -210,6 +213,7 @@ def evaluate_tasks(benches: list[dict], loaded) -> list[dict]:
         model=CellLMM(loaded=loaded),
         tasks=[task_config(b) for b in benches],
         task_manager=tasks,
+        cli_args=SimpleNamespace(output_path=str(Path(out_dir) / "lmms"), process_with_media=True),
         log_samples=True,
         bootstrap_iters=0,
         process_docs_parallel=1,
