@@ -160,6 +160,8 @@ def test_lmms_eval_scores_scripted_answers_as_computed_by_hand(tiny_cell, tmp_pa
         assert results[task]["n_questions"] == len(task_rows(task))
     assert results["mme"]["accuracy"] == pytest.approx(125 / 2000)
     assert results["docvqa_val"]["accuracy"] == pytest.approx(EXPECTED["docvqa_val"]["anls"])
+    asked = results["textvqa_val"]["examples"][0]["question"]  # TextVQA's prompt: capitalised, with its post-prompt
+    assert asked == "What number is on the shirt?\nAnswer the question using a single word or phrase."
     said = [e["prediction"] for e in results["textvqa_val"]["examples"]]
     assert said == ["Two", "the red one", "dont know", "blue "]  # decoded, then cut at textvqa's "ASSISTANT:"
     assert list((tmp_path / "lmms/submissions").glob("textvqa_submission_*.json"))  # in the cell's folder

@@ -19,7 +19,7 @@ TASK_SCORES = {
     "mmbench_en_dev": ("gpt_eval_score", 100.0),
     "mmmu_val": ("mmmu_acc", 1.0),
     "scienceqa_img": ("exact_match", 1.0),
-    "mathvista_testmini": ("gpt_eval_score", 100.0),
+    "mathvista_testmini_format": ("llm_as_judge_eval", 100.0),  # LLaVA's answer-format prompt; GPT extraction
     "pope": ("pope_accuracy", 1.0),
     "chartqa": ("relaxed_overall", 1.0),
     "textvqa_val": ("exact_match", 1.0),

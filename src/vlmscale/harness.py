@@ -108,11 +108,13 @@ class CellLMM(_lmms_base()):
 
     @torch.no_grad()
     def generate_until(self, requests) -> list[str]:
-        answers = []
+        answers, every = [], max(1, 20 * self.batch_size)
         for i in range(0, len(requests), self.batch_size):
             chunk = requests[i : i + self.batch_size]
             for group in _same_settings(chunk):
                 answers += self._generate(group)
+            if (i + len(chunk)) % every < len(chunk) or i + len(chunk) == len(requests):
+                print(f"answered {i + len(chunk)}/{len(requests)} requests", flush=True)  # the job's log
         order = {id(r): k for k, r in enumerate(requests)}
         return [a for _, a in sorted(answers, key=lambda pair: order[id(pair[0])])]
 
@@ -225,7 +227,7 @@ def evaluate_tasks(benches: list[dict], loaded, out_dir) -> list[dict]:
 def task_result(bench: dict, output: dict) -> dict:
     """The task's metrics as lmms-eval reports them (`metric,filter` keys), and the law's scalar."""
     metric, top = score_of(bench)
-    reported = output["results"][bench["task"]]
+    reported = output["results"].get(bench["task"], {})
     scores = {
         key.split(",")[0]: value
         for key, value in reported.items()
@@ -236,7 +238,7 @@ def task_result(bench: dict, output: dict) -> dict:
             f"benchmark {bench['name']}: lmms-eval task {bench['task']} reported {sorted(scores)}, not {metric!r}; "
             f"set benchmarks[].score to one of them"
         )
-    samples = output.get("samples", {}).get(bench["task"], [])
+    samples = [s for task in task_names(bench["task"], output) for s in output.get("samples", {}).get(task, [])]
     return {
         "metric": f"lmms-eval:{bench['task']}:{metric}",
         "accuracy": scores[metric] / top,
@@ -244,13 +246,19 @@ def task_result(bench: dict, output: dict) -> dict:
         "n_questions": len(samples),
         "examples": [
             {
-                "question": s["arguments"][0][0] if s.get("arguments") else "",
+                "doc_id": s.get("doc_id"),
+                "question": s["arguments"][0] if s.get("arguments") else "",  # the prompt lmms-eval built
                 "answer": s.get("target"),
                 "prediction": s["filtered_resps"][0] if s.get("filtered_resps") else None,
             }
             for s in samples
         ],  # fmt: skip
     }
+
+
+def task_names(task: str, output: dict) -> list[str]:
+    """The task, or a group's subtasks (their samples are logged under their own names)."""
+    return output.get("group_subtasks", {}).get(task) or [task]
 
 
 def _is_number(value) -> bool:
