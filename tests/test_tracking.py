@@ -184,3 +184,18 @@ def test_grid_against_a_tracking_server(mlflow_server, tmp_path):
         urllib.request.urlopen(f"{mlflow_server}/api/2.0/mlflow/artifacts/list?run_id={parent_id}", timeout=10).read()
     )["files"]
     assert "grid_table.json" in {f["path"] for f in listed}
+
+
+def test_every_official_score_of_a_benchmark_becomes_a_metric(tmp_path):
+    from vlmscale.fileio import write_json
+    from vlmscale.track_sync import benchmark_scores
+
+    scores = {"pope_accuracy": 0.4, "pope_f1_score": 0.5, "pope_yes_ratio": 0.6}
+    write_json(tmp_path / "eval/pope.json", {"accuracy": 0.4, "scores": scores})
+    write_json(tmp_path / "eval/read.json", {"accuracy": 0.7, "scores": {"accuracy": 0.7, "flag": True}})
+    assert benchmark_scores(tmp_path, ["pope", "read"]) == {
+        "eval/pope/pope_accuracy": 0.4,
+        "eval/pope/pope_f1_score": 0.5,
+        "eval/pope/pope_yes_ratio": 0.6,
+        "eval/read/accuracy": 0.7,
+    }

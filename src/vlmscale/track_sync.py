@@ -36,6 +36,20 @@ def cell_metrics(rows: pd.DataFrame) -> dict:
     return metrics
 
 
+def benchmark_scores(cell_dir: Path, benchmarks) -> dict:
+    """Every number each benchmark's JSON reports beside the law's scalar (lmms-eval's official metrics:
+    POPE's F1, MME's cognition score, …; the built-in metrics' precision, recall, …) as eval/{benchmark}/{metric}."""
+    metrics = {}
+    for bench in benchmarks:
+        scores = read_json(cell_dir / "eval" / f"{bench}.json").get("scores", {})
+        metrics |= {
+            f"eval/{bench}/{name}": float(value)
+            for name, value in scores.items()
+            if isinstance(value, (int, float)) and not isinstance(value, bool)
+        }
+    return metrics
+
+
 def cell_description(rows: pd.DataFrame) -> str:
     """One line: the cell, its family errors and its inference cost."""
     first = rows.iloc[0]
@@ -157,7 +171,8 @@ def main(cfg: dict) -> dict:
     for cell, rows in grid.groupby("cell"):
         cell_dir = results / "cells" / cell
         run_id = ensure_cell_run(client, exp, tracking["grid"], rows.iloc[0], cell_dir)
-        metrics = [Metric(k, float(v), now, 0) for k, v in cell_metrics(rows).items()]
+        numbers = benchmark_scores(cell_dir, rows.benchmark) | cell_metrics(rows)
+        metrics = [Metric(k, float(v), now, 0) for k, v in numbers.items()]
         client.log_batch(run_id, metrics=metrics)
         client.set_tag(run_id, track.NOTE_TAG, cell_description(rows))
         client.log_artifacts(run_id, str(cell_dir), artifact_path="results")
