@@ -69,13 +69,9 @@ def batch(vlm, encoder, image: int, micro: int, text: int, answer: int, device):
 
 def single_process_world() -> None:
     """What a launcher would set for one process: DeepSpeed needs a process group even alone."""
-    import socket
+    from vlmscale.distributed import free_port, local_world
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    for key, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
-                       "MASTER_PORT": str(port)}.items():  # fmt: skip
+    for key, value in local_world(0, 1, free_port()).items():
         os.environ.setdefault(key, value)
 
 

@@ -18,7 +18,6 @@ import argparse
 import gc
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -84,24 +83,15 @@ def rank_main(args) -> None:
 
 
 def run_case(zero: int, precision: str, args) -> dict:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    from vlmscale.distributed import free_port, local_world
+
+    port = free_port()
     shape = ["--hidden", str(args.hidden), "--layers", str(args.layers), "--vocab", str(args.vocab)]
     cmd = [sys.executable, __file__, "--rank-of-two", "--zero", str(zero), "--precision", precision, *shape]
     procs = [
         subprocess.Popen(
             cmd,
-            env={
-                **os.environ,
-                "RANK": str(r),
-                "LOCAL_RANK": str(r),
-                "WORLD_SIZE": "2",
-                "MASTER_ADDR": "127.0.0.1",
-                "MASTER_PORT": str(port),
-                "DS_ACCELERATOR": "cpu",
-                "PYTHONPATH": str(REPO / "src"),
-            },  # fmt: skip
+            env={**os.environ, **local_world(r, 2, port), "DS_ACCELERATOR": "cpu", "PYTHONPATH": str(REPO / "src")},
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,

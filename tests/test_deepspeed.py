@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +17,7 @@ import pytest
 from test_train import cell_cfg
 
 from vlmscale.checkpoint import read_final
+from vlmscale.distributed import free_port, local_world
 
 pytestmark = pytest.mark.slow
 
@@ -39,20 +39,13 @@ sys.exit(cli.main(["train", *sys.argv[1:]]))
 """
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def run_two_processes(cfg, out: Path, die_at: str | None = None) -> list[int]:
     """Both ranks of a `vlmscale train` job on this machine; their exit codes."""
     args = ["--spec", json.dumps(cfg.spec), "--data-root", cfg.data_root, "--vision", cfg.vision]
     args += ["--out", str(out), "--checkpoint-dir", cfg.checkpoint_dir, "--executor", "inline"]
     port, procs = free_port(), []
     for rank in range(2):
-        env = {**os.environ, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2"}
-        env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), DS_ACCELERATOR="cpu", DIE_AT=die_at or "")
+        env = {**os.environ, **local_world(rank, 2, port), "DS_ACCELERATOR": "cpu", "DIE_AT": die_at or ""}
         procs.append(
             subprocess.Popen(
                 [sys.executable, "-c", DRIVER, *args],

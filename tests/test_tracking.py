@@ -7,7 +7,6 @@ import dataclasses
 import json
 import multiprocessing
 import os
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -18,6 +17,7 @@ import pytest
 import yaml
 
 from vlmscale import track
+from vlmscale.distributed import free_port
 
 SPEC = {"cell": "x/v1", "llm": {"name": "x"}, "visual_tokens": 1, "train": {"lr": 0.1}}
 
@@ -80,12 +80,6 @@ def test_unreachable_store_keeps_training_and_is_replayed_later(small_data, smal
     assert [m.step for m in history] == [10, 15]
     assert client.get_run(run_id).data.tags["vlmscale.replayed"] == "true"
     assert track_sync.ensure_cell_run(client, exp, "g", row, out.parent) == run_id  # replay is idempotent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

@@ -42,6 +42,22 @@ def world_from_env() -> World:
     return World(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)))
 
 
+def free_port() -> int:
+    """A TCP port free on this machine now (the OS picks it)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def local_world(rank: int, size: int, port: int) -> dict[str, str]:
+    """What a launcher (torchrun; srun through submitit) sets for one of `size` processes on this machine:
+    how tests and benchmarks run ranks by hand (DeepSpeed needs a process group even for one)."""
+    return {"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(size), "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port)}  # fmt: skip
+
+
 RENDEZVOUS_PORTS = (15000, 15000)  # first port, how many: 15000-29999, below the ephemeral range
 RENDEZVOUS_TIMEOUT_S = 300  # a rank that never arrives fails the job in minutes, not torch's 30
 
