@@ -259,3 +259,13 @@ def test_task_benchmarks_are_refused_at_config_load_naming_the_key(bench, messag
         else:  # past the first check (LLMs that read text): the task's own keys
             cfg["llms"] = [{"name": "qwen", "source": "Qwen/Qwen1.5-0.5B"}]
             vcfg._check_task(cfg, cfg["benchmarks"][0], "benchmarks[0] (facts)")
+
+
+def test_an_unknown_task_is_refused_before_the_model_answers(tiny_cell, tmp_path, monkeypatch):
+    def never(*_):
+        raise AssertionError("the model answered")
+
+    monkeypatch.setattr(VLM, "generate", never)
+    benches = [{"name": "mine", "family": "ocr", "task": "my_task"}, {"name": "pope", "family": "ocr", "task": "pope"}]
+    with pytest.raises(ValueError, match=r"benchmarks not among lmms-eval's tasks: mine \(task 'my_task'\)"):
+        harness.evaluate_tasks(benches, tiny_cell[0], tmp_path)
