@@ -5,6 +5,8 @@ definitions with a tiny Qwen2 + CLIP cell. Answers are scripted where the offici
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -139,19 +141,19 @@ def tiny_cell(tmp_path_factory):
     encoder = ImageEncoder(summary, root, "cpu")
     spec = {"cell": "q/v4", "llm": {"name": "q", "source": str(qwen)}, "visual_tokens": 4, "compressor": "avgpool"}
     model, tokenizer = build_cell_model(spec, [], encoder.model.config.hidden_size, IMAGE_SIZE // 4)
-    loaded = (model.eval(), tokenizer, encoder, torch.device("cpu"), False, 8)
+    cell = harness.LoadedCell(model.eval(), tokenizer, encoder, torch.device("cpu"), bf16=False, max_new_tokens=8)
     data = {task: save_task_dataset(task, root / task) for task in EXPECTED}
-    return loaded, data
+    return cell, data
 
 
 def evaluate(tiny_cell, tasks, tmp_path):
-    loaded, data = tiny_cell
+    cell, data = tiny_cell
     benches = [{"name": t, "family": "reasoning", "task": t, "dataset_path": data[t]} for t in tasks]
-    return {b["name"]: r for b, r in zip(benches, harness.evaluate_tasks(benches, loaded, tmp_path))}
+    return {b["name"]: r for b, r in zip(benches, harness.evaluate_tasks(benches, cell, tmp_path))}
 
 
 def test_lmms_eval_scores_scripted_answers_as_computed_by_hand(tiny_cell, tmp_path, monkeypatch):
-    monkeypatch.setattr(VLM, "generate", scripted_generate(tiny_cell[0][1]))
+    monkeypatch.setattr(VLM, "generate", scripted_generate(tiny_cell[0].tokenizer))
     results = evaluate(tiny_cell, list(EXPECTED), tmp_path)
     for task, expected in EXPECTED.items():
         scores = results[task]["scores"]
@@ -211,8 +213,8 @@ def test_loglikelihood_matches_a_reference_computation_and_knows_the_greedy_answ
 
     from lmms_eval.api.instance import Instance
 
-    model, tokenizer, encoder, *rest = tiny_cell[0]
-    model = copy.deepcopy(model)
+    tokenizer, encoder = tiny_cell[0].tokenizer, tiny_cell[0].encoder
+    model = copy.deepcopy(tiny_cell[0].model)
     head = model.llm.get_output_embeddings()
     tok = tokenizer.tok
     clean = torch.tensor([tok(tok.decode([i]), add_special_tokens=False)["input_ids"] == [i] for i in range(len(tok))])
@@ -220,7 +222,7 @@ def test_loglikelihood_matches_a_reference_computation_and_knows_the_greedy_answ
     biased.weight.copy_(head.weight)
     biased.bias.copy_(torch.where(clean[: head.out_features], 0.0, -1e4))
     model.llm.set_output_embeddings(biased)
-    cell = harness.CellLMM(loaded=(model, tokenizer, encoder, *rest))
+    cell = harness.CellLMM(cell=dataclasses.replace(tiny_cell[0], model=model))
     rows = task_rows("pope")
     cell.task_dict = {"pope": {"test": rows}}
 

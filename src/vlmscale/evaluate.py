@@ -58,7 +58,7 @@ def evaluate_cell(job: EvalJob) -> list[dict]:
         results[bench["name"]] = benchmark_result(job, bench, samples, predictions, time.time() - start)
     tasks = [b for b in job.benchmarks if b.get("task")]
     if tasks:
-        results |= task_results(job, tasks, (model, tokenizer, device), getattr(features, "encoder", None))
+        results |= task_results(job, tasks, model, tokenizer, device, getattr(features, "encoder", None))
     return [results[b["name"]] for b in job.benchmarks]
 
 
@@ -72,19 +72,18 @@ def benchmark_samples(name: str, manifest: dict, data_root: str, image_root: str
     return samples
 
 
-def task_results(job: EvalJob, benches: list[dict], loaded, encoder=None) -> dict[str, dict]:
+def task_results(job: EvalJob, benches: list[dict], model, tokenizer, device, encoder=None) -> dict[str, dict]:
     """The benchmarks that name an lmms-eval task, scored by lmms-eval's task definitions. lmms-eval hands
     the model images, not files: the encoder runs inside the job (the vision stage's one when it does)."""
     from vlmscale import harness
     from vlmscale.vision import ImageEncoder
 
     harness.require_lmms_eval()
-    model, tokenizer, device = loaded
     encoder = encoder or ImageEncoder(read_json(job.vision), Path(job.vision).parent, device)
     harness.save_job(job, job.out_dir)
     start = time.time()
-    loaded = (model, tokenizer, encoder, device, job.settings.bf16, job.max_new_tokens)
-    scored = harness.evaluate_tasks(benches, loaded, job.out_dir)
+    cell = harness.LoadedCell(model, tokenizer, encoder, device, job.settings.bf16, job.max_new_tokens)
+    scored = harness.evaluate_tasks(benches, cell, job.out_dir)
     seconds = (time.time() - start) / len(benches)
     results = {}
     for bench, scores in zip(benches, scored):

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -64,6 +65,19 @@ def _lmms_base():
     return lmms
 
 
+@dataclass(frozen=True)
+class LoadedCell:
+    """A trained cell ready to answer: its VLM and tokenizer, the image encoder, where it runs, and how it
+    decodes (bf16 autocast, the answer length when a task sets none)."""
+
+    model: torch.nn.Module
+    tokenizer: object
+    encoder: object
+    device: torch.device
+    bf16: bool
+    max_new_tokens: int
+
+
 class ImageFeatures:
     """A batch's features from in-memory images (lmms-eval hands the model PIL images, not files)."""
 
@@ -84,11 +98,12 @@ class CellLMM(_lmms_base()):
 
     is_simple = True
 
-    def __init__(self, job=None, batch_size: int | str = 16, loaded=None, **_):
+    def __init__(self, job=None, batch_size: int | str = 16, cell: LoadedCell | None = None, **_):
         super().__init__()
-        if loaded is None:  # built by lmms-eval's command line: `--model_args job=<eval/lmms_job.json>`
-            loaded = load_cell(job_from_json(job))
-        self.model, self.tokenizer, self.encoder, self.device, self.bf16, self.max_new_tokens = loaded
+        # lmms-eval's command line builds it from `--model_args job=<eval/lmms_job.json>`
+        cell = cell or load_cell(job_from_json(job))
+        self.model, self.tokenizer, self.encoder = cell.model, cell.tokenizer, cell.encoder
+        self.device, self.bf16, self.max_new_tokens = cell.device, cell.bf16, cell.max_new_tokens
         self.batch_size = int(batch_size)
 
     def _visual(self, request) -> "object":
@@ -108,24 +123,22 @@ class CellLMM(_lmms_base()):
 
     @torch.no_grad()
     def generate_until(self, requests) -> list[str]:
-        answers, every = [], max(1, 20 * self.batch_size)
-        for i in range(0, len(requests), self.batch_size):
-            chunk = requests[i : i + self.batch_size]
-            for group in _same_settings(chunk):
-                answers += self._generate(group)
-            if (i + len(chunk)) % every < len(chunk) or i + len(chunk) == len(requests):
-                print(f"answered {i + len(chunk)}/{len(requests)} requests", flush=True)  # the job's log
-        order = {id(r): k for k, r in enumerate(requests)}
-        return [a for _, a in sorted(answers, key=lambda pair: order[id(pair[0])])]
+        answers = {}  # id(request) -> its answer: a batch's settings groups answer out of order
+        starts = range(0, len(requests), self.batch_size)
+        for k, i in enumerate(starts):
+            for group in _same_settings(requests[i : i + self.batch_size]):
+                answers.update(zip(map(id, group), self._generate(group)))
+            if k % 20 == 19 or k == len(starts) - 1:
+                print(f"answered {len(answers)}/{len(requests)} requests", flush=True)  # the job's log
+        return [answers[id(r)] for r in requests]
 
-    def _generate(self, requests) -> list[tuple]:
+    def _generate(self, requests) -> list[str]:
         settings = requests[0].args[1] or {}
         limit = int(settings.get("max_new_tokens") or self.max_new_tokens)
         batch = self._batch(requests, [""] * len(requests))
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
             generated = self.model.generate(batch, limit, self.tokenizer.eos_id)
-        texts = [cut_at(self.tokenizer.decode(ids), settings.get("until")) for ids in generated]
-        return list(zip(requests, texts))
+        return [cut_at(self.tokenizer.decode(ids), settings.get("until")) for ids in generated]
 
     @torch.no_grad()
     def loglikelihood(self, requests) -> list[tuple[float, bool]]:
@@ -179,8 +192,8 @@ def job_from_json(path) -> "object":
     return EvalJob(**fields)
 
 
-def load_cell(job) -> tuple:
-    """(model, tokenizer, encoder, device, bf16, max_new_tokens) of an evaluation job's trained cell."""
+def load_cell(job) -> LoadedCell:
+    """An evaluation job's trained cell, as the evaluation stage loads it."""
     from vlmscale.cell_model import load_trained
     from vlmscale.vision import ImageEncoder, device_for_job
 
@@ -191,7 +204,7 @@ def load_cell(job) -> tuple:
     model, tokenizer = load_trained(
         job.spec, job.checkpoint, manifest["vocabulary"], summary["hidden_size"], summary["patch_grid"]
     )
-    return model.to(device), tokenizer, encoder, device, job.settings.bf16, job.max_new_tokens
+    return LoadedCell(model.to(device), tokenizer, encoder, device, job.settings.bf16, job.max_new_tokens)
 
 
 def save_job(job, out_dir) -> None:
@@ -199,7 +212,7 @@ def save_job(job, out_dir) -> None:
     write_json(Path(out_dir) / "lmms_job.json", dataclasses.asdict(job))
 
 
-def evaluate_tasks(benches: list[dict], loaded, out_dir) -> list[dict]:
+def evaluate_tasks(benches: list[dict], cell: LoadedCell, out_dir) -> list[dict]:
     """Run lmms-eval on a cell's task benchmarks; one result per benchmark (see evaluate.benchmark_result).
     What lmms-eval writes itself (submission files of the tasks that make one) goes under out_dir/lmms/."""
     from types import SimpleNamespace
@@ -212,7 +225,7 @@ def evaluate_tasks(benches: list[dict], loaded, out_dir) -> list[dict]:
     if unknown:
         raise ValueError(f"benchmarks not among lmms-eval's tasks: {', '.join(unknown)} (lmms-eval --tasks list)")
     output = lmms_eval.evaluator.simple_evaluate(
-        model=CellLMM(loaded=loaded),
+        model=CellLMM(cell=cell),
         tasks=[task_config(b) for b in benches],
         task_manager=tasks,
         cli_args=SimpleNamespace(output_path=str(Path(out_dir) / "lmms"), process_with_media=True),
