@@ -35,7 +35,7 @@ def shapes(names: list[str], smoke: bool) -> dict[str, dict]:
 def build(arch: dict, visual_tokens: int, smoke: bool, device):
     from transformers import AutoModelForCausalLM, CLIPVisionConfig, CLIPVisionModel, Qwen2Config
 
-    from vlmscale import model
+    from vlmscale.model import vlm as model
 
     config = Qwen2Config(**{k: arch[k] for k in TINY}, num_key_value_heads=arch["num_attention_heads"],
                          max_position_embeddings=4096, tie_word_embeddings=False)  # fmt: skip
@@ -51,8 +51,8 @@ def build(arch: dict, visual_tokens: int, smoke: bool, device):
 
 
 def batch(vlm, encoder, image: int, micro: int, text: int, answer: int, device):
-    from vlmscale.batching import Batch
-    from vlmscale.tokenizer import IGNORE, IMAGE
+    from vlmscale.data.batching import Batch
+    from vlmscale.data.tokenizer import IGNORE, IMAGE
 
     vocab = vlm.llm.config.vocab_size
     v = vlm.visual_tokens
@@ -69,16 +69,16 @@ def batch(vlm, encoder, image: int, micro: int, text: int, answer: int, device):
 
 def single_process_world() -> None:
     """What a launcher would set for one process: DeepSpeed needs a process group even alone."""
-    from vlmscale.distributed import free_port, local_world
+    from vlmscale.training.distributed import free_port, local_world
 
     for key, value in local_world(0, 1, free_port()).items():
         os.environ.setdefault(key, value)
 
 
 def measure(name: str, arch: dict, args, device) -> dict:
-    from vlmscale import plan
-    from vlmscale.distributed import DeepSpeedStepper
-    from vlmscale.train import step_loss
+    from vlmscale.orchestration import plan
+    from vlmscale.training.distributed import DeepSpeedStepper
+    from vlmscale.training.trainer import step_loss
 
     vlm, encoder, image = build(arch, args.visual_tokens, args.smoke, device)
     n_total = sum(p.numel() for p in vlm.parameters())

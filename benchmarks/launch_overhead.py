@@ -5,7 +5,7 @@ Writes benchmarks/results/launch_overhead.json.
     python benchmarks/launch_overhead.py [--repeats 5] [--account vlmscale]
 
 Slurm is measured only where `sinfo` answers (e.g. after `.ci/start-slurm`); its number includes
-queueing on an idle node and the state polling of `vlmscale.launch` (0.5 s, growing to 10 s).
+queueing on an idle node and the state polling of `vlmscale.orchestration.launch` (0.5 s, growing to 10 s).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from vlmscale import launch
+from vlmscale.orchestration import launch
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from vlmscale import law
+from vlmscale.analysis import law
 
 REPO = Path(__file__).resolve().parents[1]
 TABLE = REPO / "src/vlmscale/reference/paper_visual_reasoning.csv"

@@ -54,7 +54,7 @@ def measure(zero: int, precision: str, args) -> dict:
     """One rank's bytes held mid-step (this process's share of a 2-process job)."""
     import torch
 
-    from vlmscale.distributed import DeepSpeedStepper
+    from vlmscale.training.distributed import DeepSpeedStepper
 
     gc.collect()
     before = storage_bytes()
@@ -83,7 +83,7 @@ def rank_main(args) -> None:
 
 
 def run_case(zero: int, precision: str, args) -> dict:
-    from vlmscale.distributed import free_port, local_world
+    from vlmscale.training.distributed import free_port, local_world
 
     port = free_port()
     shape = ["--hidden", str(args.hidden), "--layers", str(args.layers), "--vocab", str(args.vocab)]
@@ -106,7 +106,7 @@ def run_case(zero: int, precision: str, args) -> dict:
 
 
 def with_plan(row: dict) -> dict:
-    from vlmscale.plan import model_state_bytes
+    from vlmscale.orchestration.plan import model_state_bytes
 
     n = row["params"]
     planned = model_state_bytes(n, n, row["zero"], 2, row["precision"], row["largest_param"])

@@ -86,7 +86,7 @@ def main() -> None:
 
 
 def summary(fit, v_range) -> dict:
-    from vlmscale import law
+    from vlmscale.analysis import law
 
     p = fit.params
     return {
@@ -105,7 +105,7 @@ def summary(fit, v_range) -> dict:
 
 def fit_table(table) -> dict:
     """The law and the checks issue-level claims rest on, for one family table (llm_params, visual_tokens, error)."""
-    from vlmscale import law
+    from vlmscale.analysis import law
 
     data = law.LawData.from_arrays(table.llm_params, table.visual_tokens, table.error)
     fit = law.fit_with_checks(data)
@@ -121,7 +121,7 @@ def laws_of(results: Path, seed: int | None = None) -> dict:
     """Per family: the law of the grid (the per-(N, V) mean over its seeds), or of one seed alone."""
     import pandas as pd
 
-    from vlmscale.aggregate import family_table
+    from vlmscale.analysis.aggregate import family_table
 
     grid = pd.read_parquet(results / "grid.parquet")
     if seed is not None:

@@ -37,7 +37,7 @@ SMALL_VISION = {
 
 @pytest.fixture(scope="session")
 def small_data(tmp_path_factory) -> Path:
-    from vlmscale import data
+    from vlmscale.data import synthetic as data
 
     root = tmp_path_factory.mktemp("data")
     data.generate(SMALL_DATA, root)
@@ -46,8 +46,8 @@ def small_data(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def small_vision(small_data, tmp_path_factory) -> Path:
-    from vlmscale import vision
-    from vlmscale.jobs import TowerJob
+    from vlmscale.model import vision
+    from vlmscale.specs import TowerJob
 
     out = tmp_path_factory.mktemp("vision")
     vision.main(TowerJob(SMALL_VISION, data_root=str(small_data), out=str(out)))

@@ -143,7 +143,7 @@ def prepare(tmp_path: Path, root: Path) -> str:
 
 
 def test_clean_llava_data_set_is_accepted_and_counted(tmp_path, llava_data):
-    from vlmscale import llava
+    from vlmscale.data import llava
 
     manifest = llava.prepare(llava_config(llava_data)["data"], tmp_path / "prepared")
     report = json.loads((tmp_path / "prepared/data_report.json").read_text())
@@ -259,7 +259,7 @@ def test_unreadable_trained_weights_name_the_cell(tmp_path, small_data, small_vi
 def test_unreadable_resume_checkpoint_restarts_the_cell_and_says_so(tmp_path, small_data, small_vision, capsys):
     from test_train import cell_cfg
 
-    from vlmscale import train
+    from vlmscale.training import trainer as train
 
     (tmp_path / "ckpt").mkdir()
     (tmp_path / "ckpt/last.pt").write_bytes(b"torn by a kill")
@@ -272,7 +272,7 @@ def test_unreadable_resume_checkpoint_restarts_the_cell_and_says_so(tmp_path, sm
 def test_out_of_memory_names_the_setting(tmp_path, small_data, small_vision, monkeypatch):
     from test_train import cell_cfg
 
-    from vlmscale import train
+    from vlmscale.training import trainer as train
 
     def exhausted(*args, **kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")

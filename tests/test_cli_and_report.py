@@ -61,7 +61,7 @@ def grid_table(errors: dict):
 def test_frontier_tick_labels_do_not_overprint_at_q50():
     import matplotlib.pyplot as plt
 
-    from vlmscale import law, report
+    from vlmscale.analysis import law, report
 
     table = grid_table(
         {
@@ -92,7 +92,7 @@ def test_report_warns_above_the_frontier_and_withholds_v_star_of_an_untrusted_fi
     import numpy as np
     import pandas as pd
 
-    from vlmscale import law, report
+    from vlmscale.analysis import law, report
 
     rng = np.random.default_rng(0)
     n, v = (a.ravel() for a in np.meshgrid([1e4, 3e4, 1e5, 3e5], [1, 4, 16]))

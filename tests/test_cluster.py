@@ -93,7 +93,7 @@ def test_grid_on_slurm_gives_the_local_executors_results(local_grid, slurm_grid)
 def train_cfg(workdir: Path, grid: Path) -> dict:
     """A `vlmscale train` job for cell b/v16, reading the finished grid's data and tower features."""
     from vlmscale import config as vcfg
-    from vlmscale.jobs import TrainJob
+    from vlmscale.specs import TrainJob
 
     cfg = yaml.safe_load((REPO / "config.yaml").read_text())
     cfg.update(copy.deepcopy(CLUSTER_GRID))
@@ -116,7 +116,8 @@ def train_cfg(workdir: Path, grid: Path) -> dict:
 def test_preempted_training_is_requeued_and_resumes_to_the_same_result(slurm_grid, tmp_path):
     import submitit
 
-    from vlmscale import launch, track, train
+    from vlmscale.orchestration import launch, track
+    from vlmscale.training import trainer as train
 
     reference = train_cfg(tmp_path / "reference", slurm_grid)
     expected = train.train_cell(reference, log=lambda m: None)
@@ -206,7 +207,8 @@ def test_bad_cluster_settings_fail_with_slurms_message_and_the_cell(local_grid, 
 def test_two_task_slurm_job_trains_a_cell_with_deepspeed(slurm_grid, tmp_path):
     """One task per GPU (here per CPU): submitit's distributed environment, DeepSpeed ZeRO-2, rank 0
     writes; the loss curve is the single-process one."""
-    from vlmscale import launch, train
+    from vlmscale.orchestration import launch
+    from vlmscale.training import trainer as train
 
     reference = train_cfg(tmp_path / "reference", slurm_grid)
     reference.spec["train"]["stage2"]["steps"] = 60
@@ -228,7 +230,7 @@ def test_two_task_slurm_job_trains_a_cell_with_deepspeed(slurm_grid, tmp_path):
 def test_a_retry_resubmits_a_failed_job_but_reattaches_a_finished_one(tmp_path):
     import cloudpickle
 
-    from vlmscale import launch
+    from vlmscale.orchestration import launch
 
     cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the job cannot import this test module
     resources = {"account": ACCOUNT, "cpus_per_task": 1, "mem_gb": 1}

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vlmscale import model
+from vlmscale.model import vlm as model
 
 PAPER_V = [1, 4, 16, 36, 64, 144, 576]
 DIM, GRID, TEXT = 32, 24, 48
@@ -56,7 +56,7 @@ def test_token_counts_the_grid_cannot_divide_are_refused_with_the_choices():
 def test_quecc_trains_a_cell_end_to_end(small_data, small_vision, tmp_path):
     from test_train import cell_cfg
 
-    from vlmscale import train
+    from vlmscale.training import trainer as train
 
     cfg = cell_cfg(small_data, small_vision, tmp_path)
     cfg.spec["compressor"] = "quecc"

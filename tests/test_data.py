@@ -10,8 +10,8 @@ import pytest
 from conftest import SMALL_DATA
 from PIL import Image
 
-from vlmscale import data
-from vlmscale import samples as samples_io
+from vlmscale.data import samples as samples_io
+from vlmscale.data import synthetic as data
 
 
 def digest(root):

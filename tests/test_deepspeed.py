@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 from test_train import cell_cfg
 
-from vlmscale.checkpoint import read_final
-from vlmscale.distributed import free_port, local_world
+from vlmscale.training.checkpoint import read_final
+from vlmscale.training.distributed import free_port, local_world
 
 pytestmark = pytest.mark.slow
 
@@ -25,7 +25,8 @@ pytestmark = pytest.mark.slow
 # (every rank logs the same steps, so all of them die there, as a preempted job's tasks do).
 DRIVER = """
 import os, sys
-from vlmscale import cli, train
+from vlmscale import cli
+from vlmscale.training import trainer as train
 
 die_at, original = os.environ.get("DIE_AT"), train.record_progress
 
@@ -69,7 +70,7 @@ def assert_same_curve(ours: list[dict], reference: list[dict]) -> None:
 
 @pytest.fixture(scope="module")
 def single(small_data, small_vision, tmp_path_factory):
-    from vlmscale import train
+    from vlmscale.training import trainer as train
 
     return train.train_cell(cell_cfg(small_data, small_vision, tmp_path_factory.mktemp("single")), log=lambda m: None)
 

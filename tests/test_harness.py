@@ -12,10 +12,12 @@ import torch
 
 pytest.importorskip("lmms_eval", reason="the lmms extra is not installed: pip install -e '.[lmms]'")
 
-from vlmscale import harness, tiny_models  # noqa: E402
-from vlmscale.cell_model import build_cell_model  # noqa: E402
-from vlmscale.model import VLM  # noqa: E402
-from vlmscale.vision import ImageEncoder  # noqa: E402
+import tiny_models  # noqa: E402
+
+from vlmscale.evaluation import lmms as harness
+from vlmscale.model.cell import build_cell_model  # noqa: E402
+from vlmscale.model.vision import ImageEncoder  # noqa: E402
+from vlmscale.model.vlm import VLM  # noqa: E402
 
 IMAGE_SIZE = 24
 

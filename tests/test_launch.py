@@ -8,7 +8,7 @@ import json
 import pytest
 from submitit.core.utils import cloudpickle_dump
 
-from vlmscale import launch
+from vlmscale.orchestration import launch
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from vlmscale import law
+from vlmscale.analysis import law
 
 REFERENCE = Path(__file__).resolve().parents[1] / "src/vlmscale/reference/paper_visual_reasoning.csv"
 N_GRID = np.array([5e8, 1.8e9, 4e9, 7e9])

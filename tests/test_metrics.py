@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from vlmscale import metrics
+from vlmscale.evaluation import metrics
 
 
 @pytest.mark.parametrize(

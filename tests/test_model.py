@@ -6,7 +6,11 @@ import pytest
 import torch
 from conftest import SMALL_VISION
 
-from vlmscale import batching, cell_model, cost, flops, model, train
+from vlmscale.analysis import cost, flops
+from vlmscale.data import batching
+from vlmscale.model import cell as cell_model
+from vlmscale.model import vlm as model
+from vlmscale.training import trainer as train
 
 LLM = {
     "name": "t",
@@ -38,8 +42,8 @@ def test_non_square_or_too_many_tokens_are_refused():
 
 
 def word_batch(vlm, questions, answers, features):
-    from vlmscale.samples import Sample
-    from vlmscale.tokenizer import WordTokenizer
+    from vlmscale.data.samples import Sample
+    from vlmscale.data.tokenizer import WordTokenizer
 
     tok = WordTokenizer("what colour is it now which side red left".split())
     samples = [Sample(f"img{i}", q, a) for i, (q, a) in enumerate(zip(questions, answers))]
@@ -74,9 +78,9 @@ def test_greedy_generation_with_left_padding_agrees_with_the_training_forward():
 
 
 def test_training_steps_reduce_loss_on_real_data(small_data, small_vision):
+    from vlmscale.data.samples import load_llava_conversations, with_image_root
     from vlmscale.fileio import read_json
-    from vlmscale.samples import load_llava_conversations, with_image_root
-    from vlmscale.vision import feature_source
+    from vlmscale.model.vision import feature_source
 
     torch.manual_seed(0)
     features, summary = feature_source(small_vision, str(small_data))

@@ -10,11 +10,11 @@ import sys
 from pathlib import Path
 
 import pytest
+import tiny_models
 import torch
 import yaml
 
-from vlmscale import data as synthetic
-from vlmscale import tiny_models
+from vlmscale.data import synthetic
 from vlmscale.fileio import read_json
 
 REPO = Path(__file__).resolve().parents[1]
@@ -174,9 +174,9 @@ def tiny_paper_config(root: Path) -> dict:
 
 
 def test_chat_layout_supervises_only_the_answer_and_its_end_of_turn(paper_like):
-    from vlmscale.batching import make_batch
-    from vlmscale.samples import Sample
-    from vlmscale.tokenizer import IGNORE, IMAGE, ChatTokenizer
+    from vlmscale.data.batching import make_batch
+    from vlmscale.data.samples import Sample
+    from vlmscale.data.tokenizer import IGNORE, IMAGE, ChatTokenizer
 
     tok = ChatTokenizer(str(paper_like / "models/qwen-a"))
     batch = make_batch(
@@ -197,9 +197,9 @@ def test_chat_layout_supervises_only_the_answer_and_its_end_of_turn(paper_like):
 def test_a_conversation_is_one_sequence_supervised_on_every_answer(paper_like, tmp_path):
     """LLaVA's format: a three-turn record is one sample, rendered by the chat template as one sequence
     (the image once); the supervised tokens are exactly the three answers, each with its end-of-turn."""
-    from vlmscale.batching import make_batch
-    from vlmscale.samples import load_llava_conversations
-    from vlmscale.tokenizer import IGNORE, IMAGE, ChatTokenizer
+    from vlmscale.data.batching import make_batch
+    from vlmscale.data.samples import load_llava_conversations
+    from vlmscale.data.tokenizer import IGNORE, IMAGE, ChatTokenizer
 
     turns = [("what colour is the circle", "red"), ("what shape is blue", "a square"), ("and the small one", "green")]
     record = {"id": "three", "image": "x.png", "conversations": []}
@@ -228,7 +228,7 @@ def test_a_conversation_is_one_sequence_supervised_on_every_answer(paper_like, t
 def test_clip_features_come_from_the_configured_layer(paper_like):
     from transformers import CLIPVisionModel
 
-    from vlmscale.vision import ImageEncoder
+    from vlmscale.model.vision import ImageEncoder
 
     clip = str(paper_like / "models/clip")
     image = sorted((paper_like / "data/playground/data/images").iterdir())[0]

@@ -13,8 +13,9 @@ import yaml
 from test_bad_input import REPO, default_config, run, snakemake_dry_run
 
 from vlmscale import config as vcfg
-from vlmscale import model, plan
-from vlmscale.jobs import GRADIENT_BUCKET
+from vlmscale.model import vlm as model
+from vlmscale.orchestration import plan
+from vlmscale.specs import GRADIENT_BUCKET
 
 VLMSCALE = ["python", "-m", "vlmscale.cli"]
 QWEN = json.loads((REPO / "src/vlmscale/reference/qwen1.5.json").read_text())["models"]

@@ -9,7 +9,8 @@ from importlib import resources
 import pytest
 import torch
 
-from vlmscale import cost, flops, model
+from vlmscale.analysis import cost, flops
+from vlmscale.model import vlm as model
 
 QWEN = json.loads(resources.files("vlmscale").joinpath("reference/qwen1.5.json").read_text())["models"]
 

@@ -16,8 +16,8 @@ import urllib.request
 import pytest
 import yaml
 
-from vlmscale import track
-from vlmscale.distributed import free_port
+from vlmscale.orchestration import track
+from vlmscale.training.distributed import free_port
 
 SPEC = {"cell": "x/v1", "llm": {"name": "x"}, "visual_tokens": 1, "train": {"lr": 0.1}}
 
@@ -54,7 +54,8 @@ def test_unreachable_store_keeps_training_and_is_replayed_later(small_data, smal
     from mlflow.tracking import MlflowClient
     from test_train import cell_cfg
 
-    from vlmscale import track_sync, train
+    from vlmscale.orchestration import track_sync
+    from vlmscale.training import trainer as train
 
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
@@ -182,7 +183,7 @@ def test_grid_against_a_tracking_server(mlflow_server, tmp_path):
 
 def test_every_official_score_of_a_benchmark_becomes_a_metric(tmp_path):
     from vlmscale.fileio import write_json
-    from vlmscale.track_sync import benchmark_scores
+    from vlmscale.orchestration.track_sync import benchmark_scores
 
     scores = {"pope_accuracy": 0.4, "pope_f1_score": 0.5, "pope_yes_ratio": 0.6}
     write_json(tmp_path / "eval/pope.json", {"accuracy": 0.4, "scores": scores})

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vlmscale import train
-from vlmscale.checkpoint import read_final
-from vlmscale.jobs import TrainJob
+from vlmscale.specs import TrainJob
+from vlmscale.training import trainer as train
+from vlmscale.training.checkpoint import read_final
 
 LLM = {
     "name": "t",
@@ -128,7 +128,8 @@ def test_a_stage1_checkpoint_holds_the_adapters_and_resumes_to_the_same_result(
 def test_final_weights_load_with_from_pretrained_in_the_cells_dtype(tmp_path):
     from transformers import AutoModelForCausalLM
 
-    from vlmscale import checkpoint, model
+    from vlmscale.model import vlm as model
+    from vlmscale.training import checkpoint
 
     llm = model.build_llm({**LLM, "init_seed": 0}, vocab_size=40)
     vlm = model.VLM(llm, vision_dim=16, visual_tokens=4)

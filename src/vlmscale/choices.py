@@ -26,7 +26,7 @@ TASK_SCORES = {
     "docvqa_val": ("anls", 1.0),
     "ocrbench": ("ocrbench_accuracy", 1.0),
 }
-GPUS = ("a100", "h100")  # the GPUs `vlmscale plan` knows by name (vlmscale.plan.GPUS)
+GPUS = ("a100", "h100")  # the GPUs `vlmscale plan` knows by name (vlmscale.orchestration.plan.GPUS)
 
 # config key -> allowed values; "[]" stands for every item of a list
 BY_KEY = {

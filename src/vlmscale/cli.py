@@ -20,7 +20,7 @@ def _json(text: str):
 
 
 def _launch(fn, job, args, name: str) -> dict:
-    from vlmscale import launch
+    from vlmscale.orchestration import launch
 
     return launch.run(
         fn,
@@ -33,24 +33,24 @@ def _launch(fn, job, args, name: str) -> dict:
 
 
 def cmd_prepare_data(args) -> dict:
-    from vlmscale import data
+    from vlmscale.data import synthetic
 
-    return data.main({"data": args.spec, "out": args.out})
+    return synthetic.main({"data": args.spec, "out": args.out})
 
 
 def cmd_pretrain_vision(args) -> dict:
-    from vlmscale import vision
-    from vlmscale.jobs import TowerJob
+    from vlmscale.model import vision
+    from vlmscale.specs import TowerJob
 
     return _launch(vision.main, TowerJob(args.spec, args.data_root, args.out, args.threads), args, "vision")
 
 
 def cmd_train(args) -> dict:
-    from vlmscale import train
-    from vlmscale.jobs import TrainJob
+    from vlmscale.specs import TrainJob
+    from vlmscale.training import trainer
 
     job = TrainJob(args.spec, args.data_root, args.vision, args.checkpoint_dir, args.out, args.tracking, args.threads)
-    result = _launch(train.main, job, args, f"train:{job.cell}")
+    result = _launch(trainer.main, job, args, f"train:{job.cell}")
     if result.get("world_size", 1) == 1 or os.environ.get("RANK", "0") == "0":  # one writer per cell
         write_outputs({args.out: result})
     return result
@@ -66,9 +66,9 @@ def write_outputs(files: dict) -> None:
 
 
 def cmd_evaluate(args) -> dict:
-    from vlmscale import evaluate
+    from vlmscale.evaluation import evaluate
     from vlmscale.fileio import read_json
-    from vlmscale.jobs import EvalJob
+    from vlmscale.specs import EvalJob
 
     trained = read_json(args.train_json)
     job = EvalJob(
@@ -87,8 +87,8 @@ def cmd_evaluate(args) -> dict:
 
 
 def cmd_flops(args) -> dict:
-    from vlmscale import flops
-    from vlmscale.jobs import FlopJob
+    from vlmscale.analysis import flops
+    from vlmscale.specs import FlopJob
 
     spec = args.spec
     return flops.main(
@@ -97,7 +97,7 @@ def cmd_flops(args) -> dict:
 
 
 def cmd_aggregate(args) -> dict:
-    from vlmscale import aggregate
+    from vlmscale.analysis import aggregate
 
     return aggregate.main(
         {
@@ -112,9 +112,9 @@ def cmd_aggregate(args) -> dict:
 
 
 def cmd_fit(args) -> dict:
-    from vlmscale import law
+    from vlmscale.analysis import law
+    from vlmscale.analysis.tables import cell_rows, seed_rows
     from vlmscale.fileio import write_json
-    from vlmscale.tables import cell_rows, seed_rows
 
     cells = cell_rows(seed_rows(args.table, args.family))  # the table is read once
     data = law.LawData.from_arrays(
@@ -133,7 +133,7 @@ def cmd_fit(args) -> dict:
 
 
 def cmd_frontier(args) -> dict:
-    from vlmscale import law
+    from vlmscale.analysis import law
     from vlmscale.fileio import atomic_write_text, read_json
 
     rows = []
@@ -169,7 +169,7 @@ def _trained_cells(fit: dict) -> list[dict]:
     table = fit.get("table")
     if not table or not Path(table).exists():
         return []
-    from vlmscale.tables import cell_rows, seed_rows
+    from vlmscale.analysis.tables import cell_rows, seed_rows
 
     family = fit.get("family")
     cells = cell_rows(seed_rows(table, None if family in (None, "all") else family))
@@ -182,7 +182,7 @@ def _default_budgets(cells: list[dict], q: int) -> list[float]:
     """Five budgets spanning the trained cells' costs (or 1e9-1e13 FLOPs without them)."""
     import numpy as np
 
-    from vlmscale.cost import paper_flops
+    from vlmscale.analysis.cost import paper_flops
 
     if not cells:
         return list(np.geomspace(1e9, 1e13, 5))
@@ -192,7 +192,7 @@ def _default_budgets(cells: list[dict], q: int) -> list[float]:
 
 
 def cmd_report(args) -> dict:
-    from vlmscale import report
+    from vlmscale.analysis import report
 
     return report.main(
         {
@@ -206,13 +206,13 @@ def cmd_report(args) -> dict:
 
 
 def cmd_plot(args) -> dict:
-    from vlmscale import report
+    from vlmscale.analysis import report
 
     return {"figure": report.plot(args.fit, args.table, args.family, args.text_tokens, args.out, args.overlay_paper)}
 
 
 def cmd_status(args) -> None:
-    from vlmscale import status
+    from vlmscale.orchestration import status
 
     print(status.main(args.configfile))
 
@@ -227,7 +227,7 @@ def cmd_check_config(args) -> dict:
 
 def cmd_plan(args) -> None:
     from vlmscale import config as vcfg
-    from vlmscale import plan
+    from vlmscale.orchestration import plan
 
     cfg = vcfg.load_file(args.configfile, vcfg.SCHEMA, data=False)
     if args.gpu:
@@ -236,13 +236,13 @@ def cmd_plan(args) -> None:
 
 
 def cmd_init_tracking(args) -> dict:
-    from vlmscale import track
+    from vlmscale.orchestration import track
 
     return track.init_store(args.uri, args.experiment, args.grid, args.artifact_root)
 
 
 def cmd_track_sync(args) -> dict:
-    from vlmscale import track_sync
+    from vlmscale.orchestration import track_sync
 
     return track_sync.main(
         {
@@ -258,7 +258,7 @@ def cmd_track_sync(args) -> dict:
 def cmd_ui(args) -> dict:
     import os
 
-    from vlmscale import track
+    from vlmscale.orchestration import track
 
     uri = track.resolve_uri(args.uri)
     track.quiet_mlflow()

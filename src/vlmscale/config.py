@@ -111,7 +111,7 @@ def _check_choices(cfg: dict) -> None:
 
 def _check_batches(cfg: dict, llm: str, where: str) -> None:
     """Each stage's batch splits evenly over the LLM's processes and micro-batches (launch resources)."""
-    from vlmscale.jobs import TrainSettings
+    from vlmscale.specs import TrainSettings
 
     world = world_size(cfg, llm)
     for stage in TrainSettings.from_spec(cell_spec(cfg, llm, cfg["grid"]["visual_tokens"][0])["train"]).stages:
@@ -138,7 +138,7 @@ def _check_grid_fits_law(cfg: dict) -> None:
 def _check_data(cfg: dict) -> None:
     data = cfg["data"]
     if data["source"] == "llava":
-        from vlmscale import llava  # no heavy imports: PIL loads only when images are checked
+        from vlmscale.data import llava  # no heavy imports: PIL loads only when images are checked
 
         problems = llava.check_paths(data, benchmark_folder=any(not b.get("task") for b in cfg["benchmarks"]))
         if problems:

@@ -19,16 +19,16 @@ from vlmscale.fileio import spec_hash
 # The source that decides trained weights. The train rule passes their fingerprint as a param, so an edit
 # retrains, and the run key keeps a checkpoint of other code from being resumed.
 TRAINING_CODE = (
-    "train.py",
-    "batching.py",
-    "cell_model.py",
-    "jobs.py",
-    "model.py",
-    "tokenizer.py",
-    "samples.py",
-    "distributed.py",
-    "vision.py",
-    "checkpoint.py",
+    "training/trainer.py",
+    "data/batching.py",
+    "model/cell.py",
+    "specs.py",
+    "model/vlm.py",
+    "data/tokenizer.py",
+    "data/samples.py",
+    "training/distributed.py",
+    "model/vision.py",
+    "training/checkpoint.py",
 )
 RUN_KEY_TAG = "vlmscale.run_key"
 OLD_RUN_KEY_TAG = "vlmscale.config_hash"  # what runs logged by earlier versions carry

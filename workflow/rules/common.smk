@@ -5,7 +5,8 @@ from pathlib import Path
 from snakemake.exceptions import WorkflowError
 
 from vlmscale import config as vcfg
-from vlmscale import identity, plan
+from vlmscale import identity
+from vlmscale.orchestration import plan
 
 try:
     vcfg.check(config)

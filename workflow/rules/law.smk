@@ -6,7 +6,7 @@ rule fit_law:
     log:
         f"{RESULTS}/logs/fit_law/{{family}}.log",
     params:
-        code=code_param("law.py", "cost.py", "tables.py"),
+        code=code_param("analysis/law.py", "analysis/cost.py", "analysis/tables.py"),
         form=config["law"]["form"],
         bootstrap=config["law"]["bootstrap"],
         seed=config["law"]["seed"],

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from vlmscale import track
 from vlmscale.fileio import read_json, write_json
+from vlmscale.orchestration import track
 
 
 def cell_metrics(rows: pd.DataFrame) -> dict:
@@ -80,7 +80,7 @@ def grid_description(
     laws: dict[str, dict], v_range: tuple[float, float], figures: list[str], exp: str, parent: str
 ) -> str:
     """The parent run's description: the law per family, V*, the held-out check, warnings, figure links."""
-    from vlmscale import law
+    from vlmscale.analysis import law
 
     lines = [
         "### Y(N, V) = K·N^-α·V^-β + D",

@@ -19,8 +19,8 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from vlmscale.analysis.cost import paper_flops, params_for_budget
 from vlmscale.choices import LAW_FORMS as N_PARAMS  # shared with the config check
-from vlmscale.cost import paper_flops, params_for_budget
 
 FORMS = ("paper", "paper-qv", "additive")
 EXPONENT_BOUNDS = (0.0, 3.0)

@@ -4,7 +4,7 @@ One row per (LLM, V) cell and training stage, computed from shapes and counts al
 no data needed; milliseconds for the paper's grid):
 
 * parameters: the LLM's (from `reference/qwen1.5.json`, a local folder's config.json, or the config's own
-  shape keys), the compressor's and projector's (from their definitions in `vlmscale.model`), the vision
+  shape keys), the compressor's and projector's (from their definitions in `vlmscale.model.vlm`), the vision
   encoder's (`reference/encoders.json`); trained per stage: stage 1 the compressor and projector, stage 2
   those and the LLM.
 * training tokens: steps × global batch × (V + the stage's mean text tokens). Text lengths come from the
@@ -30,9 +30,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from vlmscale import choices
-from vlmscale.jobs import GRADIENT_BUCKET, STAGES, TrainSettings
+from vlmscale.specs import GRADIENT_BUCKET, STAGES, TrainSettings
 
-REFERENCE = Path(__file__).parent / "reference"
+REFERENCE = Path(__file__).parents[1] / "reference"
 USABLE_MEMORY = 0.9  # of a GPU's memory: the CUDA context, the allocator's fragmentation and NCCL buffers take the rest
 GB = 1e9
 
@@ -113,7 +113,7 @@ def encoder_shape(vision: dict) -> tuple[int, int, int] | None:
 
 
 def adapter_params(compressor: str, vision_dim: int, text_dim: int, visual_tokens: int, patch_grid: int) -> int:
-    """Compressor + projector parameters, as vlmscale.model defines them."""
+    """Compressor + projector parameters, as vlmscale.model.vlm defines them."""
     d = vision_dim  # LocalCrossAttention: two LayerNorms, q and out projections, the fused k/v projection
     attention = 2 * (2 * d) + 2 * (d * d + d) + (d * 2 * d + 2 * d)
     stride = patch_grid // max(1, math.isqrt(visual_tokens))
@@ -271,7 +271,7 @@ def stage_plan(cfg: dict, cell: dict, stage_index: int) -> StagePlan:
 
 
 def training_checkpoint_bytes(cell: dict, total: int, trained: int) -> float:
-    """A stage-2 checkpoint on disk (vlmscale.checkpoint): in one plain process last.pt holds every
+    """A stage-2 checkpoint on disk (vlmscale.training.checkpoint): in one plain process last.pt holds every
     weight in fp32 and AdamW's two moments; under DeepSpeed its checkpoint holds the trained weights
     (bf16 or fp32) and, over all ranks' partitions, their fp32 master copy and moments."""
     last = cell["settings"].stages[-1]

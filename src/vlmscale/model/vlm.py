@@ -18,7 +18,7 @@ from vlmscale import choices
 
 
 def build_vision_tower(spec: dict) -> nn.Module:
-    """A tiny ViT from a transformers config (random init; pretrained once by vlmscale.vision)."""
+    """A tiny ViT from a transformers config (random init; pretrained once by vlmscale.model.vision)."""
     from transformers import ViTConfig, ViTModel
 
     config = ViTConfig(
@@ -276,7 +276,7 @@ class VLM(nn.Module):
 
     def embed(self, input_ids: torch.Tensor, features: torch.Tensor, question_ids=None, question_lengths=None):
         """Token embeddings with the V visual tokens written over each row's IMAGE placeholders."""
-        from vlmscale.tokenizer import IMAGE
+        from vlmscale.data.tokenizer import IMAGE
 
         is_image = input_ids == IMAGE
         embeds = self.llm.get_input_embeddings()(input_ids.masked_fill(is_image, 0))
@@ -290,7 +290,7 @@ class VLM(nn.Module):
 
         Rows are right-padded; with causal attention no real token sees a pad, so no mask is needed.
         """
-        from vlmscale.tokenizer import IGNORE
+        from vlmscale.data.tokenizer import IGNORE
 
         embeds = self.embed(batch.input_ids, batch.features, batch.question_ids, batch.question_lengths)
         hidden = self.llm.base_model(inputs_embeds=embeds, use_cache=False).last_hidden_state

@@ -111,7 +111,7 @@ class CellTracker:
     def for_cell(cls, spec: dict, tracking: dict, key: str, executor: str = "inline") -> "CellTracker":
         """The tracker of a cell's training job; `key` is the cell's run key (vlmscale.identity)."""
         from vlmscale.fileio import code_version
-        from vlmscale.launch import current_job
+        from vlmscale.orchestration.launch import current_job
 
         tags = {
             "llm": spec["llm"]["name"],

@@ -22,10 +22,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from vlmscale.data import COLOURS, LETTERS, SHAPES
+from vlmscale.data.synthetic import COLOURS, LETTERS, SHAPES
 from vlmscale.fileio import atomic_torch_save, read_json, write_json
-from vlmscale.jobs import TowerJob
-from vlmscale.model import build_vision_tower, patch_features
+from vlmscale.model.vlm import build_vision_tower, patch_features
+from vlmscale.specs import TowerJob
 
 # Per-patch label heads (class 0 = background): what the tiny tower is pretrained to see.
 LABEL_CLASSES = {

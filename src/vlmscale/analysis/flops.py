@@ -27,12 +27,12 @@ import time
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from vlmscale.cell_model import build_cell_model
-from vlmscale.cost import paper_flops
+from vlmscale.analysis.cost import paper_flops
 from vlmscale.fileio import code_version, read_json, write_json
 from vlmscale.identity import config_hash
-from vlmscale.jobs import FlopJob
-from vlmscale.model import VLM, build_llm, build_vision_tower, count_llm_params
+from vlmscale.model.cell import build_cell_model
+from vlmscale.model.vlm import VLM, build_llm, build_vision_tower, count_llm_params
+from vlmscale.specs import FlopJob
 
 
 def attention_flops(n_layers: int, d_model: int, seq_len: int) -> float:
@@ -138,7 +138,7 @@ def main(job: FlopJob) -> dict:
         "visual_tokens": job.spec["visual_tokens"],
         "config_hash": config_hash(job.spec),
         "code_version": code_version(),
-        "convention": "flops_paper = 2 * N_total * (Q + V); other columns as labelled in vlmscale.flops",
+        "convention": "flops_paper = 2 * N_total * (Q + V); other columns as labelled in vlmscale.analysis.flops",
         **counted,
     }
     write_json(job.out, result)

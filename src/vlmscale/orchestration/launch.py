@@ -100,7 +100,7 @@ def run(
     name: str = "vlmscale",
     resources: dict | None = None,
 ) -> dict:
-    """Run `fn(job_input)` (a stage's main and its typed job, vlmscale.jobs) in-process or as a submitit
+    """Run `fn(job_input)` (a stage's main and its typed job, vlmscale.specs) in-process or as a submitit
     job, and return its result. A Slurm job already submitted for the same input is re-attached."""
     if executor not in EXECUTORS:
         raise ValueError(f"launch.executor: unknown executor {executor!r}; choose from {EXECUTORS}")

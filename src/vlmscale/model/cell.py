@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from vlmscale.checkpoint import load_final, read_final
+from vlmscale.data.tokenizer import build_tokenizer
 from vlmscale.identity import run_key
-from vlmscale.jobs import TrainSettings
-from vlmscale.model import VLM, build_llm
-from vlmscale.tokenizer import build_tokenizer
+from vlmscale.model.vlm import VLM, build_llm
+from vlmscale.specs import TrainSettings
+from vlmscale.training.checkpoint import load_final, read_final
 
 
 def build_cell_model(spec: dict, vocabulary: list[str], vision_dim: int, patch_grid: int | None = None):
@@ -32,7 +32,7 @@ class UnreadableCheckpoint(RuntimeError):
 
 def load_trained(spec: dict, checkpoint: str | Path, vocabulary: list[str], vision_dim: int,
                  patch_grid: int | None = None):  # fmt: skip
-    """The cell's model from its final/ folder (vlmscale.checkpoint), checked against its run key."""
+    """The cell's model from its final/ folder (vlmscale.training.checkpoint), checked against its run key."""
     try:
         meta, weights = read_final(checkpoint)
     except Exception as exc:  # a missing, torn or foreign folder raises one of several types

@@ -2,7 +2,7 @@
 
 FLOPs = 2 · N · (Q + V): the LLM's prefill only, N = the LLM's total parameter count, Q = text tokens,
 V = visual tokens, one multiply-add = 2 FLOPs. (What this leaves out is counted beside it, labelled, by
-`vlmscale.flops`.) Works on numbers and on numpy arrays or pandas columns alike.
+`vlmscale.analysis.flops`.) Works on numbers and on numpy arrays or pandas columns alike.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from vlmscale.jobs import GRADIENT_BUCKET
+from vlmscale.specs import GRADIENT_BUCKET
 
 
 @dataclass(frozen=True)

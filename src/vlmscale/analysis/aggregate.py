@@ -109,11 +109,11 @@ def write_tables(df: pd.DataFrame, parquet: Path, database: Path) -> None:
 
 def family_table(path: str | Path, family: str | None = None) -> pd.DataFrame:
     """Per-(LLM, V) error of a family from a grid parquet or any CSV with llm_params, visual_tokens, error
-    (vlmscale.tables): `error` is the mean over seeds of the per-seed mean over the family's benchmarks,
+    (vlmscale.analysis.tables): `error` is the mean over seeds of the per-seed mean over the family's benchmarks,
     `error_sd` the spread across seeds, `n_seeds` how many."""
     from dataclasses import asdict
 
-    from vlmscale.tables import cell_rows, seed_rows
+    from vlmscale.analysis.tables import cell_rows, seed_rows
 
     rows = [asdict(c) for c in cell_rows(seed_rows(path, family))]
     return pd.DataFrame(rows).drop(columns="replicates")

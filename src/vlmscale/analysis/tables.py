@@ -2,7 +2,7 @@
 
 Reads a grid parquet (written by `vlmscale aggregate`) or any CSV with llm_params, visual_tokens, error
 [, family, llm, seed]. Light on purpose (the csv module; DuckDB only to open a parquet; no pandas), so
-`vlmscale fit` and `vlmscale frontier` start in a fraction of a second. `vlmscale.aggregate` wraps the same
+`vlmscale fit` and `vlmscale frontier` start in a fraction of a second. `vlmscale.analysis.aggregate` wraps the same
 rows in data frames for the report.
 """
 

@@ -13,11 +13,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from vlmscale import law  # noqa: E402
-from vlmscale.aggregate import family_table  # noqa: E402
-from vlmscale.cost import paper_flops  # noqa: E402
+from vlmscale.analysis import law  # noqa: E402
+from vlmscale.analysis.aggregate import family_table  # noqa: E402
+from vlmscale.analysis.cost import paper_flops  # noqa: E402
+from vlmscale.analysis.law import FitResult  # noqa: E402
 from vlmscale.fileio import atomic_write_bytes, atomic_write_text, code_version, read_json  # noqa: E402
-from vlmscale.law import FitResult  # noqa: E402
 
 
 def frontier_figure(
@@ -119,7 +119,7 @@ def residual_figure(table: pd.DataFrame, fit: FitResult, family: str, path: Path
 
 def optimal_tokens_figure(fits: dict[str, FitResult], v_range: tuple[float, float], path: Path) -> Path:
     """V* = beta*Q/(alpha-beta) (clipped to the trained range) as a function of the text tokens Q."""
-    from vlmscale.law import optimal_tokens
+    from vlmscale.analysis.law import optimal_tokens
 
     qs = np.arange(0, 201)
     fig, ax = plt.subplots(figsize=(5.6, 3.6))
@@ -292,7 +292,7 @@ def _ci(value: float, interval) -> str:
     return f"{value:.4f} [{interval[0]:.4f}, {interval[1]:.4f}]" if interval else f"{value:.4f}"
 
 
-REFERENCE_TABLE = Path(__file__).parent / "reference" / "paper_visual_reasoning.csv"
+REFERENCE_TABLE = Path(__file__).parents[1] / "reference" / "paper_visual_reasoning.csv"
 
 
 def plot(fit_path: str, table_path: str, family: str | None, text_tokens: int, out: str, overlay_paper: bool) -> str:
@@ -305,7 +305,7 @@ def plot(fit_path: str, table_path: str, family: str | None, text_tokens: int, o
 
 
 def reference_fit() -> dict:
-    from vlmscale import law
+    from vlmscale.analysis import law
 
     table = family_table(REFERENCE_TABLE)
     data = law.LawData.from_arrays(table.llm_params, table.visual_tokens, table.error)

@@ -1,7 +1,7 @@
 """Two-stage training of one grid cell (LLaVA's recipe, over frozen tower features).
 
 Stage 1 trains the compressor and projector with the LM frozen; stage 2 trains the projector and the LM.
-Batches are a pure function of (seed, stage, step) (`vlmscale.batching`), and checkpoints (outside
+Batches are a pure function of (seed, stage, step) (`vlmscale.data.batching`), and checkpoints (outside
 Snakemake's declared outputs) hold everything else, so a killed or requeued job resumes to the same result.
 """
 
@@ -20,16 +20,16 @@ from pathlib import Path
 import torch
 from torch.nn import functional as F
 
-from vlmscale.batching import Batch, TrainingData, batch_indices, check_samples, load_stage_samples
-from vlmscale.cell_model import build_cell_model
-from vlmscale.checkpoint import adapter_state, load_weights, save_final
-from vlmscale.distributed import World, make_stepper, mean_across, share, world_from_env
+from vlmscale.data.batching import Batch, TrainingData, batch_indices, check_samples, load_stage_samples
+from vlmscale.data.tokenizer import IGNORE
 from vlmscale.fileio import atomic_torch_save, code_version, read_json, write_json
 from vlmscale.identity import config_hash, run_key
-from vlmscale.jobs import STAGES, StageSettings, TrainJob, TrainSettings
-from vlmscale.model import VLM, count_llm_params
-from vlmscale.tokenizer import IGNORE
-from vlmscale.vision import device_for_job, feature_source
+from vlmscale.model.cell import build_cell_model
+from vlmscale.model.vision import device_for_job, feature_source
+from vlmscale.model.vlm import VLM, count_llm_params
+from vlmscale.specs import STAGES, StageSettings, TrainJob, TrainSettings
+from vlmscale.training.checkpoint import adapter_state, load_weights, save_final
+from vlmscale.training.distributed import World, make_stepper, mean_across, share, world_from_env
 
 
 class TrainingDiverged(RuntimeError):
@@ -94,7 +94,7 @@ class TrainingState:
 
 
 class Checkpointer:
-    """A cell's checkpoints (`vlmscale.checkpoint` says what each holds); refuses ones written for another
+    """A cell's checkpoints (`vlmscale.training.checkpoint` says what each holds); refuses ones written for another
     run key (spec or code)."""
 
     def __init__(self, folder: str | Path, key: str):
@@ -349,8 +349,8 @@ def summarise(spec: dict, key: str, loop: Loop, state: TrainingState, n_train: d
 
 def main(job: TrainJob) -> dict:
     """Stage entry point (pickled by submitit): train one cell, log it to MLflow, write train.json."""
-    from vlmscale.launch import current_job
-    from vlmscale.track import CellTracker
+    from vlmscale.orchestration.launch import current_job
+    from vlmscale.orchestration.track import CellTracker
 
     if not world_from_env().is_main:
         return train_cell(job)

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import torch
 
-from vlmscale.jobs import STAGES
-from vlmscale.samples import Sample, load_llava_conversations, with_image_root
-from vlmscale.tokenizer import IGNORE, IMAGE, WordTokenizer, pad_right
+from vlmscale.data.samples import Sample, load_llava_conversations, with_image_root
+from vlmscale.data.tokenizer import IGNORE, IMAGE, WordTokenizer, pad_right
+from vlmscale.specs import STAGES
 
 
 @dataclass

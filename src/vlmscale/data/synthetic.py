@@ -1,4 +1,4 @@
-"""Synthetic LLaVA-format data with two task families (read back by `vlmscale.samples`, like real data).
+"""Synthetic LLaVA-format data with two task families (read back by `vlmscale.data.samples`, like real data).
 
 Images are 32x32 RGB; the tiny tower cuts them into 4x4-pixel patches (an 8x8 patch grid).
 
@@ -29,8 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
+from vlmscale.data.samples import Sample, conversation_samples, vocabulary
 from vlmscale.fileio import atomic_write_bytes, atomic_write_text, write_json
-from vlmscale.samples import Sample, conversation_samples, vocabulary
 
 IMAGE_SIZE = 32
 PATCH = 4  # the tiny tower's patch size: per-patch labels are on this grid
@@ -371,7 +371,7 @@ def main(cfg: dict) -> dict:
     """Stage entry point (cfg: {'data': spec, 'out': folder}): generate the synthetic data set, or check a
     real LLaVA-format one and write its manifest."""
     if cfg["data"]["source"] == "llava":
-        from vlmscale import llava
+        from vlmscale.data import llava
 
         return llava.prepare(cfg["data"], cfg["out"])
     return generate(cfg["data"], cfg["out"])

@@ -7,14 +7,14 @@ from pathlib import Path
 
 import torch
 
-from vlmscale import metrics
-from vlmscale.batching import make_batch
-from vlmscale.cell_model import load_trained
+from vlmscale.data.batching import make_batch
+from vlmscale.data.samples import load_benchmark, with_image_root
+from vlmscale.evaluation import metrics
 from vlmscale.fileio import code_version, read_json, write_json
 from vlmscale.identity import config_hash
-from vlmscale.jobs import EvalJob
-from vlmscale.samples import load_benchmark, with_image_root
-from vlmscale.vision import device_for_job, feature_source
+from vlmscale.model.cell import load_trained
+from vlmscale.model.vision import device_for_job, feature_source
+from vlmscale.specs import EvalJob
 
 
 @torch.no_grad()
@@ -38,7 +38,7 @@ def references(samples, metric: str) -> list:
 
 def evaluate_cell(job: EvalJob) -> list[dict]:
     """Evaluate one trained cell on each of its benchmarks (model and encoder loaded once): the built-in
-    metrics on benchmark folders, lmms-eval on the benchmarks that name a task (vlmscale.harness)."""
+    metrics on benchmark folders, lmms-eval on the benchmarks that name a task (vlmscale.evaluation.lmms)."""
     torch.set_num_threads(job.threads)
     manifest = read_json(Path(job.data_root) / "manifest.json")
     image_root = manifest.get("image_root", job.data_root)
@@ -75,15 +75,15 @@ def benchmark_samples(name: str, manifest: dict, data_root: str, image_root: str
 def task_results(job: EvalJob, benches: list[dict], model, tokenizer, device, encoder=None) -> dict[str, dict]:
     """The benchmarks that name an lmms-eval task, scored by lmms-eval's task definitions. lmms-eval hands
     the model images, not files: the encoder runs inside the job (the vision stage's one when it does)."""
-    from vlmscale import harness
-    from vlmscale.vision import ImageEncoder
+    from vlmscale.evaluation import lmms
+    from vlmscale.model.vision import ImageEncoder
 
-    harness.require_lmms_eval()
+    lmms.require_lmms_eval()
     encoder = encoder or ImageEncoder(read_json(job.vision), Path(job.vision).parent, device)
-    harness.save_job(job, job.out_dir)
+    lmms.save_job(job, job.out_dir)
     start = time.time()
-    cell = harness.LoadedCell(model, tokenizer, encoder, device, job.settings.bf16, job.max_new_tokens)
-    scored = harness.evaluate_tasks(benches, cell, job.out_dir)
+    cell = lmms.LoadedCell(model, tokenizer, encoder, device, job.settings.bf16, job.max_new_tokens)
+    scored = lmms.evaluate_tasks(benches, cell, job.out_dir)
     seconds = (time.time() - start) / len(benches)
     results = {}
     for bench, scores in zip(benches, scored):

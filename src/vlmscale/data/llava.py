@@ -17,9 +17,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from vlmscale.data.samples import conversation_samples, read_benchmark, vocabulary
 from vlmscale.fileio import write_json
-from vlmscale.jobs import STAGES
-from vlmscale.samples import conversation_samples, read_benchmark, vocabulary
+from vlmscale.specs import STAGES
 
 MAX_LISTED = 10
 
@@ -77,7 +77,7 @@ def check_benchmark_files(spec: dict, name: str, metric: str = "exact") -> str |
 
 
 def _check_vqa_answers(path: Path) -> str | None:
-    from vlmscale.metrics import VQA_ANSWERS
+    from vlmscale.evaluation.metrics import VQA_ANSWERS
 
     with path.open() as fh:
         for line in fh:

@@ -23,10 +23,10 @@ from pathlib import Path
 
 import torch
 
-from vlmscale.batching import make_batch
 from vlmscale.choices import TASK_SCORES
+from vlmscale.data.batching import make_batch
+from vlmscale.data.samples import Sample
 from vlmscale.fileio import read_json, write_json
-from vlmscale.samples import Sample
 
 
 class HarnessMissing(RuntimeError):
@@ -185,7 +185,7 @@ def cut_at(text: str, until) -> str:
 
 
 def job_from_json(path) -> "object":
-    from vlmscale.jobs import EvalJob
+    from vlmscale.specs import EvalJob
 
     fields = read_json(path)
     fields["benchmarks"] = tuple(fields["benchmarks"])
@@ -194,8 +194,8 @@ def job_from_json(path) -> "object":
 
 def load_cell(job) -> LoadedCell:
     """An evaluation job's trained cell, as the evaluation stage loads it."""
-    from vlmscale.cell_model import load_trained
-    from vlmscale.vision import ImageEncoder, device_for_job
+    from vlmscale.model.cell import load_trained
+    from vlmscale.model.vision import ImageEncoder, device_for_job
 
     manifest = read_json(Path(job.data_root) / "manifest.json")
     summary = read_json(job.vision)
@@ -282,4 +282,4 @@ def manifest():
     """lmms-eval's registration of the vlmscale model (entry point `lmms_eval.models` in pyproject.toml)."""
     from lmms_eval.models.registry_v2 import ModelManifest
 
-    return ModelManifest(model_id="vlmscale", simple_class_path="vlmscale.harness.CellLMM")
+    return ModelManifest(model_id="vlmscale", simple_class_path="vlmscale.evaluation.lmms.CellLMM")

@@ -1,0 +1,1 @@
+"""Data: the synthetic generator, LLaVA-format records, samples, tokenizers and batches."""

@@ -1,0 +1,1 @@
+"""Evaluation: built-in benchmarks and metrics, lmms-eval tasks."""

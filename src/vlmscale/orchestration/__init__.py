@@ -1,0 +1,1 @@
+"""Running the grid: job submission, tracking, the plan and status of a grid."""

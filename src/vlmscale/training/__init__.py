@@ -1,0 +1,1 @@
+"""Training a cell: the two-stage loop, DeepSpeed and process groups, checkpoints."""
