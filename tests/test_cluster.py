@@ -128,7 +128,7 @@ def test_preempted_training_is_requeued_and_resumes_to_the_same_result(slurm_gri
     executor.update_parameters(
         **launch.submitit_parameters({"account": ACCOUNT, "cpus_per_task": 1, "mem_gb": 2}, "slurm", "preempt")
     )
-    job = executor.submit(launch.Stage(train.main), dataclasses.replace(cfg, executor="slurm"))
+    job = executor.submit(launch.Stage(track.train_main), dataclasses.replace(cfg, executor="slurm"))
     ckpt_log = tmp_path / "preempted/ckpt/attempts.jsonl"
     deadline = time.time() + 300
     while not (tmp_path / "preempted/ckpt/last.pt").exists():  # a checkpoint exists: preempt now
@@ -207,7 +207,7 @@ def test_bad_cluster_settings_fail_with_slurms_message_and_the_cell(local_grid, 
 def test_two_task_slurm_job_trains_a_cell_with_deepspeed(slurm_grid, tmp_path):
     """One task per GPU (here per CPU): submitit's distributed environment, DeepSpeed ZeRO-2, rank 0
     writes; the loss curve is the single-process one."""
-    from vlmscale.orchestration import launch
+    from vlmscale.orchestration import launch, track
     from vlmscale.training import trainer as train
 
     reference = train_cfg(tmp_path / "reference", slurm_grid)
@@ -220,7 +220,7 @@ def test_two_task_slurm_job_trains_a_cell_with_deepspeed(slurm_grid, tmp_path):
     cfg = dataclasses.replace(cfg, tracking={})
     resources = {"account": ACCOUNT, "tasks_per_node": 2, "cpus_per_task": 1, "mem_gb": 4, "time_min": 15}
     result = launch.run(
-        train.main, cfg, executor="slurm", log_dir=tmp_path / "jobs", name="train:b/v16", resources=resources
+        track.train_main, cfg, executor="slurm", log_dir=tmp_path / "jobs", name="train:b/v16", resources=resources
     )
     assert result["world_size"] == 2 and json.loads((tmp_path / "two/train.json").read_text())["world_size"] == 2
     for ours, single in zip(result["history"], expected["history"]):

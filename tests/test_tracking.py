@@ -55,7 +55,6 @@ def test_unreachable_store_keeps_training_and_is_replayed_later(small_data, smal
     from test_train import cell_cfg
 
     from vlmscale.orchestration import track_sync
-    from vlmscale.training import trainer as train
 
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
@@ -66,7 +65,7 @@ def test_unreachable_store_keeps_training_and_is_replayed_later(small_data, smal
         out=str(out),
         tracking={"uri": "http://127.0.0.1:9", "experiment": "down", "grid": "g"},
     )
-    result = train.main(job)  # the store is down: training goes on, the JSON is intact
+    result = track.train_main(job)  # the store is down: training goes on, the JSON is intact
     assert out.exists() and result["mlflow_run_id"] is None and len(result["history"]) == 3
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"  # the store is back

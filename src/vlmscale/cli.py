@@ -46,11 +46,11 @@ def cmd_pretrain_vision(args) -> dict:
 
 
 def cmd_train(args) -> dict:
+    from vlmscale.orchestration import track
     from vlmscale.specs import TrainJob
-    from vlmscale.training import trainer
 
     job = TrainJob(args.spec, args.data_root, args.vision, args.checkpoint_dir, args.out, args.tracking, args.threads)
-    result = _launch(trainer.main, job, args, f"train:{job.cell}")
+    result = _launch(track.train_main, job, args, f"train:{job.cell}")
     if result.get("world_size", 1) == 1 or os.environ.get("RANK", "0") == "0":  # one writer per cell
         write_outputs({args.out: result})
     return result

@@ -9,7 +9,7 @@ rule aggregate:
     log:
         f"{RESULTS}/logs/aggregate.log",
     params:
-        code=code_param("analysis/aggregate.py", "analysis/tables.py"),
+        code=code_param("analysis.aggregate"),
         spec=vcfg.as_param({"cells": CELLS, "benchmarks": BENCHMARKS}),
     shell:
         "vlmscale aggregate --spec {params.spec:q} --results {RESULTS} --parquet {output.parquet} "

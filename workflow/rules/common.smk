@@ -38,9 +38,10 @@ wildcard_constraints:
 
 
 def code_param(*modules):
-    # The content of the package modules a rule runs, as a param rather than input files: an edit reruns
-    # the rule, while a project moved or copied elsewhere (other paths, same content) reruns nothing.
-    return identity.fingerprint(modules)
+    # The code a rule runs: the module computing its outputs and every vlmscale module it imports
+    # (identity.code_closure), hashed as a param rather than input files: an edit reruns the rule, while
+    # a project moved or copied elsewhere (other paths, same content) reruns nothing.
+    return identity.fingerprint(*modules)
 
 
 def cell_spec(wildcards):

@@ -12,7 +12,7 @@ rule prepare_data:
     log:
         f"{RESULTS}/logs/prepare_data.log",
     params:
-        code=code_param("data/synthetic.py", "data/samples.py", "data/llava.py"),
+        code=code_param("data.synthetic"),
         spec=vcfg.as_param(vcfg.data_spec(config)),
     shell:
         "vlmscale prepare-data --spec {params.spec:q} --out {RESULTS}/data > {log} 2>&1"

@@ -16,8 +16,7 @@ rule evaluate:
     log:
         f"{RESULTS}/logs/evaluate/{{llm}}/v{{V}}/s{{seed}}.log",
     params:
-        code=code_param("evaluation/evaluate.py", "evaluation/metrics.py", "data/batching.py", "model/cell.py", "data/samples.py", "training/checkpoint.py",
-                          "evaluation/lmms.py"),
+        code=code_param("evaluation.evaluate"),
         spec=eval_spec,
         out_dir=f"{RESULTS}/cells/{{llm}}/v{{V}}/s{{seed}}/eval",
     threads: LAUNCH["threads"]

@@ -14,7 +14,7 @@ rule flops:
     log:
         f"{RESULTS}/logs/flops/{{llm}}/v{{V}}.log",
     params:
-        code=code_param("analysis/flops.py", "model/vlm.py", "model/cell.py", "analysis/cost.py"),
+        code=code_param("analysis.flops"),
         spec=flops_spec,
     shell:
         "vlmscale flops --spec {params.spec:q} --manifest {input.manifest} --out {output} > {log} 2>&1"

@@ -6,7 +6,7 @@ rule fit_law:
     log:
         f"{RESULTS}/logs/fit_law/{{family}}.log",
     params:
-        code=code_param("analysis/law.py", "analysis/cost.py", "analysis/tables.py"),
+        code=code_param("analysis.law", "analysis.tables"),
         form=config["law"]["form"],
         bootstrap=config["law"]["bootstrap"],
         seed=config["law"]["seed"],
@@ -23,6 +23,7 @@ rule frontier:
     log:
         f"{RESULTS}/logs/frontier.log",
     params:
+        code=code_param("analysis.law"),
         text_tokens=" ".join(str(q) for q in config["flops"]["text_tokens"]),
         v_min=min(config["grid"]["visual_tokens"]),
         v_max=max(config["grid"]["visual_tokens"]),

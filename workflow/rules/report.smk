@@ -23,7 +23,7 @@ rule report:
     log:
         f"{RESULTS}/logs/report.log",
     params:
-        code=code_param("analysis/report.py", "analysis/law.py", "analysis/cost.py"),
+        code=code_param("analysis.report"),
         text_tokens=" ".join(str(q) for q in config["flops"]["text_tokens"]),
     shell:
         "vlmscale report --grid {input.grid} --laws {input.laws} --frontier {input.frontier} "

@@ -9,7 +9,7 @@ rule train:
     benchmark:
         f"{RESULTS}/benchmarks/train/{{llm}}/v{{V}}/s{{seed}}.tsv"
     params:
-        code=code_param(*identity.TRAINING_CODE),
+        code=code_param(identity.TRAINING_MODULE),
         spec=cell_spec,
         tracking=tracking_param(),
         checkpoints=f"{RESULTS}/checkpoints/{{llm}}/v{{V}}/s{{seed}}",

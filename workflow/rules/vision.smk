@@ -10,7 +10,7 @@ rule pretrain_vision:
     benchmark:
         f"{RESULTS}/benchmarks/pretrain_vision.tsv"
     params:
-        code=code_param("model/vision.py", "model/vlm.py"),
+        code=code_param("model.vision"),
         spec=vcfg.as_param(vcfg.vision_spec(config)),
     threads: 2
     resources:

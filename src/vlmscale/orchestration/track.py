@@ -193,3 +193,26 @@ def flatten(d: dict, prefix: str = "") -> dict:
         else:
             out[key] = v
     return out
+
+
+def train_main(job) -> dict:
+    """The train stage's entry point (pickled by submitit): train one cell, log it to MLflow, write train.json.
+
+    It lives here, not in `training`, so that the trained weights' code fingerprint (the closure of
+    `vlmscale.training.trainer`'s imports) leaves tracking and submission out: editing them retrains nothing.
+    """
+    from vlmscale.fileio import write_json
+    from vlmscale.identity import run_key
+    from vlmscale.orchestration.launch import current_job
+    from vlmscale.training.distributed import world_from_env
+    from vlmscale.training.trainer import train_cell
+
+    if not world_from_env().is_main:
+        return train_cell(job)
+    with CellTracker.for_cell(job.spec, job.tracking, run_key(job.spec), job.executor) as tracker:
+        result = train_cell(job, tracker=tracker)
+        result["mlflow_run_id"] = tracker.run_id
+        result["job"] = current_job()  # where this cell's job log is (empty when run in-process)
+        tracker.log_metrics({"train_seconds": result["train_seconds"], "final_loss": result["final_loss"] or 0.0})
+    write_json(job.out, result)
+    return result

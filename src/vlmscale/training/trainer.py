@@ -22,7 +22,7 @@ from torch.nn import functional as F
 
 from vlmscale.data.batching import Batch, TrainingData, batch_indices, check_samples, load_stage_samples
 from vlmscale.data.tokenizer import IGNORE
-from vlmscale.fileio import atomic_torch_save, code_version, read_json, write_json
+from vlmscale.fileio import atomic_torch_save, code_version, read_json
 from vlmscale.identity import config_hash, run_key
 from vlmscale.model.cell import build_cell_model
 from vlmscale.model.vision import device_for_job, feature_source
@@ -345,19 +345,3 @@ def summarise(spec: dict, key: str, loop: Loop, state: TrainingState, n_train: d
         "history": state.history,
         "checkpoint": str(loop.checkpointer.final),
     }
-
-
-def main(job: TrainJob) -> dict:
-    """Stage entry point (pickled by submitit): train one cell, log it to MLflow, write train.json."""
-    from vlmscale.orchestration.launch import current_job
-    from vlmscale.orchestration.track import CellTracker
-
-    if not world_from_env().is_main:
-        return train_cell(job)
-    with CellTracker.for_cell(job.spec, job.tracking, run_key(job.spec), job.executor) as tracker:
-        result = train_cell(job, tracker=tracker)
-        result["mlflow_run_id"] = tracker.run_id
-        result["job"] = current_job()  # where this cell's job log is (empty when run in-process)
-        tracker.log_metrics({"train_seconds": result["train_seconds"], "final_loss": result["final_loss"] or 0.0})
-    write_json(job.out, result)
-    return result
