@@ -63,7 +63,7 @@ def main() -> None:
     ours, t_ours = timed(lambda: law.fit(data), 50)
     (grid_params, grid_sse, visited), t_grid = timed(lambda: paper_grid_search(data), 3)
     (_, loop_sse, _), t_loop = timed(lambda: paper_grid_search(data, loop=True), 3)
-    _, published_sse = law._linear_part("paper", (0.077, 0.015), data)
+    _, published_sse = law.linear_part("paper", (0.077, 0.015), data)
     _, t_boot = timed(lambda: law.bootstrap(data, n_boot=1000, seed=0), 1)
     out = {
         "table": "paper visual reasoning, 28 cells",

@@ -72,7 +72,7 @@ def paper_table():
 def test_paper_table_fit_beats_published_exponents():
     data = paper_table()
     fit = law.fit(data)
-    _, sse_paper = law._linear_part("paper", (0.077, 0.015), data)
+    _, sse_paper = law.linear_part("paper", (0.077, 0.015), data)
     assert fit.sse < sse_paper
     assert fit.params["alpha"] == pytest.approx(0.077, abs=0.015)
     assert fit.params["beta"] == pytest.approx(0.015, abs=0.005)
@@ -215,3 +215,23 @@ def test_a_poor_or_bounded_fit_says_why_it_is_not_to_be_trusted():
     assert law.trust_problems(paper) == [] and law.cautions(paper) == list(paper.warnings) != []
     exponent_on_bound = law.FitResult(**{**good.__dict__, "warnings": ("beta = 0 sits on its bound (0.0, 3.0): ...",)})
     assert law.trust_problems(exponent_on_bound) == list(exponent_on_bound.warnings)
+
+
+def test_nnls_equals_scipys_on_random_problems():
+    from scipy.optimize import nnls
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 12, 3))
+    y = rng.normal(size=12)
+    coefs, sse = law.nnls_many(x, y)
+    for i in range(len(x)):
+        expected, resid_norm = nnls(x[i], y)
+        np.testing.assert_allclose(coefs[i], expected, atol=1e-8)
+        np.testing.assert_allclose(sse[i], resid_norm**2, rtol=1e-8, atol=1e-12)
+    assert (coefs == 0).any() and (coefs > 0).any()  # both active and bound coefficients were exercised
+
+
+def test_v_star_intervals_at_the_configured_text_tokens():
+    truth = {"K": 0.5, "alpha": 0.3, "beta": 0.05, "D": 0.05}
+    ci = law.bootstrap(synthetic("paper", truth, 0.004, 7), n_boot=10, v_star_q=(0, 100))
+    assert {"v_star_q0", "v_star_q100"} <= set(ci) and "v_star_q50" not in ci

@@ -199,7 +199,7 @@ def test_each_kind_of_edit_reruns_exactly_its_stages(grid):
     form["law"] = {**MINI["law"], "form": "additive"}
     assert rules_planned(grid, "form.yaml", form) == {k: v for k, v in DOWNSTREAM.items() if k != "aggregate"}
     # Evaluation code changed (content, not just its timestamp): re-evaluate every cell, retrain none.
-    code = REPO / "src/vlmscale/evaluate.py"
+    code = REPO / "src/vlmscale/evaluation/evaluate.py"
     original, before = code.read_bytes(), code.stat()
     try:
         code.write_bytes(original + b"\n# an edit\n")

@@ -124,7 +124,7 @@ def cmd_fit(args) -> dict:
         args.text_tokens,
         [list(c.replicates) for c in cells],
     )
-    result = law.fit_with_checks(data, args.form, args.bootstrap, args.seed, args.huber).to_dict()
+    result = law.fit_with_checks(data, args.form, args.bootstrap, args.seed, args.huber, tuple(args.v_star_q)).to_dict()
     result["family"] = args.family or "all"
     result["table"] = str(args.table)
     if args.out:
@@ -333,6 +333,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bootstrap", type=int, default=0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--text-tokens", type=int, default=0, help="Q, used by the paper-qv form")
+    p.add_argument("--v-star-q", type=int, nargs="+", default=[0, 50], help="text-token counts for V*'s intervals")
     p.add_argument("--huber", type=float, default=None, metavar="DELTA", help="robust fit: Huber loss with this delta")
     p.add_argument("--out")
     p.set_defaults(func=cmd_fit)

@@ -10,9 +10,10 @@ rule fit_law:
         form=config["law"]["form"],
         bootstrap=config["law"]["bootstrap"],
         seed=config["law"]["seed"],
+        v_star_q=" ".join(str(q) for q in config["flops"]["text_tokens"]),
     shell:
         "vlmscale fit {input.grid} --family {wildcards.family} --form {params.form} "
-        "--bootstrap {params.bootstrap} --seed {params.seed} --out {output} > {log} 2>&1"
+        "--bootstrap {params.bootstrap} --seed {params.seed} --v-star-q {params.v_star_q} --out {output} > {log} 2>&1"
 
 
 rule frontier:

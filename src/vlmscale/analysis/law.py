@@ -15,7 +15,8 @@ result's ``status`` and ``warnings``; only unusable input raises ``LawInputError
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
+from itertools import combinations
 
 import numpy as np
 
@@ -44,7 +45,13 @@ class LawData:
     @classmethod
     def from_arrays(cls, n, v, y, text_tokens: int = 0, replicates=None) -> "LawData":
         reps = tuple(np.asarray(r, float) for r in replicates) if replicates is not None else None
-        data = cls(np.asarray(n, float), np.asarray(v, float), np.asarray(y, float), int(text_tokens), reps)
+        data = cls(
+            llm_params=np.asarray(n, float),
+            visual_tokens=np.asarray(v, float),
+            error=np.asarray(y, float),
+            text_tokens=int(text_tokens),
+            replicates=reps,
+        )
         validate(data)
         return data
 
@@ -54,14 +61,17 @@ class LawData:
 
     def subset(self, mask: np.ndarray) -> "LawData":
         reps = tuple(self.replicates[i] for i in np.arange(len(self.error))[mask]) if self.replicates else None
-        return LawData(self.llm_params[mask], self.visual_tokens[mask], self.error[mask], self.text_tokens, reps)
+        return replace(
+            self, llm_params=self.llm_params[mask], visual_tokens=self.visual_tokens[mask], error=self.error[mask],
+            replicates=reps,
+        )  # fmt: skip
 
     def resampled(self, rng: np.random.Generator) -> "LawData":
         """A bootstrap draw: each point's seeds resampled with replacement when there are two or more
         seeds per point (the cells stay, their noise is redrawn), otherwise the points themselves."""
         if self.n_seeds >= 2:
             error = np.array([rng.choice(r, size=len(r)).mean() for r in self.replicates])
-            return LawData(self.llm_params, self.visual_tokens, error, self.text_tokens)
+            return replace(self, error=error, replicates=None)
         return self.subset(rng.integers(0, len(self.error), size=len(self.error)))
 
 
@@ -124,31 +134,33 @@ def _design(form, alpha, beta, n, v, q) -> np.ndarray:
     return np.column_stack([n**-alpha * t**-beta, np.ones_like(n)])
 
 
-def _linear_part(form, exps, data: LawData, weights=None) -> tuple[np.ndarray, float]:
+def linear_part(form, exps, data: LawData, weights=None) -> tuple[np.ndarray, float]:
     """Non-negative least squares for the linear coefficients at fixed exponents: (coefs, SSE)."""
     x = _design(form, exps[0], exps[1], data.llm_params, data.visual_tokens, data.text_tokens)
     w = np.ones_like(data.error) if weights is None else weights
-    coefs = _nnls(x * w[:, None], data.error * w)
-    resid = data.error - x @ coefs
-    return coefs, float(resid @ resid)
+    coefs, _ = nnls_many((x * w[:, None])[None], data.error * w)
+    resid = data.error - x @ coefs[0]
+    return coefs[0], float(resid @ resid)
 
 
-def _nnls(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Non-negative least squares for the law's two or three columns, exactly: the best least-squares
-    solution, over subsets of the columns, whose coefficients are all non-negative (as in _grid_sse).
-    Two or three columns make eight subsets at most: cheaper than importing SciPy's optimizer."""
-    from itertools import combinations
-
-    best, best_sse = np.zeros(x.shape[1]), float(y @ y)
-    for k in range(1, x.shape[1] + 1):
-        for subset in combinations(range(x.shape[1]), k):
-            coefs, *_ = np.linalg.lstsq(x[:, subset], y, rcond=None)
-            resid = y - x[:, subset] @ coefs
-            if (coefs >= 0).all() and float(resid @ resid) < best_sse:
-                best = np.zeros(x.shape[1])
-                best[list(subset)] = coefs
-                best_sse = float(resid @ resid)
-    return best
+def nnls_many(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Non-negative least squares for many design matrices at once, x (G, n, k) against y (n,), exactly:
+    the optimum is the best least-squares solution, over subsets of the (at most three) columns, whose
+    coefficients are all non-negative. Eight subsets at most: cheaper than importing SciPy's optimizer.
+    Returns coefs (G, k) and SSE (G,)."""
+    g, _, k = x.shape
+    best, best_sse = np.zeros((g, k)), np.full(g, float(y @ y))  # all coefficients zero
+    for size in range(1, k + 1):
+        for subset in combinations(range(k), size):
+            xs = x[:, :, subset]
+            xt = xs.transpose(0, 2, 1)
+            coefs = np.linalg.solve(xt @ xs + 1e-12 * np.eye(size), xt @ y[None, :, None])[..., 0]  # (G, size)
+            sse = ((y[None] - (xs @ coefs[..., None])[..., 0]) ** 2).sum(1)
+            better = (coefs >= 0).all(1) & (sse < best_sse)
+            full = np.zeros((g, k))
+            full[:, subset] = coefs
+            best, best_sse = np.where(better[:, None], full, best), np.where(better, sse, best_sse)
+    return best, best_sse
 
 
 def _params(form, exps, coefs) -> dict:
@@ -171,11 +183,7 @@ def _huber_weights(resid: np.ndarray, delta: float) -> np.ndarray:
 
 
 def _grid_sse(form: str, data: LawData, alphas: np.ndarray, betas: np.ndarray, weights=None) -> np.ndarray:
-    """Projected SSE on an exponent grid, all points at once. Non-negative least squares is solved
-    exactly by enumeration: its optimum is the best least-squares solution, over subsets of the (at
-    most three) columns, whose coefficients are all non-negative."""
-    from itertools import combinations
-
+    """Projected SSE on an exponent grid, all points at once (one NNLS per point, `nnls_many`)."""
     a, b = np.meshgrid(alphas, betas, indexing="ij")
     a, b = a.ravel(), b.ravel()
     t = _tokens(form, data.visual_tokens, data.text_tokens)
@@ -184,18 +192,8 @@ def _grid_sse(form: str, data: LawData, alphas: np.ndarray, betas: np.ndarray, w
     ones = np.ones_like(n_term)
     cols = [ones, n_term, t_term] if form == "additive" else [n_term * t_term, ones]
     w = np.ones_like(data.error) if weights is None else weights
-    yw = data.error * w
-    best = np.full(len(a), float(yw @ yw))  # all coefficients zero
-    for k in range(1, len(cols) + 1):
-        for subset in combinations(range(len(cols)), k):
-            x = np.stack([cols[c] for c in subset], axis=-1) * w[None, :, None]  # (G, n, k)
-            xt = x.transpose(0, 2, 1)
-            coefs = np.linalg.solve(xt @ x + 1e-12 * np.eye(k), xt @ yw[None, :, None])  # (G, k, 1)
-            sse = ((yw[None] - (x @ coefs)[..., 0]) ** 2).sum(1)
-            coefs = coefs[..., 0]
-            feasible = (coefs >= 0).all(1)
-            best = np.where(feasible & (sse < best), sse, best)
-    return best.reshape(len(alphas), len(betas))
+    _, sse = nnls_many(np.stack(cols, axis=-1) * w[None, :, None], data.error * w)
+    return sse.reshape(len(alphas), len(betas))
 
 
 def _search(
@@ -217,7 +215,7 @@ def _search(
         best, centre, span = min(best, sse[i, j]), np.array([axes[0][i], axes[1][j]]), span / 2
         if span < 1e-5:
             break
-    coefs, sse_best = _linear_part(form, centre, data, weights)
+    coefs, sse_best = linear_part(form, centre, data, weights)
     return centre, coefs, sse_best, converged or span < 1e-5
 
 
@@ -238,14 +236,14 @@ def fit(data: LawData, form: str = "paper", starts: int = 10, huber_delta: float
     warnings = _bound_warnings(params)
     status = "not_converged" if not ok else ("at_bound" if warnings else "converged")
     return FitResult(
-        form,
-        params,
-        sse,
-        1.0 - sse / sst if sst > 0 else float("nan"),
-        len(data.error),
-        status,
-        tuple(warnings),
-        data.text_tokens,
+        form=form,
+        params=params,
+        sse=sse,
+        r2=1.0 - sse / sst if sst > 0 else float("nan"),
+        n_points=len(data.error),
+        status=status,
+        warnings=tuple(warnings),
+        text_tokens=data.text_tokens,
     )
 
 
@@ -262,9 +260,11 @@ def _bound_warnings(params: dict) -> list[str]:
     return out
 
 
-def bootstrap(data: LawData, form: str = "paper", n_boot: int = 200, seed: int = 0, level: float = 0.95) -> dict:
-    """Percentile intervals for every parameter (and V*, where defined) from resampled seeds (two or more
-    per point) or resampled points (one seed)."""
+def bootstrap(
+    data: LawData, form: str = "paper", n_boot: int = 200, seed: int = 0, level: float = 0.95, v_star_q=(0, 50)
+) -> dict:
+    """Percentile intervals for every parameter (and V* at each text-token count in `v_star_q`, where
+    defined) from resampled seeds (two or more per point) or resampled points (one seed)."""
     rng = np.random.default_rng(seed)
     draws: dict[str, list[float]] = {}
     failed = 0
@@ -276,9 +276,9 @@ def bootstrap(data: LawData, form: str = "paper", n_boot: int = 200, seed: int =
             continue
         for k, v in res.params.items():
             draws.setdefault(k, []).append(v)
-        if form != "additive":  # the frontier's V* at the two text-token settings the paper reports
+        if form != "additive":  # the frontier's V* at the text-token counts the frontier reports
             v_range = (data.visual_tokens.min(), data.visual_tokens.max())
-            for q in (0, 50):
+            for q in v_star_q:
                 draws.setdefault(f"v_star_q{q}", []).append(
                     optimal_tokens(res.params["alpha"], res.params["beta"], q, *v_range)
                 )
@@ -347,11 +347,17 @@ def _is_floor_warning(warning: str) -> bool:
 
 
 def fit_with_checks(
-    data: LawData, form: str = "paper", n_boot: int = 0, seed: int = 0, huber_delta: float | None = None
+    data: LawData,
+    form: str = "paper",
+    n_boot: int = 0,
+    seed: int = 0,
+    huber_delta: float | None = None,
+    v_star_q=(0, 50),
 ) -> FitResult:
+    """The fit, its bootstrap intervals (V* at each text-token count in `v_star_q`) and the held-out check."""
     res = fit(data, form, huber_delta=huber_delta)
-    ci = bootstrap(data, form, n_boot, seed) if n_boot else {}
-    return FitResult(**{**res.__dict__, "ci": ci, "heldout": heldout_check(data, form)})
+    ci = bootstrap(data, form, n_boot, seed, v_star_q=v_star_q) if n_boot else {}
+    return replace(res, ci=ci, heldout=heldout_check(data, form))
 
 
 # --------------------------------------------------------------------------- frontier

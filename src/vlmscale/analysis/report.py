@@ -310,7 +310,7 @@ def reference_fit() -> dict:
     table = family_table(REFERENCE_TABLE)
     data = law.LawData.from_arrays(table.llm_params, table.visual_tokens, table.error)
     fit = law.fit(data)
-    _, paper_sse = law._linear_part("paper", (0.077, 0.015), data)
+    _, paper_sse = law.linear_part("paper", (0.077, 0.015), data)
     return {"alpha": fit.params["alpha"], "beta": fit.params["beta"], "sse": fit.sse, "paper_sse": paper_sse}
 
 
