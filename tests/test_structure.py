@@ -7,38 +7,13 @@ import ast
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
+from codegraph import PACKAGE, imported_modules, module_name, package_files
 
-PACKAGE = Path(__file__).resolve().parents[1] / "src" / "vlmscale"
 REFERENCE = PACKAGE / "reference" / "paper_visual_reasoning.csv"
 LONGEST_FUNCTION = 60
 EXEMPT = {("cli", "build_parser")}  # the argument parser: one flat list of options
-
-
-def module_name(path: Path) -> str:
-    """A package file's dotted name below vlmscale: data/batching.py -> data.batching."""
-    return ".".join(path.relative_to(PACKAGE).with_suffix("").parts)
-
-
-def package_files() -> list[Path]:
-    return sorted(p for p in PACKAGE.rglob("*.py") if p.name != "__init__.py")
-
-
-def imported_modules(path: Path) -> set[str]:
-    """The vlmscale modules a file imports, anywhere in it."""
-    modules = {module_name(p) for p in package_files()}
-    found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.ImportFrom) and node.module:
-            parts = node.module.split(".")
-            if parts[0] == "vlmscale":
-                base = ".".join(parts[1:])
-                found |= {base} if base in modules else {f"{base}.{a.name}".lstrip(".") for a in node.names}
-        elif isinstance(node, ast.Import):
-            found |= {a.name.split(".", 1)[1] for a in node.names if a.name.startswith("vlmscale.")}
-    return (found & modules) - {module_name(path)}
 
 
 def cycle(graph: dict[str, set[str]]) -> list[str] | None:
