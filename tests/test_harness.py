@@ -143,7 +143,7 @@ def tiny_cell(tmp_path_factory):
     encoder = ImageEncoder(summary, root, "cpu")
     spec = {"cell": "q/v4", "llm": {"name": "q", "source": str(qwen)}, "visual_tokens": 4, "compressor": "avgpool"}
     model, tokenizer = build_cell_model(spec, [], encoder.model.config.hidden_size, IMAGE_SIZE // 4)
-    cell = harness.LoadedCell(model.eval(), tokenizer, encoder, torch.device("cpu"), bf16=False, max_new_tokens=8)
+    cell = harness.LoadedCell(model.eval(), tokenizer, encoder, torch.device("cpu"), max_new_tokens=8)
     data = {task: save_task_dataset(task, root / task) for task in EXPECTED}
     return cell, data
 
