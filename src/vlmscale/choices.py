@@ -40,6 +40,13 @@ def needs_judge(task: str) -> bool:
     return task.startswith(JUDGE_TASK_PREFIXES) and task not in OFFLINE_TASKS
 
 
+# Questions per task (the splits lmms-eval 0.7.3 evaluates) and the decode lengths tasks ask for, by name
+# prefix (others: evaluation.max_new_tokens): what `vlmscale plan` prices evaluation GPU-hours from.
+TASK_QUESTIONS = {"mme": 2374, "gqa": 12578, "ai2d": 3088, "mmbench_en_dev": 4329, "mmbench_en_dev_static": 4329,
+                  "mmmu_val": 900, "scienceqa_img": 2017, "mathvista_testmini_format": 1000, "pope": 9000,
+                  "chartqa": 2500, "textvqa_val": 5000, "docvqa_val": 5349, "ocrbench": 1000}  # fmt: skip
+TASK_MAX_NEW_TOKENS = {"mathvista": 16384, "mmbench": 1024, "pope": 128, "ocrbench": 128, "mmmu": 128}
+
 GPUS = ("a100", "h100")  # the GPUs `vlmscale plan` knows by name (vlmscale.orchestration.plan.GPUS)
 
 # config key -> allowed values; "[]" stands for every item of a list
