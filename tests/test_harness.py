@@ -143,7 +143,7 @@ def tiny_cell(tmp_path_factory):
     encoder = ImageEncoder(summary, root, "cpu")
     spec = {"cell": "q/v4", "llm": {"name": "q", "source": str(qwen)}, "visual_tokens": 4, "compressor": "avgpool"}
     model, tokenizer = build_cell_model(spec, [], encoder.model.config.hidden_size, IMAGE_SIZE // 4)
-    cell = harness.LoadedCell(model.eval(), tokenizer, encoder, torch.device("cpu"), bf16=False, max_new_tokens=8)
+    cell = harness.LoadedCell(model.eval(), tokenizer, encoder, torch.device("cpu"), max_new_tokens=8)
     data = {task: save_task_dataset(task, root / task) for task in EXPECTED}
     return cell, data
 
@@ -273,3 +273,100 @@ def test_an_unknown_task_is_refused_before_the_model_answers(tiny_cell, tmp_path
     benches = [{"name": "mine", "family": "ocr", "task": "my_task"}, {"name": "pope", "family": "ocr", "task": "pope"}]
     with pytest.raises(ValueError, match=r"benchmarks not among lmms-eval's tasks: mine \(task 'my_task'\)"):
         harness.evaluate_tasks(benches, tiny_cell[0], tmp_path)
+
+
+def test_a_failing_task_loses_no_other_and_a_rerun_evaluates_only_it(tiny_cell, tmp_path, monkeypatch):
+    """Three task benchmarks; POPE's answers raise on the first run. TextVQA and DocVQA are kept in
+    eval/.done/; the rerun asks the model POPE's questions only, and every benchmark's result comes back."""
+    from vlmscale.evaluation import evaluate
+    from vlmscale.fileio import write_json
+    from vlmscale.specs import EvalJob
+
+    cell, data = tiny_cell
+    write_json(tmp_path / "data/manifest.json", {"vocabulary": [], "benchmarks": {}})
+    features = type("Features", (), {"encoder": cell.encoder})()
+    monkeypatch.setattr(evaluate, "load_trained", lambda *_: (cell.model, cell.tokenizer))
+    monkeypatch.setattr(evaluate, "feature_source", lambda *_: (features, {"hidden_size": 0, "patch_grid": 0}))
+    tasks = ["textvqa_val", "pope", "docvqa_val"]
+    benches = tuple({"name": t, "family": "ocr", "task": t, "dataset_path": data[t]} for t in tasks)
+    spec = {"cell": "q/v4", "llm": {"name": "q"}, "visual_tokens": 4, "compressor": "avgpool", "train": {}}
+    job = EvalJob(spec, benches, str(tmp_path / "data"), str(tmp_path / "tower.json"), str(tmp_path / "ckpt"),
+                  str(tmp_path / "eval"), max_new_tokens=8)  # fmt: skip
+    scripted, asked = scripted_generate(cell.tokenizer), []
+
+    def pope_fails(self, batch, max_new_tokens, eos_id):
+        prompts = [
+            cell.tokenizer.tok.decode(ids[:n].tolist())
+            for ids, n in zip(batch.question_ids, batch.question_lengths.tolist())
+        ]
+        asked.extend(prompts)
+        if any("in the image" in p for p in prompts):
+            raise RuntimeError("CUDA out of memory (simulated)")
+        return scripted(self, batch, max_new_tokens, eos_id)
+
+    monkeypatch.setattr(VLM, "generate", pope_fails)
+    with pytest.raises(evaluate.EvaluationIncomplete, match=r"1 of 3 benchmarks failed \(pope: RuntimeError"):
+        evaluate.main(job)
+    assert sorted(p.name for p in (tmp_path / "eval/.done").glob("*.json")) == ["docvqa_val.json", "textvqa_val.json"]
+    asked.clear()
+    monkeypatch.setattr(
+        VLM,
+        "generate",
+        lambda self, b, n, e: (asked.extend(["pope"] * len(b.question_ids)), scripted(self, b, n, e))[1],
+    )
+    results = evaluate.main(job)["results"]
+    assert asked == ["pope"] * len(POPE)  # only the missing benchmark was asked
+    assert [r["benchmark"] for r in results] == tasks
+    assert results[0]["scores"]["exact_match"] == pytest.approx(EXPECTED["textvqa_val"]["exact_match"])
+    assert results[1]["scores"]["pope_accuracy"] == pytest.approx(EXPECTED["pope"]["pope_accuracy"])
+    assert all((tmp_path / f"eval/{t}.json").exists() for t in tasks)
+
+
+def test_a_none_aggregate_scores_zero_with_a_warning_and_a_score_out_of_range_is_refused():
+    bench = {"name": "mathvista", "family": "reasoning", "task": "mathvista_testmini_format"}
+    none = {"results": {bench["task"]: {"llm_as_judge_eval,none": None}}}
+    result = harness.task_result(bench, none)
+    assert result["accuracy"] == 0.0 and "reported llm_as_judge_eval as None" in result["warnings"][0]
+    mine = {"name": "mine", "family": "ocr", "task": "my_task", "score": "points"}
+    with pytest.raises(harness.ScoreOutOfRange, match=r"benchmark mine: points = 37 .* set benchmarks\[\].score_max"):
+        harness.task_result(mine, {"results": {"my_task": {"points,none": 37}}})
+
+
+def test_the_decode_cap_bounds_a_tasks_request_and_is_counted(tiny_cell):
+    from lmms_eval.api.instance import Instance
+
+    cell = harness.CellLMM(cell=dataclasses.replace(tiny_cell[0], max_new_tokens_cap=3), batch_size="auto")
+    assert cell.batch_size == 16
+    rows = task_rows("pope")
+    cell.task_dict = {"pope": {"test": rows}}
+    limits = []
+    cell.model.generate = lambda batch, limit, eos: limits.append(limit) or [[5, 6, 7]] * len(batch.question_ids)
+    args = [
+        (r["question"], {"max_new_tokens": 16384}, lambda doc: [doc["image"]], i, "pope", "test")
+        for i, r in enumerate(rows)
+    ]
+    cell.generate_until(
+        [Instance("generate_until", a, a[3], {"task": "pope", "doc_id": a[3], "repeats": 1}) for a in args]
+    )
+    del cell.model.generate
+    assert limits == [3]
+    assert cell.decode_caps["pope"] == {"requested": 16384, "requests_capped": len(rows), "answers_at_cap": len(rows)}
+
+
+def test_a_judge_task_is_refused_without_the_key_unless_judge_none(monkeypatch):
+    from test_config import default_config, load
+
+    from vlmscale import config as vcfg
+
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    cfg = default_config()
+    cfg["benchmarks"][0].update(task="mathvista_testmini_format")
+    with pytest.raises(
+        vcfg.ConfigError,
+        match=r"benchmarks\[0\] \(\w+\): task 'mathvista_testmini_format' is scored .* needs OPENAI_API_KEY",
+    ):
+        load(cfg)
+    cfg["benchmarks"][0]["judge"] = "none"
+    vcfg._check_judge(cfg["benchmarks"][0], "benchmarks[0]")  # accepted: scores marked rule-based only
+    with pytest.raises(vcfg.ConfigError, match="or use the offline task 'mmbench_en_dev_static'"):
+        vcfg._check_judge({"task": "mmbench_en_dev"}, "benchmarks[1] (mmbench)")

@@ -17,6 +17,7 @@ TASK_SCORES = {
     "gqa": ("exact_match", 1.0),
     "ai2d": ("exact_match", 1.0),
     "mmbench_en_dev": ("gpt_eval_score", 100.0),
+    "mmbench_en_dev_static": ("gpt_eval_score", 100.0),  # offline: regex/substring option reading, no GPT
     "mmmu_val": ("mmmu_acc", 1.0),
     "scienceqa_img": ("exact_match", 1.0),
     "mathvista_testmini_format": ("llm_as_judge_eval", 100.0),  # LLaVA's answer-format prompt; GPT extraction
@@ -26,6 +27,26 @@ TASK_SCORES = {
     "docvqa_val": ("anls", 1.0),
     "ocrbench": ("ocrbench_accuracy", 1.0),
 }
+# lmms-eval tasks whose scoring asks a GPT judge (OPENAI_API_KEY), by name prefix: MathVista's answer
+# extraction, MMBench's option matching. Without a key they still report a number (MathVista: the option
+# nearest an empty extraction; MMBench: a random option after retries), so the config check refuses them
+# unless the benchmark says `judge: none`. OFFLINE_TASKS need no judge (lmms-eval's rule-based variants).
+JUDGE_TASK_PREFIXES = ("mathvista", "mmbench")
+OFFLINE_TASKS = ("mmbench_en_dev_static",)
+JUDGE_KEY = "OPENAI_API_KEY"
+
+
+def needs_judge(task: str) -> bool:
+    return task.startswith(JUDGE_TASK_PREFIXES) and task not in OFFLINE_TASKS
+
+
+# Questions per task (the splits lmms-eval 0.7.3 evaluates) and the decode lengths tasks ask for, by name
+# prefix (others: evaluation.max_new_tokens): what `vlmscale plan` prices evaluation GPU-hours from.
+TASK_QUESTIONS = {"mme": 2374, "gqa": 12578, "ai2d": 3088, "mmbench_en_dev": 4329, "mmbench_en_dev_static": 4329,
+                  "mmmu_val": 900, "scienceqa_img": 2017, "mathvista_testmini_format": 1000, "pope": 9000,
+                  "chartqa": 2500, "textvqa_val": 5000, "docvqa_val": 5349, "ocrbench": 1000}  # fmt: skip
+TASK_MAX_NEW_TOKENS = {"mathvista": 16384, "mmbench": 1024, "pope": 128, "ocrbench": 128, "mmmu": 128}
+
 GPUS = ("a100", "h100")  # the GPUs `vlmscale plan` knows by name (vlmscale.orchestration.plan.GPUS)
 
 # config key -> allowed values; "[]" stands for every item of a list

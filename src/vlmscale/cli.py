@@ -80,6 +80,8 @@ def cmd_evaluate(args) -> dict:
         args.out_dir,
         args.spec["max_new_tokens"],
         args.threads,
+        dtype=args.spec.get("dtype", "auto"),
+        max_new_tokens_cap=args.spec.get("max_new_tokens_cap", 512),
     )
     result = _launch(evaluate.main, job, args, f"eval:{job.cell}")
     write_outputs({Path(args.out_dir) / f"{r['benchmark']}.json": r for r in result["results"]})

@@ -169,6 +169,7 @@ def _check_task(cfg: dict, bench: dict, where: str) -> None:
 
     from vlmscale.choices import TASK_SCORES
 
+    _check_judge(bench, where)
     if importlib.util.find_spec("lmms_eval") is None:
         raise ConfigError(f"{where}: task {bench['task']!r} needs lmms-eval: pip install -e '.[lmms]'")
     word_level = [m["name"] for m in cfg["llms"] if m.get("source", "config") == "config"]
@@ -182,6 +183,40 @@ def _check_task(cfg: dict, bench: dict, where: str) -> None:
     path = bench.get("dataset_path")
     if path and not Path(path).is_dir():
         raise ConfigError(f"{where}.dataset_path: {path} is not a folder (expected datasets' save_to_disk)")
+
+
+def _check_judge(bench: dict, where: str) -> None:
+    """A task scored through lmms-eval's GPT judge would, without a key, report a number that does not
+    depend on the model (choices.JUDGE_TASK_PREFIXES): refuse it before any job starts."""
+    import os
+
+    if choices.needs_judge(bench["task"]) and bench.get("judge") != "none" and not os.environ.get(choices.JUDGE_KEY):
+        offline = [t for t in choices.OFFLINE_TASKS if t.startswith(bench["task"])]
+        raise ConfigError(
+            f"{where}: task {bench['task']!r} is scored by lmms-eval's GPT judge, which needs {choices.JUDGE_KEY} "
+            f"(unset here); set it, or set {where.split(' ')[0]}.judge: none to keep its rule-based reading only "
+            f"(reported as such)" + (f", or use the offline task {offline[0]!r}" if offline else "")
+        )
+
+
+def evaluation_resources(cfg: dict, llm: str) -> dict:
+    """An evaluation job's Slurm request: one process on one GPU, not the LLM's training request (8 GPUs,
+    960 GB for 14B). launch.slurm, the LLM's placement (partition, account, qos, constraint: where its GPUs
+    are), one GPU where GPUs are requested, memory and time sized for one bf16 copy of the weights
+    (EVAL_RESOURCE_DEFAULTS), then evaluation.resources on top."""
+    resources = dict(cfg["launch"].get("slurm") or {})
+    trained = llm_by_name(cfg, llm).get("resources") or {}
+    resources.update({k: trained[k] for k in ("partition", "account", "qos", "constraint") if k in trained})
+    resources.update(nodes=1, tasks_per_node=1)
+    if resources.get("gpus_per_node") or trained.get("gpus_per_node"):
+        resources["gpus_per_node"] = 1
+        resources |= {k: v for k, v in EVAL_RESOURCE_DEFAULTS.items() if k not in (cfg["launch"].get("slurm") or {})}
+    return resources | (cfg.get("evaluation", {}).get("resources") or {})
+
+
+# A GPU evaluation job's host memory and time where launch.slurm names none: 14B in bf16 is 28 GB, loaded
+# once; twelve benchmarks at the decode cap fit a working day (README: Planning a grid).
+EVAL_RESOURCE_DEFAULTS = {"mem_gb": 64, "time_min": 480}
 
 
 def _check_unique(values: list, key: str) -> None:

@@ -144,6 +144,8 @@ class EvalJob(_CellSpec):
     max_new_tokens: int = 16
     threads: int = 1
     executor: str = "inline"
+    dtype: str = "auto"  # evaluation.dtype: "auto" is the precision final/ was saved (trained) in
+    max_new_tokens_cap: int = 512  # evaluation.max_new_tokens_cap: bounds every lmms-eval task's request
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
+import traceback
 from pathlib import Path
 
 import torch
@@ -10,24 +12,22 @@ import torch
 from vlmscale.data.batching import make_batch
 from vlmscale.data.samples import load_benchmark, with_image_root
 from vlmscale.evaluation import metrics
-from vlmscale.fileio import code_version, read_json, write_json
+from vlmscale.fileio import code_version, read_json, spec_hash, write_json
 from vlmscale.identity import config_hash
 from vlmscale.model.cell import load_trained
 from vlmscale.model.vision import device_for_job, feature_source
 from vlmscale.specs import EvalJob
 
 
-@torch.no_grad()
-def predict(
-    model, tokenizer, samples, features, max_new_tokens: int, device, bf16: bool = False, batch_size: int = 64
-) -> list[str]:
-    """Greedy answers, decoded to text (a one-word vocabulary answers in exactly one token)."""
+@torch.inference_mode()
+def predict(model, tokenizer, samples, features, max_new_tokens: int, device, batch_size: int = 64) -> list[str]:
+    """Greedy answers, decoded to text (a one-word vocabulary answers in exactly one token). The model is
+    already in its evaluation precision (model.cell.load_trained): no autocast."""
     limit = tokenizer.max_new_tokens or max_new_tokens
     answers = []
     for i in range(0, len(samples), batch_size):
         batch = make_batch(samples[i : i + batch_size], tokenizer, model.visual_tokens, features).to(device)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            generated = model.generate(batch, limit, tokenizer.eos_id)
+        generated = model.generate(batch, limit, tokenizer.eos_id)
         answers += [tokenizer.decode(ids) for ids in generated]
     return answers
 
@@ -36,30 +36,98 @@ def references(samples, metric: str) -> list:
     return [list(s.references) if metric == "vqa" else s.answer for s in samples]
 
 
+class EvaluationIncomplete(RuntimeError):
+    """Some benchmarks failed; the others' results are kept (FinishedResults) and a rerun skips them."""
+
+
+class FinishedResults:
+    """Each benchmark's result as it finishes, in eval/.done/{benchmark}.json. Not a declared output:
+    Snakemake deletes a failed job's outputs, and these must survive so a rerun evaluates only what is
+    missing. Each is keyed by the benchmark's spec, the cell's run key, the trained weights on disk, the
+    evaluation settings and the evaluation code, so a stale one is never reused."""
+
+    def __init__(self, job: EvalJob):
+        from vlmscale.identity import fingerprint, run_key
+
+        self.folder, self.job = Path(job.out_dir) / ".done", job
+        final = Path(job.checkpoint) / "final.json"
+        self.common = {
+            "run_key": run_key(job.spec),
+            "weights": final.stat().st_mtime_ns if final.exists() else None,
+            "settings": [job.max_new_tokens, job.max_new_tokens_cap, job.dtype],
+            "code": fingerprint("evaluation.evaluate"),
+        }
+
+    def key(self, bench: dict) -> str:
+        return spec_hash({**self.common, "benchmark": bench})
+
+    def get(self, bench: dict) -> dict | None:
+        path = self.folder / f"{bench['name']}.json"
+        if not path.exists():
+            return None
+        kept = read_json(path)
+        return kept["result"] if kept.get("key") == self.key(bench) else None
+
+    def put(self, bench: dict, result: dict) -> None:
+        write_json(self.folder / f"{bench['name']}.json", {"key": self.key(bench), "result": result})
+
+
 def evaluate_cell(job: EvalJob) -> list[dict]:
-    """Evaluate one trained cell on each of its benchmarks (model and encoder loaded once): the built-in
-    metrics on benchmark folders, lmms-eval on the benchmarks that name a task (vlmscale.evaluation.lmms)."""
+    """Evaluate one trained cell on each of its benchmarks not finished by an earlier run (model and encoder
+    loaded once): the built-in metrics on benchmark folders, lmms-eval on the benchmarks that name a task
+    (vlmscale.evaluation.lmms). A benchmark that fails is reported after the others have run."""
     torch.set_num_threads(job.threads)
+    finished = FinishedResults(job)
+    results = {b["name"]: r for b in job.benchmarks if (r := finished.get(b)) is not None}
+    missing = [b for b in job.benchmarks if b["name"] not in results]
+    if results:
+        print(f"{job.cell}: {len(results)} benchmarks finished earlier; evaluating {len(missing)}", flush=True)
+    failures = run_benchmarks(job, missing, finished, results) if missing else {}
+    if failures:
+        raise EvaluationIncomplete(
+            f"{job.cell}: {len(failures)} of {len(job.benchmarks)} benchmarks failed ("
+            + "; ".join(f"{name}: {why}" for name, why in failures.items())
+            + f"); the others are kept in {finished.folder} and a rerun evaluates only the failed ones"
+        )
+    return [results[b["name"]] for b in job.benchmarks]
+
+
+def run_benchmarks(job: EvalJob, benches: list[dict], finished: FinishedResults, results: dict) -> dict[str, str]:
+    """Evaluate benches, each result kept as it finishes; returns {benchmark: why} for those that failed."""
     manifest = read_json(Path(job.data_root) / "manifest.json")
     image_root = manifest.get("image_root", job.data_root)
     device = device_for_job()
     features, vision = feature_source(job.vision, image_root, device)
     model, tokenizer = load_trained(
-        job.spec, job.checkpoint, manifest["vocabulary"], vision["hidden_size"], vision["patch_grid"]
+        job.spec, job.checkpoint, manifest["vocabulary"], vision["hidden_size"], vision["patch_grid"], job.dtype
     )
     model.to(device)
-    results = {}
-    for bench in job.benchmarks:
+    failures = {}
+    for bench in benches:
         if bench.get("task"):
             continue
-        start = time.time()
-        samples = benchmark_samples(bench["name"], manifest, job.data_root, image_root, features)
-        predictions = predict(model, tokenizer, samples, features, job.max_new_tokens, device, job.settings.bf16)
-        results[bench["name"]] = benchmark_result(job, bench, samples, predictions, time.time() - start)
-    tasks = [b for b in job.benchmarks if b.get("task")]
+        with _kept(bench, finished, results, failures):
+            start = time.time()
+            samples = benchmark_samples(bench["name"], manifest, job.data_root, image_root, features)
+            predictions = predict(model, tokenizer, samples, features, job.max_new_tokens, device)
+            results[bench["name"]] = benchmark_result(job, bench, samples, predictions, time.time() - start)
+    tasks = [b for b in benches if b.get("task")]
     if tasks:
-        results |= task_results(job, tasks, model, tokenizer, device, getattr(features, "encoder", None))
-    return [results[b["name"]] for b in job.benchmarks]
+        cell = (model, tokenizer, device, getattr(features, "encoder", None))
+        task_results(job, tasks, cell, finished, results, failures)
+    return failures
+
+
+@contextlib.contextmanager
+def _kept(bench: dict, finished: FinishedResults, results: dict, failures: dict):
+    """Keep the benchmark's result once it is in `results`; a failure is recorded, not raised (the next
+    benchmark still runs)."""
+    try:
+        yield
+        finished.put(bench, results[bench["name"]])
+    except Exception as exc:  # any failure of one benchmark: the others must still run
+        traceback.print_exc()
+        failures[bench["name"]] = f"{type(exc).__name__}: {exc}"
 
 
 def benchmark_samples(name: str, manifest: dict, data_root: str, image_root: str, features) -> list:
@@ -72,31 +140,32 @@ def benchmark_samples(name: str, manifest: dict, data_root: str, image_root: str
     return samples
 
 
-def task_results(job: EvalJob, benches: list[dict], model, tokenizer, device, encoder=None) -> dict[str, dict]:
-    """The benchmarks that name an lmms-eval task, scored by lmms-eval's task definitions. lmms-eval hands
-    the model images, not files: the encoder runs inside the job (the vision stage's one when it does)."""
+def task_results(job: EvalJob, benches: list[dict], cell: tuple, finished, results: dict, failures: dict) -> None:
+    """The benchmarks that name an lmms-eval task, scored by lmms-eval's task definitions, one at a time.
+    lmms-eval hands the model images, not files: the encoder runs inside the job (the vision stage's one
+    when it does)."""
     from vlmscale.evaluation import lmms
     from vlmscale.model.vision import ImageEncoder
 
+    model, tokenizer, device, encoder = cell
     lmms.require_lmms_eval()
     encoder = encoder or ImageEncoder(read_json(job.vision), Path(job.vision).parent, device)
     lmms.save_job(job, job.out_dir)
-    start = time.time()
-    cell = lmms.LoadedCell(model, tokenizer, encoder, device, job.settings.bf16, job.max_new_tokens)
-    scored = lmms.evaluate_tasks(benches, cell, job.out_dir)
-    seconds = (time.time() - start) / len(benches)
-    results = {}
-    for bench, scores in zip(benches, scored):
-        print(f"{job.cell} {bench['name']}: {scores['metric']} {scores['accuracy']:.4f} over "
-              f"{scores['n_questions']} questions", flush=True)  # fmt: skip
-        results[bench["name"]] = {
-            **result_header(job, bench),
-            **scores,
-            "examples": scores["examples"][:5],
-            "predictions": scores["examples"],
-            "seconds": round(seconds, 2),
-        }
-    return results
+    loaded = lmms.LoadedCell(model, tokenizer, encoder, device, job.max_new_tokens, job.max_new_tokens_cap)
+    runner = lmms.TaskRunner(benches, loaded, job.out_dir)
+    for bench in benches:
+        with _kept(bench, finished, results, failures):
+            start = time.time()
+            scores = runner.run(bench)
+            print(f"{job.cell} {bench['name']}: {scores['metric']} {scores['accuracy']:.4f} over "
+                  f"{scores['n_questions']} questions", flush=True)  # fmt: skip
+            results[bench["name"]] = {
+                **result_header(job, bench),
+                **scores,
+                "examples": scores["examples"][:5],
+                "predictions": scores["examples"],
+                "seconds": round(time.time() - start, 2),
+            }
 
 
 def benchmark_result(job: EvalJob, bench: dict, samples: list, predictions: list[str], seconds: float) -> dict:

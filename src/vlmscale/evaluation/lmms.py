@@ -67,15 +67,15 @@ def _lmms_base():
 
 @dataclass(frozen=True)
 class LoadedCell:
-    """A trained cell ready to answer: its VLM and tokenizer, the image encoder, where it runs, and how it
-    decodes (bf16 autocast, the answer length when a task sets none)."""
+    """A trained cell ready to answer: its VLM (in its evaluation precision) and tokenizer, the image
+    encoder, where it runs, the answer length when a task sets none, and the cap on any task's request."""
 
     model: torch.nn.Module
     tokenizer: object
     encoder: object
     device: torch.device
-    bf16: bool
     max_new_tokens: int
+    max_new_tokens_cap: int = 512
 
 
 class ImageFeatures:
@@ -92,27 +92,38 @@ class CellLMM(_lmms_base()):
     """A trained cell as an lmms-eval model: greedy answers (`generate_until`) and continuation
     log-likelihoods (`loglikelihood`) from its final weights.
 
-    The VLM sees one image: a request with several uses the first (the cell was trained on one image per
-    conversation), one with none a black image of the encoder's size.
+    The VLM sees one image: a request with none (or a task without `doc_to_visual`) gets a black image of
+    the encoder's size; a request with several is refused (the cell was trained on one image per
+    conversation and its prompt would name images it never sees), unless the benchmark says
+    `multi_image: first` (`first_image_tasks`), which answers from the first and is recorded in its JSON.
+    Every request's decode length is bounded by `max_new_tokens_cap`; `decode_caps` counts where it bit.
     """
 
     is_simple = True
 
-    def __init__(self, job=None, batch_size: int | str = 16, cell: LoadedCell | None = None, **_):
+    def __init__(self, job=None, batch_size: int | str | None = 16, cell: LoadedCell | None = None, **_):
         super().__init__()
         # lmms-eval's command line builds it from `--model_args job=<eval/lmms_job.json>`
         cell = cell or load_cell(job_from_json(job))
         self.model, self.tokenizer, self.encoder = cell.model, cell.tokenizer, cell.encoder
-        self.device, self.bf16, self.max_new_tokens = cell.device, cell.bf16, cell.max_new_tokens
-        self.batch_size = int(batch_size)
+        self.device, self.max_new_tokens, self.cap = cell.device, cell.max_new_tokens, cell.max_new_tokens_cap
+        self.batch_size = batch_size_of(batch_size)
+        self.first_image_tasks: set[str] = set()
+        self.decode_caps: dict[str, dict] = {}  # task -> {requested, requests_capped, answers_at_cap}
 
     def _visual(self, request) -> "object":
         _, _, doc_to_visual, doc_id, task, split = request.args[:6]
-        visuals = [v for v in doc_to_visual(self.task_dict[task][split][doc_id]) if v is not None]
+        found = doc_to_visual(self.task_dict[task][split][doc_id]) if doc_to_visual is not None else []
+        visuals = [v for v in found or [] if v is not None]
         if not visuals:
             from PIL import Image
 
             return Image.new("RGB", (self.encoder.size, self.encoder.size))
+        if len(visuals) > 1 and task not in self.first_image_tasks:
+            raise MultiImageRefused(
+                f"task {task}, document {doc_id}: {len(visuals)} images, but a vlmscale cell sees one image per "
+                f"question (V tokens); set the benchmark's multi_image: first to answer from the first image"
+            )
         return visuals[0].convert("RGB")
 
     def _batch(self, requests, answers: list[str]):
@@ -121,7 +132,7 @@ class CellLMM(_lmms_base()):
         features = ImageFeatures(self.encoder, images)
         return make_batch(samples, self.tokenizer, self.model.visual_tokens, features).to(self.device)
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def generate_until(self, requests) -> list[str]:
         answers = {}  # id(request) -> its answer: a batch's settings groups answer out of order
         starts = range(0, len(requests), self.batch_size)
@@ -134,21 +145,30 @@ class CellLMM(_lmms_base()):
 
     def _generate(self, requests) -> list[str]:
         settings = requests[0].args[1] or {}
-        limit = int(settings.get("max_new_tokens") or self.max_new_tokens)
+        asked = int(settings.get("max_new_tokens") or self.max_new_tokens)
+        limit = min(asked, self.cap)
         batch = self._batch(requests, [""] * len(requests))
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-            generated = self.model.generate(batch, limit, self.tokenizer.eos_id)
+        generated = self.model.generate(batch, limit, self.tokenizer.eos_id)
+        self._count_cap(requests[0].args[4], asked, len(requests), generated, limit)
         return [cut_at(self.tokenizer.decode(ids), settings.get("until")) for ids in generated]
 
-    @torch.no_grad()
+    def _count_cap(self, task: str, asked: int, n: int, generated: list[list[int]], limit: int) -> None:
+        """Where the cap bit: requests that asked for more, and answers that ran to the cap unfinished."""
+        counts = self.decode_caps.setdefault(task, {"requested": 0, "requests_capped": 0, "answers_at_cap": 0})
+        counts["requested"] = max(counts["requested"], asked)
+        if asked > limit:
+            counts["requests_capped"] += n
+            eos = self.tokenizer.eos_id
+            counts["answers_at_cap"] += sum(len(ids) >= limit and eos not in ids for ids in generated)
+
+    @torch.inference_mode()
     def loglikelihood(self, requests) -> list[tuple[float, bool]]:
         """log p(continuation | context, image), summed over the continuation's tokens (the chat template's
         end-of-turn after it is not counted), and whether greedy decoding would produce it."""
         results = []
         for request in requests:
             batch = self._batch([request], [self._continuation(request)])
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-                logits, targets = self.model(batch)
+            logits, targets = self.model(batch)
             n = len(targets) - (self.tokenizer.eos_id is not None)
             logprobs = torch.log_softmax(logits[:n].float(), dim=-1)
             total = logprobs.gather(1, targets[:n, None]).sum().item()
@@ -159,8 +179,26 @@ class CellLMM(_lmms_base()):
         target, _, doc_id, task, split = request.args[1:6]
         return target if isinstance(target, str) else target(self.task_dict[task][split][doc_id])
 
+    def clean(self) -> None:
+        """lmms-eval's clean() deletes the model's modules after each evaluation (to free the GPU for a local
+        judge); the evaluation job runs its benchmarks one at a time with the same loaded cell."""
+
     def generate_until_multi_round(self, requests) -> list[str]:
         raise NotImplementedError("vlmscale cells answer single-round requests")
+
+
+class MultiImageRefused(ValueError):
+    """A request hands several images to a cell that sees one."""
+
+
+def batch_size_of(value) -> int:
+    """lmms-eval's `--batch_size`: an int, or "auto"/None (lmms-eval's default of 1 would decode one
+    question at a time): 16, the evaluation stage's own batch."""
+    if value in (None, "auto", ""):
+        return 16
+    if str(value).startswith("auto"):  # lmms-eval's "auto:N" (retries): no memory probe here
+        return 16
+    return int(value)
 
 
 def _context(request) -> str:
@@ -202,9 +240,9 @@ def load_cell(job) -> LoadedCell:
     device = device_for_job()
     encoder = ImageEncoder(summary, Path(job.vision).parent, device)
     model, tokenizer = load_trained(
-        job.spec, job.checkpoint, manifest["vocabulary"], summary["hidden_size"], summary["patch_grid"]
+        job.spec, job.checkpoint, manifest["vocabulary"], summary["hidden_size"], summary["patch_grid"], job.dtype
     )
-    return LoadedCell(model.to(device), tokenizer, encoder, device, job.settings.bf16, job.max_new_tokens)
+    return LoadedCell(model.to(device), tokenizer, encoder, device, job.max_new_tokens, job.max_new_tokens_cap)
 
 
 def save_job(job, out_dir) -> None:
@@ -212,33 +250,87 @@ def save_job(job, out_dir) -> None:
     write_json(Path(out_dir) / "lmms_job.json", dataclasses.asdict(job))
 
 
+class TaskRunner:
+    """lmms-eval over a cell's task benchmarks, one benchmark at a time (its result can be kept before the
+    next one runs: one task's failure loses no other). What lmms-eval writes itself (submission files of
+    the tasks that make one) goes under out_dir/lmms/."""
+
+    def __init__(self, benches: list[dict], cell: LoadedCell, out_dir):
+        from lmms_eval.tasks import TaskManager
+
+        self.tasks = TaskManager("WARNING")  # indexes every task definition lmms-eval ships (~15 s)
+        unknown = [f"{b['name']} (task {b['task']!r})" for b in benches if b["task"] not in self.tasks.all_tasks]
+        if unknown:  # before the model answers anything
+            raise ValueError(f"benchmarks not among lmms-eval's tasks: {', '.join(unknown)} (lmms-eval --tasks list)")
+        self.model, self.out_dir = CellLMM(cell=cell), Path(out_dir)
+
+    def run(self, bench: dict) -> dict:
+        """One benchmark's result (see evaluate.benchmark_result)."""
+        from types import SimpleNamespace
+
+        import lmms_eval.evaluator
+
+        reset_task_state(bench["task"])
+        self.model.decode_caps = {}
+        self.model.first_image_tasks = {bench["task"]} if bench.get("multi_image") == "first" else set()
+        output = lmms_eval.evaluator.simple_evaluate(
+            model=self.model,
+            tasks=[task_config(bench)],
+            task_manager=self.tasks,
+            cli_args=SimpleNamespace(output_path=str(self.out_dir / "lmms"), process_with_media=True),
+            log_samples=True,
+            bootstrap_iters=0,
+            process_docs_parallel=1,
+            verbosity="WARNING",
+        )
+        return task_result(bench, output) | evaluation_notes(bench, self.model)
+
+
 def evaluate_tasks(benches: list[dict], cell: LoadedCell, out_dir) -> list[dict]:
-    """Run lmms-eval on a cell's task benchmarks; one result per benchmark (see evaluate.benchmark_result).
-    What lmms-eval writes itself (submission files of the tasks that make one) goes under out_dir/lmms/."""
-    from types import SimpleNamespace
+    """Run lmms-eval on a cell's task benchmarks; one result per benchmark (see TaskRunner)."""
+    runner = TaskRunner(benches, cell, out_dir)
+    return [runner.run(b) for b in benches]
 
-    import lmms_eval.evaluator
-    from lmms_eval.tasks import TaskManager
 
-    tasks = TaskManager("WARNING")  # indexes every task definition lmms-eval ships (~15 s)
-    unknown = [f"{b['name']} (task {b['task']!r})" for b in benches if b["task"] not in tasks.all_tasks]
-    if unknown:
-        raise ValueError(f"benchmarks not among lmms-eval's tasks: {', '.join(unknown)} (lmms-eval --tasks list)")
-    output = lmms_eval.evaluator.simple_evaluate(
-        model=CellLMM(cell=cell),
-        tasks=[task_config(b) for b in benches],
-        task_manager=tasks,
-        cli_args=SimpleNamespace(output_path=str(Path(out_dir) / "lmms"), process_with_media=True),
-        log_samples=True,
-        bootstrap_iters=0,
-        process_docs_parallel=1,
-        verbosity="WARNING",
-    )
-    return [task_result(b, output) for b in benches]
+def reset_task_state(task: str) -> None:
+    """OCRBench sums its scores into a module-global dictionary: zero it, or a second evaluation in the same
+    process (the next cell, a rerun) would count the first one's points again."""
+    if not task.startswith("ocrbench"):
+        return
+    from lmms_eval.tasks.ocrbench import utils as ocrbench
+
+    for key in ocrbench.OCRBench_score:
+        ocrbench.OCRBench_score[key] = 0
+
+
+def evaluation_notes(bench: dict, model: CellLMM) -> dict:
+    """What the number depends on beyond the model: the decode cap where it bit, the judge, the images."""
+    from vlmscale.choices import needs_judge
+
+    notes = {"decode_cap": {"cap": model.cap, **_merge_caps(model.decode_caps.values())}}
+    if needs_judge(bench["task"]):
+        notes["judge"] = "none: rule-based only" if bench.get("judge") == "none" else "gpt"
+    if bench.get("multi_image") == "first":
+        notes["multi_image"] = "first image only"
+    return notes
+
+
+def _merge_caps(counts) -> dict:
+    merged = {"requested": 0, "requests_capped": 0, "answers_at_cap": 0}
+    for c in counts:
+        merged = {"requested": max(merged["requested"], c["requested"])} | {
+            k: merged[k] + c[k] for k in ("requests_capped", "answers_at_cap")
+        }
+    return merged
+
+
+class ScoreOutOfRange(ValueError):
+    """A task's accuracy (score / score_max) outside [0, 1]."""
 
 
 def task_result(bench: dict, output: dict) -> dict:
-    """The task's metrics as lmms-eval reports them (`metric,filter` keys), and the law's scalar."""
+    """The task's metrics as lmms-eval reports them (`metric,filter` keys), and the law's scalar. An
+    aggregate lmms-eval reports as None (MathVista's at accuracy 0) is scored 0.0 with a warning."""
     metric, top = score_of(bench)
     reported = output["results"].get(bench["task"], {})
     scores = {
@@ -246,26 +338,38 @@ def task_result(bench: dict, output: dict) -> dict:
         for key, value in reported.items()
         if "," in key and "_stderr" not in key and _is_number(value)
     }
+    warnings = []
+    if metric not in scores and any(k.split(",")[0] == metric and v is None for k, v in reported.items()):
+        scores[metric] = 0.0
+        warnings.append(f"lmms-eval reported {metric} as None (its aggregation returns None at accuracy 0); scored 0.0")
     if metric not in scores:
         raise KeyError(
             f"benchmark {bench['name']}: lmms-eval task {bench['task']} reported {sorted(scores)}, not {metric!r}; "
             f"set benchmarks[].score to one of them"
         )
+    accuracy = scores[metric] / top
+    if not 0.0 <= accuracy <= 1.0:
+        raise ScoreOutOfRange(
+            f"benchmark {bench['name']}: {metric} = {scores[metric]} over a maximum of {top} gives accuracy "
+            f"{accuracy:.4g}, outside [0, 1]; set benchmarks[].score_max to the metric's maximum"
+        )
     samples = [s for task in task_names(bench["task"], output) for s in output.get("samples", {}).get(task, [])]
     return {
         "metric": f"lmms-eval:{bench['task']}:{metric}",
-        "accuracy": scores[metric] / top,
+        "accuracy": accuracy,
         "scores": scores,
+        "warnings": warnings,
         "n_questions": len(samples),
-        "examples": [
-            {
-                "doc_id": s.get("doc_id"),
-                "question": s["arguments"][0] if s.get("arguments") else "",  # the prompt lmms-eval built
-                "answer": s.get("target"),
-                "prediction": s["filtered_resps"][0] if s.get("filtered_resps") else None,
-            }
-            for s in samples
-        ],  # fmt: skip
+        "examples": [_example(s) for s in samples],
+    }
+
+
+def _example(sample: dict) -> dict:
+    return {
+        "doc_id": sample.get("doc_id"),
+        "question": sample["arguments"][0] if sample.get("arguments") else "",  # the prompt lmms-eval built
+        "answer": sample.get("target"),
+        "prediction": sample["filtered_resps"][0] if sample.get("filtered_resps") else None,
     }
 
 

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+
+import torch
 
 from vlmscale.data.tokenizer import build_tokenizer
 from vlmscale.identity import run_key
 from vlmscale.model.vlm import VLM, build_llm
 from vlmscale.specs import TrainSettings
-from vlmscale.training.checkpoint import load_final, read_final
+from vlmscale.training.checkpoint import load_weights
 
 
 def build_cell_model(spec: dict, vocabulary: list[str], vision_dim: int, patch_grid: int | None = None):
@@ -30,18 +33,50 @@ class UnreadableCheckpoint(RuntimeError):
     """The trained cell's weights file is missing or cannot be loaded."""
 
 
+EVAL_DTYPES = {"bfloat16": "bfloat16", "bf16": "bfloat16", "float16": "float16", "fp16": "float16",
+               "float32": "float32", "fp32": "float32"}  # fmt: skip
+
+
+def eval_dtype(name: str, saved: str | None):
+    """The precision a cell is evaluated in: evaluation.dtype, or ("auto") the one final/ was saved in,
+    i.e. the precision it was trained in (bf16 when train.bf16)."""
+    chosen = saved if name == "auto" else name
+    if chosen not in EVAL_DTYPES:
+        raise ValueError(f"evaluation.dtype: {chosen!r} is not one of {['auto', *EVAL_DTYPES]}")
+    return getattr(torch, EVAL_DTYPES[chosen])
+
+
 def load_trained(spec: dict, checkpoint: str | Path, vocabulary: list[str], vision_dim: int,
-                 patch_grid: int | None = None):  # fmt: skip
-    """The cell's model from its final/ folder (vlmscale.training.checkpoint), checked against its run key."""
+                 patch_grid: int | None = None, dtype: str = "auto"):  # fmt: skip
+    """The cell's model from its final/ folder alone (vlmscale.training.checkpoint), checked against its run
+    key: the LLM's config and weights come from final/llm (no hub access, no base model loaded first), in
+    the evaluation precision, one copy in host RAM; the adapters are cast to the same precision, so a
+    forward pass needs no autocast (whose cache of bf16 weight copies would double the weights' memory)."""
+    checkpoint = Path(checkpoint)
     try:
-        meta, weights = read_final(checkpoint)
+        meta = json.loads((checkpoint / "final.json").read_text())
+        if meta.get("run_key") != run_key(spec):
+            raise StaleCheckpoint(f"{checkpoint} was trained for another spec of {spec['cell']}; retrain the cell")
+        model = _from_final(spec, checkpoint, vision_dim, patch_grid, eval_dtype(dtype, meta.get("dtype")))
+    except (StaleCheckpoint, ValueError):
+        raise
     except Exception as exc:  # a missing, torn or foreign folder raises one of several types
         raise UnreadableCheckpoint(
             f"{spec['cell']}: cannot read its trained weights {checkpoint} ({type(exc).__name__}: {exc}); "
             f"delete the cell's train.json and rerun the workflow to retrain it"
         ) from None
-    if meta.get("run_key") != run_key(spec):
-        raise StaleCheckpoint(f"{checkpoint} was trained for another spec of {spec['cell']}; retrain the cell")
-    model, tokenizer = build_cell_model(spec, vocabulary, vision_dim, patch_grid)
-    load_final(model, weights)
-    return model.eval(), tokenizer
+    return model, build_tokenizer(spec["llm"], vocabulary)
+
+
+def _from_final(spec: dict, checkpoint: Path, vision_dim: int, patch_grid: int | None, dtype) -> VLM:
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    if not list((checkpoint / "llm").glob("*.safetensors")):
+        raise FileNotFoundError(f"{checkpoint / 'llm'} holds no safetensors")
+    llm = AutoModelForCausalLM.from_pretrained(checkpoint / "llm", dtype=dtype, local_files_only=True)
+    model = VLM(llm, vision_dim, spec["visual_tokens"], spec["compressor"], patch_grid)
+    load_weights(model, load_file(str(checkpoint / "adapters.safetensors")))
+    return model.to(dtype).requires_grad_(False).eval()

@@ -198,6 +198,8 @@ class CellPlan:
     checkpoint_peak_gb: float  # last.pt while stage 2 trains
     memory_limit_gb: float | None
     advice: str  # empty when the cell fits (or no GPU is declared)
+    eval_gb: float = 0.0  # GB per GPU to evaluate it (one GPU: evaluation_gb)
+    eval_gpu_hours: float = 0.0
 
     @property
     def gpu_hours(self) -> float:
@@ -210,6 +212,52 @@ class CellPlan:
     @property
     def fits(self) -> bool:
         return self.memory_limit_gb is None or self.peak_memory_gb <= self.memory_limit_gb
+
+
+# --------------------------------------------------------------------------- evaluation
+
+EVAL_BATCH = 16  # requests decoded together (vlmscale.evaluation.lmms.CellLMM's batch)
+EVAL_PROMPT_TOKENS = 512  # a benchmark prompt's text tokens, generously (ScienceQA's hint + lecture, MMMU)
+DTYPE_BYTES = {"bfloat16": 2, "float16": 2, "float32": 4}
+
+
+def evaluation_bytes(params: int, layers: int, kv_width: int, batch: int, tokens: int, dtype_bytes: int) -> float:
+    """An evaluation process's model bytes: the weights once in the evaluation precision (no autocast
+    copies, no optimizer) and the KV cache of a batch decoded to `tokens` positions (prompt + V + the decode
+    cap): keys and values, every layer, kv_width = key/value heads x head size (hidden for Qwen-1.5)."""
+    return dtype_bytes * (params + 2 * layers * kv_width * batch * tokens)
+
+
+def eval_precision(cfg: dict, bf16: bool) -> str:
+    chosen = cfg.get("evaluation", {}).get("dtype", "auto")
+    return ("bfloat16" if bf16 else "float32") if chosen == "auto" else chosen
+
+
+def evaluation_gb(cfg: dict, cell: dict, total_params: int) -> float:
+    """GB per GPU to evaluate the cell: evaluation_bytes at EVAL_BATCH, V and the decode cap, plus the
+    vision encoder in fp32 beside it."""
+    shape = cell["shape"]
+    cap = cfg.get("evaluation", {}).get("max_new_tokens_cap", 512)
+    dtype_bytes = DTYPE_BYTES[eval_precision(cfg, cell["settings"].bf16)]
+    tokens = EVAL_PROMPT_TOKENS + cell["V"] + cap
+    model = evaluation_bytes(total_params, shape.layers, shape.hidden, EVAL_BATCH, tokens, dtype_bytes)
+    return (model + 4 * cell["encoder"][0]) / GB
+
+
+def evaluation_gpu_hours(cfg: dict, llm_params: int, visual_tokens: int, gpu: "GPU | None") -> float:
+    """One cell's evaluation: every benchmark's questions (choices.TASK_QUESTIONS; a benchmark folder's
+    size is unknown before the data exists and counts none) x 2·N·(prompt + V + answer tokens), each answer
+    decoded to its task's length up to the cap (an upper bound on tokens), at plan.mfu."""
+    if gpu is None:
+        return 0.0
+    evaluation = cfg.get("evaluation", {})
+    cap, default = evaluation.get("max_new_tokens_cap", 512), evaluation.get("max_new_tokens", 16)
+    flops = 0.0
+    for bench in cfg["benchmarks"]:
+        task = bench.get("task", "")
+        decode = min(cap, next((n for k, n in choices.TASK_MAX_NEW_TOKENS.items() if task.startswith(k)), default))
+        flops += choices.TASK_QUESTIONS.get(task, 0) * 2 * llm_params * (EVAL_PROMPT_TOKENS + visual_tokens + decode)
+    return flops / (cfg["plan"]["mfu"] * gpu.peak_flops) / 3600
 
 
 # --------------------------------------------------------------------------- the grid
@@ -307,7 +355,8 @@ def plan_cell(
     checkpoint = ((2 if cell["settings"].bf16 else 4) * shape.params + 4 * adapter) / GB
     peak = training_checkpoint_bytes(cell, total, stages[-1].trained_params) / GB
     plan = CellPlan(Cell(llm, visual_tokens).architecture_id, shape.params, total, cell["world"], stages, checkpoint,
-                    peak, limit, "")  # fmt: skip
+                    peak, limit, "", evaluation_gb(cfg, cell, total),
+                    evaluation_gpu_hours(cfg, shape.params, visual_tokens, gpu))  # fmt: skip
     return plan if plan.fits else _with_advice(cfg, plan, cell)
 
 
@@ -391,18 +440,19 @@ def _number(x: float) -> str:
 
 def table(cfg: dict, plans: list[CellPlan | str]) -> str:
     gpu = gpu_of(cfg)
-    header = ("cell", "GPUs", "params", "trained s1/s2", "tokens s1/s2", "train FLOPs", "GPU-h", "GB/GPU s1/s2", "")
+    header = ("cell", "GPUs", "params", "trained s1/s2", "tokens s1/s2", "train FLOPs", "GPU-h", "GB/GPU s1/s2",
+              "eval GB/GPU", "")  # fmt: skip
     rows = [header]
     for p in plans:
         if isinstance(p, str):
-            rows.append((p, "", "", "", "", "", "", "", ""))
+            rows.append((p, "", "", "", "", "", "", "", "", ""))
             continue
         s1, s2 = p.stages
         mem = f"{s1.memory_gb:.1f}/{s2.memory_gb:.1f}"
         rows.append((p.cell, str(p.gpus), _number(p.total_params),
                      f"{_number(s1.trained_params)}/{_number(s2.trained_params)}",
                      f"{_number(s1.tokens)}/{_number(s2.tokens)}", f"{sum(s.flops for s in p.stages):.3g}",
-                     f"{p.gpu_hours:.1f}", mem, _verdict(p, gpu)))  # fmt: skip
+                     f"{p.gpu_hours:.1f}", mem, f"{p.eval_gb:.1f}", _verdict(p, gpu)))  # fmt: skip
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
     return "\n".join(lines + _summary(cfg, [p for p in plans if isinstance(p, CellPlan)], gpu))
@@ -423,6 +473,9 @@ def _summary(cfg: dict, plans: list[CellPlan], gpu: GPU | None) -> list[str]:
     lines = ["", f"{len(plans)} cells x {seeds} seed(s) on {where}:",
              f"  training GPU-hours {hours:,.0f}; checkpoints kept {disk:,.0f} GB (final/ per cell), plus up to "
              f"{peak:,.0f} GB per cell while its stage 2 trains (its mid-stage checkpoint)"]  # fmt: skip
+    evaluation = seeds * sum(p.eval_gpu_hours for p in plans)
+    lines.append(f"  evaluation GPU-hours {evaluation:,.0f} (one GPU per cell; README: Planning a grid); evaluation "
+                 f"needs up to {max((p.eval_gb for p in plans), default=0.0):.1f} GB per GPU")  # fmt: skip
     lines += [f"  {p.cell}: {p.advice}" for p in plans if not p.fits]
     return lines
 
