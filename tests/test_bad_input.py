@@ -233,7 +233,9 @@ def test_unreadable_trained_weights_name_the_cell(tmp_path, small_data, small_vi
 
     spec = cell_cfg(small_data, small_vision, tmp_path).spec
     (tmp_path / "final").mkdir()
-    (tmp_path / "final/final.json").write_text("{}")
+    from vlmscale.identity import run_key
+
+    (tmp_path / "final/final.json").write_text(json.dumps({"run_key": run_key(spec)}))  # this cell's, but torn
     (tmp_path / "final/adapters.safetensors").write_bytes(b"torn")
     (tmp_path / "train.json").write_text(json.dumps({"checkpoint": str(tmp_path / "final")}))
     eval_spec = json.dumps(

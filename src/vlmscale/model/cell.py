@@ -57,7 +57,8 @@ def load_trained(spec: dict, checkpoint: str | Path, vocabulary: list[str], visi
         meta = json.loads((checkpoint / "final.json").read_text())
         if meta.get("run_key") != run_key(spec):
             raise StaleCheckpoint(f"{checkpoint} was trained for another spec of {spec['cell']}; retrain the cell")
-        model = _from_final(spec, checkpoint, vision_dim, patch_grid, eval_dtype(dtype, meta.get("dtype")))
+        saved = meta["dtype"]  # what training saved (missing: not a final/ folder vlmscale wrote)
+        model = _from_final(spec, checkpoint, vision_dim, patch_grid, eval_dtype(dtype, saved))
     except (StaleCheckpoint, ValueError):
         raise
     except Exception as exc:  # a missing, torn or foreign folder raises one of several types
