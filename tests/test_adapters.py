@@ -47,7 +47,7 @@ def test_tokenpacker_init_is_the_references():
     """trunc_normal(.02) on every Linear (out_proj too), zero biases, LayerNorm 1/0; in_proj stays xavier.
     (trunc_normal_'s default cut is at +-2 absolute, i.e. 100 std: in effect a plain normal(0, .02).)"""
     torch.manual_seed(0)
-    m = adapter("tokenpacker", 4)
+    m = adapter("tokenpacker", 4).requires_grad_(False)
     for w in (m.q_proj_1.weight, m.k_proj_1[0].weight, m.clip_attn.out_proj.weight, m.mlp[2].weight):
         assert 0.019 < float(w.std()) < 0.021 and abs(float(w.mean())) < 0.002
     assert float(m.k_proj_1[0].bias.abs().max()) == 0.0 and float(m.clip_attn.out_proj.bias.abs().max()) == 0.0

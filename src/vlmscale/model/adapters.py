@@ -190,6 +190,13 @@ class AvgPoolAdapter(nn.Module):
         return self.projector(torch.cat([tokens, pos], dim=-1))
 
 
+def projector_of(adapter: nn.Module) -> nn.Module:
+    """The adapter's final mlp2x_gelu (to the LLM width): what FLOP accounting calls the projector."""
+    if isinstance(adapter, QueCCAdapter):
+        return nn.Sequential(*list(adapter)[1:])
+    return adapter.mlp if isinstance(adapter, TokenPacker) else adapter.projector
+
+
 MULTI_LEVEL = frozenset({"tokenpacker", "quecc"})  # the adapters that read the multi-level features
 assert set(choices.COMPRESSORS) == {"avgpool", *MULTI_LEVEL}, "vlmscale.choices.COMPRESSORS lists the adapters"
 

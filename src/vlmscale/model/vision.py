@@ -6,6 +6,12 @@
   `from_pretrained`, its features taken from `vision.feature_layer` (LLaVA's: the second-to-last layer),
   CLS token dropped, images prepared by the model's own image processor.
 
+A row's features are one tensor: the single-level features (B, P, D), then, when the grid's adapter
+reads them (tokenpacker, quecc), the multi-level concatenation of `multi_level_layers` hidden states
+(B, P, L*D), CLS dropped (the references' `feature_select`). The tiny tower's single level is its final
+output (after its last LayerNorm: what it was pretrained to label patches from; its layer -2 would be a
+one-block feature); its multi-level layers default to every block's output, 1..num_layers.
+
 `vision.cache: true` runs the encoder once over every image here and stores the features (a grid of
 cells then never runs the encoder again); `false` records the encoder only, and each training or
 evaluation job runs it on its batches (LLaVA-558K at 576 x 1024 features per image would be ~660 GB).
@@ -116,6 +122,7 @@ class ImageEncoder:
             self.model = CLIPVisionModel.from_pretrained(spec["source"], dtype=self.dtype)
             self.processor = AutoImageProcessor.from_pretrained(spec["source"])
             self.layer, self.size = spec["feature_layer"], self.model.config.image_size
+        self.multi = list(spec.get("multi_level_layers") or [])
         self.model.to(self.device).eval().requires_grad_(False)
 
     def __call__(self, paths: list[str]) -> torch.Tensor:
@@ -125,13 +132,15 @@ class ImageEncoder:
 
     @torch.no_grad()
     def encode(self, images: list) -> torch.Tensor:
-        """(B, P, D) patch features of RGB PIL images."""
+        """(B, P, D * (1 + L)) features of RGB PIL images: single level, then the L multi-level layers."""
         if self.processor is None:
-            pixels = torch.stack([pixels_of(img, self.size) for img in images])
-            return patch_features(self.model, pixels.to(self.device)).float()
-        pixels = self.processor(images=images, return_tensors="pt")["pixel_values"].to(self.device, self.dtype)
-        hidden = self.model(pixel_values=pixels, output_hidden_states=True).hidden_states[self.layer]
-        return hidden[:, 1:].float()
+            pixels = torch.stack([pixels_of(img, self.size) for img in images]).to(self.device)
+        else:
+            pixels = self.processor(images=images, return_tensors="pt")["pixel_values"].to(self.device, self.dtype)
+        out = self.model(pixel_values=pixels, output_hidden_states=True)
+        single = out.last_hidden_state if self.layer is None else out.hidden_states[self.layer]
+        levels = [out.hidden_states[i] for i in self.multi]
+        return torch.cat([single, *levels], dim=-1)[:, 1:].float()  # CLS dropped
 
 
 def pixels_of(img, size: int) -> torch.Tensor:
@@ -193,6 +202,9 @@ def check_pretrained(spec: dict) -> dict:
     layers = config.num_hidden_layers
     if not -layers <= spec["feature_layer"] <= layers:
         raise ValueError(f"vision.feature_layer: {spec['feature_layer']} is outside the encoder's {layers} layers")
+    bad = [x for x in spec.get("multi_level_layers") or [] if not -(layers + 1) <= x <= layers]
+    if bad:
+        raise ValueError(f"vision.multi_level_layers: {bad} outside the encoder's hidden states 0..{layers}")
     return {"hidden_size": config.hidden_size, "num_layers": layers}
 
 
