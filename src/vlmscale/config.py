@@ -72,7 +72,18 @@ def position_features(cfg: dict) -> bool:
     return bool(cfg.get("position_features")) and cfg["compressor"] == "avgpool"
 
 
+def _check_stage_lengths(cfg: dict) -> None:
+    """Each training stage says how long it trains: steps, or epochs over its data (not both)."""
+    for model in cfg["llms"]:
+        train = deep_merge(cfg["train"], model.get("train", {}))
+        for stage in ("stage1", "stage2"):
+            given = [k for k in ("steps", "epochs") if k in train.get(stage, {})]
+            if len(given) != 1:
+                raise ConfigError(f"train.{stage}: give steps or epochs, one of them ({model['name']} has {given})")
+
+
 def _check_adapter(cfg: dict) -> None:
+    _check_stage_lengths(cfg)
     vision = cfg["vision"]
     if vision["source"] == "tiny":  # a pretrained encoder's depth is checked when the vision stage reads it
         n = vision["num_layers"]

@@ -105,6 +105,38 @@ def pretrained_on_patch_labels(spec: dict, root: Path):
     return names, labeller.tower, held_out
 
 
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # the tiny tower has no processor: CLIP's mean pads it
+
+
+def expand2square(img, background: tuple[int, ...]):
+    """LLaVA's expand2square (llava/mm_utils.py): the image pasted centred on a square of `background`
+    (offset (w - h) // 2, floored), so a non-square image keeps its edges instead of being centre-cropped."""
+    from PIL import Image
+
+    width, height = img.size
+    if width == height:
+        return img
+    side = max(width, height)
+    result = Image.new(img.mode, (side, side), background)
+    result.paste(img, (0, (width - height) // 2) if width > height else ((height - width) // 2, 0))
+    return result
+
+
+def pad_colour(image_mean) -> tuple[int, ...]:
+    """LLaVA's background: tuple(int(x * 255) for x in processor.image_mean), truncated, not rounded."""
+    return tuple(int(x * 255) for x in image_mean)
+
+
+def prepare(images: list, aspect: str, image_mean) -> list:
+    """LLaVA's image_aspect_ratio: 'pad' squares each image with the processor's mean colour first;
+    'square' leaves it to the processor (CLIP's resizes the short side and centre-crops)."""
+    if aspect not in ("square", "pad"):
+        raise ValueError(f"image_aspect_ratio: {aspect!r} is not one of ['square', 'pad']")
+    if aspect == "square":
+        return images
+    return [expand2square(img, pad_colour(image_mean)) for img in images]
+
+
 class ImageEncoder:
     """The frozen encoder as the cells see it: image files in, (B, P, D) patch features out."""
 
@@ -125,14 +157,15 @@ class ImageEncoder:
         self.multi = list(spec.get("multi_level_layers") or [])
         self.model.to(self.device).eval().requires_grad_(False)
 
-    def __call__(self, paths: list[str]) -> torch.Tensor:
+    def __call__(self, paths: list[str], aspect: str = "pad") -> torch.Tensor:
         from PIL import Image
 
-        return self.encode([Image.open(p).convert("RGB") for p in paths])
+        return self.encode([Image.open(p).convert("RGB") for p in paths], aspect)
 
     @torch.no_grad()
-    def encode(self, images: list) -> torch.Tensor:
+    def encode(self, images: list, aspect: str = "pad") -> torch.Tensor:
         """(B, P, D * (1 + L)) features of RGB PIL images: single level, then the L multi-level layers."""
+        images = prepare(images, aspect, self.processor.image_mean if self.processor is not None else CLIP_MEAN)
         if self.processor is None:
             pixels = torch.stack([pixels_of(img, self.size) for img in images]).to(self.device)
         else:
@@ -161,6 +194,9 @@ class CachedFeatures:
     def missing(self, paths) -> list[str]:
         return sorted({p for p in paths if p not in self.rows})
 
+    def with_aspect(self, aspect: str) -> "CachedFeatures":
+        return self  # encoded once, padded (vision stage): equal to 'square' for the square synthetic images
+
     def __call__(self, paths: list[str]) -> torch.Tensor:
         return self.features[torch.tensor([self.rows[p] for p in paths])].float()
 
@@ -168,14 +204,17 @@ class CachedFeatures:
 class OnlineFeatures:
     """The encoder run on each batch inside the job (nothing cached); a missing image is found up front."""
 
-    def __init__(self, encoder: ImageEncoder):
-        self.encoder = encoder
+    def __init__(self, encoder: ImageEncoder, aspect: str = "pad"):
+        self.encoder, self.aspect = encoder, aspect
 
     def missing(self, paths) -> list[str]:
         return sorted({p for p in paths if not os.path.isfile(p)})
 
+    def with_aspect(self, aspect: str) -> "OnlineFeatures":
+        return OnlineFeatures(self.encoder, aspect)
+
     def __call__(self, paths: list[str]) -> torch.Tensor:
-        return self.encoder(paths)  # stays on the job's device
+        return self.encoder(paths, self.aspect)  # stays on the job's device
 
 
 def feature_source(summary_path: str | Path, image_root: str, device="cpu"):

@@ -249,6 +249,14 @@ def stage_precision(bf16: bool, zero_stage: int | None, world: int) -> str:
     return "bf16" if bf16 and (zero_stage is not None or world > 1) else "fp32"
 
 
+LLAVA_RECORDS = {"stage1": 558_128, "stage2": 665_298}  # LLaVA-Pretrain-558K, llava_v1_5_mix665k.json
+
+
+def records(cfg: dict) -> dict[str, int]:
+    """Records per stage, for stages given in epochs: plan.records, else LLaVA's two sets' sizes."""
+    return {**LLAVA_RECORDS, **(cfg["plan"].get("records") or {})}
+
+
 def stage_plan(cfg: dict, cell: dict, stage_index: int) -> StagePlan:
     """One training stage of one cell (`cell`: the shapes and counts plan_cell gathered)."""
     stage = cell["settings"].stages[stage_index]
@@ -301,7 +309,7 @@ def plan_cell(
     adapter = adapter_params(cfg["compressor"], encoder[1], shape.hidden, visual_tokens, patch_grid(cfg),
                              len(multi_level_layers(cfg)), bool(cfg.get("position_features")))  # fmt: skip
     cell = {"shape": shape, "encoder": encoder, "adapter": adapter, "V": visual_tokens, "world": world_size(cfg, llm),
-            "settings": TrainSettings.from_spec(cell_spec(cfg, llm, visual_tokens)["train"]),
+            "settings": TrainSettings.from_spec(cell_spec(cfg, llm, visual_tokens)["train"]).for_data(records(cfg)),
             "tokens": tokens or text_tokens(cfg)}  # fmt: skip
     stages = tuple(stage_plan(cfg, cell, i) for i in range(len(STAGES)))
     gpu = gpu_of(cfg)
