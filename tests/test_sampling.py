@@ -49,3 +49,23 @@ def test_one_epoch_on_40_records_sees_every_record_exactly_once(small_data, smal
     train.train_cell(cell_cfg(small_data, small_vision, tmp_path, stage1=one_epoch, stage2=one_epoch), log=print)
     for stage in ("stage1", "stage2"):  # 40 draws, 40 distinct records: each exactly once
         assert len(seen[stage]) == 40 and set(seen[stage].values()) == {1}, stage
+
+
+MAX = 9  # the longest rows here are 10 tokens (V = 4 included): they are cut, the others not
+
+
+def test_train_max_length_cuts_sequences_and_counts_the_rows(small_data, small_vision, tmp_path, monkeypatch):
+    lengths = []
+    original = batching.make_batch
+
+    def recording(*args, **kwargs):
+        batch = original(*args, **kwargs)
+        lengths.append((batch.input_ids.shape[1], batch.truncated))
+        return batch
+
+    monkeypatch.setattr(batching, "make_batch", recording)
+    job = cell_cfg(small_data, small_vision, tmp_path, max_length=MAX, stage1={"steps": 2, "lr": 1e-3},
+                   stage2={"steps": 2, "lr": 1e-3})  # fmt: skip
+    result = train.train_cell(job, log=lambda m: None)
+    assert max(width for width, _ in lengths) == MAX and sum(cut for _, cut in lengths) > 0
+    assert sum(result["truncated_rows_by_stage"].values()) == sum(cut for _, cut in lengths)

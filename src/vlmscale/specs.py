@@ -64,6 +64,7 @@ class TrainSettings:
     checkpoint_every: int = 500
     bf16: bool = False
     gradient_checkpointing: bool = False
+    max_length: int | None = None  # LLaVA's model_max_length; None: the LLM's max_position_embeddings
 
     @classmethod
     def from_spec(cls, train: dict) -> "TrainSettings":
@@ -84,7 +85,7 @@ class TrainSettings:
         )
         optional = {
             k: train[k]
-            for k in ("weight_decay", "log_every", "checkpoint_every", "bf16", "gradient_checkpointing")
+            for k in ("weight_decay", "log_every", "checkpoint_every", "bf16", "gradient_checkpointing", "max_length")
             if k in train
         }
         return cls(seed=train.get("seed", 0), warmup_frac=train["warmup_frac"], stages=stages, **optional)
