@@ -8,6 +8,7 @@ from conftest import SMALL_VISION
 
 from vlmscale.analysis import cost, flops
 from vlmscale.data import batching
+from vlmscale.model import build_adapter
 from vlmscale.model import cell as cell_model
 from vlmscale.model import vlm as model
 from vlmscale.training import trainer as train
@@ -23,22 +24,28 @@ LLM = {
 }
 
 
+def avgpool(v: int, grid: int | None = 8):
+    return build_adapter("avgpool", visual_tokens=v, vision_dim=16, lm_dim=8, patch_grid=grid)
+
+
 @pytest.mark.parametrize("v", [k * k for k in range(1, 9)])  # every k x k pooling of an 8x8 grid
 def test_avgpool_makes_exactly_v_tokens(v):
     feats = torch.randn(3, 64, 16)
-    out = model.AvgPoolCompressor(v)(feats)
-    assert out.shape == (3, v, 16)
+    adapter = avgpool(v)
+    pooled = []
+    adapter.projector.register_forward_hook(lambda m, args, out: pooled.append(args[0]))
+    assert adapter(feats).shape == (3, v, 8)
     if v == 64:
-        assert torch.allclose(out, feats)
+        assert torch.allclose(pooled[0], feats)
     if v == 1:
-        assert torch.allclose(out[:, 0], feats.mean(1), atol=1e-6)
+        assert torch.allclose(pooled[0][:, 0], feats.mean(1), atol=1e-6)
 
 
 def test_non_square_or_too_many_tokens_are_refused():
     with pytest.raises(ValueError, match="square"):
-        model.AvgPoolCompressor(5)
-    with pytest.raises(ValueError, match="cannot make"):
-        model.AvgPoolCompressor(81)(torch.randn(1, 64, 4))
+        avgpool(5)
+    with pytest.raises(ValueError, match="grid.visual_tokens"):
+        avgpool(81)
 
 
 def word_batch(vlm, questions, answers, features):

@@ -144,7 +144,8 @@ def tiny_paper_config(root: Path) -> dict:
     cfg = yaml.safe_load((REPO / "configs/paper.yaml").read_text())
     cfg["grid"] = {"name": "paper-tiny", "visual_tokens": [1, 4, 36]}  # what tokenpacker makes from 6 x 6 patches
     cfg["results"] = "results"
-    cfg["vision"].update(source=str(root / "models/clip"), image_size=24, patch_size=4)
+    # four levels as CLIP-L's 12, 16, 22, 23 (4 x D channels), from the tiny CLIP's hidden states 0..2
+    cfg["vision"].update(source=str(root / "models/clip"), image_size=24, patch_size=4, multi_level_layers=[0, 1, 1, 2])
     cfg["train"].update(
         batch_size=8,
         micro_batch_size=4,  # two micro-batches per step: gradient accumulation on the real path

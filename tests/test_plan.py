@@ -13,7 +13,7 @@ import yaml
 from test_bad_input import REPO, default_config, run, snakemake_dry_run
 
 from vlmscale import config as vcfg
-from vlmscale.model import vlm as model
+from vlmscale.model import build_adapter
 from vlmscale.orchestration import plan
 from vlmscale.specs import GRADIENT_BUCKET
 
@@ -34,14 +34,15 @@ def test_llm_parameters_from_the_shape_match_the_published_sizes(name):
     assert shape.params == pytest.approx(QWEN[name]["published_params"], rel=0.01)
 
 
-@pytest.mark.parametrize("compressor", ["avgpool", "tokenpacker", "quecc"])
+@pytest.mark.parametrize("compressor, positions", [("avgpool", True), ("avgpool", False), ("tokenpacker", False),
+                                                   ("quecc", False)])  # fmt: skip
 @pytest.mark.parametrize("visual_tokens", [1, 4, 16])
-def test_adapter_parameters_match_the_modules(compressor, visual_tokens):
-    vision_dim, text_dim, grid = 24, 40, 8
-    built = model.build_compressor(compressor, visual_tokens, vision_dim, grid, text_dim)
-    projector = model.Projector(vision_dim, text_dim, model.token_positions(2).shape[-1])
-    counted = sum(p.numel() for m in (built, projector) for p in m.parameters())
-    assert plan.adapter_params(compressor, vision_dim, text_dim, visual_tokens, grid) == counted
+def test_adapter_parameters_match_the_modules(compressor, positions, visual_tokens):
+    vision_dim, text_dim, grid, levels = 24, 40, 8, 3
+    built = build_adapter(compressor, visual_tokens=visual_tokens, vision_dim=vision_dim, lm_dim=text_dim,
+                          text_dim=text_dim, patch_grid=grid, levels=levels, position_features=positions)  # fmt: skip
+    counted = sum(p.numel() for p in built.parameters())
+    assert plan.adapter_params(compressor, vision_dim, text_dim, visual_tokens, grid, levels, positions) == counted
 
 
 @pytest.mark.parametrize("name", ["Qwen1.5-0.5B", "Qwen1.5-7B", "Qwen1.5-14B"])

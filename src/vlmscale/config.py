@@ -51,6 +51,47 @@ def patch_grid(cfg: dict) -> int:
     return cfg["vision"]["image_size"] // cfg["vision"]["patch_size"]
 
 
+CLIP_MULTI_LEVEL_LAYERS = (12, 16, 22, 23)  # both references' feature_select layers for CLIP-L
+
+
+def multi_level_layers(cfg: dict) -> list[int]:
+    """The encoder hidden_states the multi-level features concatenate; [] when the adapter reads the single
+    level only (avgpool). Unset: the references' layers for CLIP, every block's output for the tiny tower."""
+    if cfg["compressor"] == "avgpool":
+        return []
+    vision = cfg["vision"]
+    if vision.get("multi_level_layers"):
+        return [int(x) for x in vision["multi_level_layers"]]
+    if vision["source"] == "tiny":
+        return list(range(1, vision["num_layers"] + 1))
+    return list(CLIP_MULTI_LEVEL_LAYERS)
+
+
+def position_features(cfg: dict) -> bool:
+    """avgpool's optional position features; tokenpacker and quecc are built as their references (none)."""
+    return bool(cfg.get("position_features")) and cfg["compressor"] == "avgpool"
+
+
+def _check_stage_lengths(cfg: dict) -> None:
+    """Each training stage says how long it trains: steps, or epochs over its data (not both)."""
+    for model in cfg["llms"]:
+        train = deep_merge(cfg["train"], model.get("train", {}))
+        for stage in ("stage1", "stage2"):
+            given = [k for k in ("steps", "epochs") if k in train.get(stage, {})]
+            if len(given) != 1:
+                raise ConfigError(f"train.{stage}: give steps or epochs, one of them ({model['name']} has {given})")
+
+
+def _check_adapter(cfg: dict) -> None:
+    _check_stage_lengths(cfg)
+    vision = cfg["vision"]
+    if vision["source"] == "tiny":  # a pretrained encoder's depth is checked when the vision stage reads it
+        n = vision["num_layers"]
+        bad = [x for x in multi_level_layers(cfg) if not -(n + 1) <= x <= n]
+        if bad:
+            raise ConfigError(f"vision.multi_level_layers: {bad} outside the tiny tower's hidden states 0..{n}")
+
+
 def producible_token_counts(cfg: dict) -> list[int]:
     """avgpool pools to any k x k <= the grid; tokenpacker and quecc need k to divide the grid (equal regions)."""
     side = patch_grid(cfg)
@@ -66,6 +107,7 @@ def check(cfg: dict, data: bool = True) -> dict:
     _check_unique([b["name"] for b in cfg["benchmarks"]], "benchmarks[].name")
     _check_unique(cfg["grid"]["visual_tokens"], "grid.visual_tokens")
     _check_choices(cfg)
+    _check_adapter(cfg)
     vision = cfg["vision"]
     if vision["image_size"] % vision["patch_size"]:
         raise ConfigError(
@@ -310,7 +352,12 @@ def data_spec(cfg: dict) -> dict:
 
 
 def vision_spec(cfg: dict) -> dict:
-    return {**cfg["vision"], "data": spec_hash(data_spec(cfg))}
+    """The vision stage's settings; the multi-level layers resolved, and only when an adapter reads them
+    (an avgpool grid's tower does not change with them)."""
+    vision = {k: v for k, v in cfg["vision"].items() if k != "multi_level_layers"}
+    if multi_level_layers(cfg):
+        vision["multi_level_layers"] = multi_level_layers(cfg)
+    return {**vision, "data": spec_hash(data_spec(cfg))}
 
 
 def launch_resources(cfg: dict, llm: str | None = None, single_task: bool = False) -> dict:
@@ -348,6 +395,8 @@ def cell_spec(cfg: dict, llm: str, visual_tokens: int, seed: int | None = None) 
         "llm": arch,
         "visual_tokens": int(visual_tokens),
         "compressor": cfg["compressor"],
+        "multi_level_layers": multi_level_layers(cfg),
+        "position_features": position_features(cfg),
         "train": train,
         "upstream": {"data": spec_hash(data_spec(cfg)), "vision": spec_hash(vision_spec(cfg))},
     }
@@ -367,7 +416,7 @@ def architecture_spec(cfg: dict, llm: str, visual_tokens: int) -> dict:
     spec = cell_spec(cfg, llm, visual_tokens)
     return {
         "cell": Cell(llm, int(visual_tokens)).architecture_id,
-        **{k: spec[k] for k in ("llm", "visual_tokens", "compressor")},
+        **{k: spec[k] for k in ("llm", "visual_tokens", "compressor", "multi_level_layers", "position_features")},
     }
 
 

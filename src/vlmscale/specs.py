@@ -10,9 +10,11 @@ top-level value when the two are merged.)
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 STAGES = ("stage1", "stage2")  # stage 1: compressor + projector, LLM frozen; stage 2: projector + LLM
+# LLaVA-1.5's image_aspect_ratio: pretraining leaves it at its default (the processor alone), fine-tuning pads
+DEFAULT_ASPECT = {"stage1": "square", "stage2": "pad"}
 
 # DeepSpeed's gradient bucket, in elements. ZeRO-3 allocates it whole on every GPU (the plan counts it):
 # DeepSpeed's default, 5e8, is 1 GB in bf16; Hugging Face's "auto" for LLaVA's scripts, hidden_size²,
@@ -29,6 +31,8 @@ class StageSettings:
     batch_size: int  # global batch of one optimizer step: the stage's own, else train.batch_size
     zero_stage: int | None  # DeepSpeed ZeRO stage; None: plain PyTorch in one process
     micro_batch_size: int | None = None  # per process and forward pass; None: the process's whole share
+    image_aspect_ratio: str = "pad"  # square | pad (vlmscale.model.vision.expand2square first)
+    epochs: float | None = None  # set: `steps` is derived from the data (TrainSettings.for_data)
 
     def accumulation(self, world: int) -> int:
         """Micro-batches per optimizer step and process: batch_size / (micro_batch_size x world)."""
@@ -60,6 +64,7 @@ class TrainSettings:
     checkpoint_every: int = 500
     bf16: bool = False
     gradient_checkpointing: bool = False
+    max_length: int | None = None  # LLaVA's model_max_length; None: the LLM's max_position_embeddings
 
     @classmethod
     def from_spec(cls, train: dict) -> "TrainSettings":
@@ -68,20 +73,32 @@ class TrainSettings:
             StageSettings(
                 name,
                 i,
-                train[name]["steps"],
+                train[name].get("steps", 0),  # 0 until for_data() when the stage gives epochs
                 train[name]["lr"],
                 train[name].get("batch_size", train["batch_size"]),
                 zero.get(name),
                 train.get("micro_batch_size"),
+                train[name].get("image_aspect_ratio", DEFAULT_ASPECT[name]),
+                train[name].get("epochs"),
             )
             for i, name in enumerate(STAGES)
         )
         optional = {
             k: train[k]
-            for k in ("weight_decay", "log_every", "checkpoint_every", "bf16", "gradient_checkpointing")
+            for k in ("weight_decay", "log_every", "checkpoint_every", "bf16", "gradient_checkpointing", "max_length")
             if k in train
         }
         return cls(seed=train.get("seed", 0), warmup_frac=train["warmup_frac"], stages=stages, **optional)
+
+    def for_data(self, records: dict[str, int]) -> "TrainSettings":
+        """Steps of the stages given in epochs, from their number of records: ceil(epochs x records / batch)."""
+        import math
+
+        stages = tuple(
+            s if s.epochs is None else replace(s, steps=max(1, math.ceil(s.epochs * records[s.name] / s.batch_size)))
+            for s in self.stages
+        )
+        return replace(self, stages=stages)
 
     def global_step(self, stage_index: int, step: int) -> int:
         """Optimizer steps before (stage_index, step), counting both stages: the step MLflow plots against."""

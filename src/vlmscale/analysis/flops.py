@@ -30,8 +30,9 @@ from torch.utils.flop_counter import FlopCounterMode
 from vlmscale.analysis.cost import paper_flops
 from vlmscale.fileio import code_version, read_json, write_json
 from vlmscale.identity import config_hash
-from vlmscale.model.cell import build_cell_model
-from vlmscale.model.vlm import VLM, build_llm, build_vision_tower, count_llm_params
+from vlmscale.model.adapters import projector_of
+from vlmscale.model.cell import build_cell_model, vlm_for_spec
+from vlmscale.model.vlm import build_llm, build_vision_tower, count_llm_params
 from vlmscale.specs import FlopJob
 
 
@@ -56,13 +57,19 @@ def prefill_latency_ms(llm, embeds: torch.Tensor, repeats: int = 5) -> float:
 
 
 def compressor_cost(model, n_patches: int, vision_dim: int, text_dim: int, device="cpu") -> float:
-    """Per image: P * D adds for avgpool (pooling is invisible to the FLOP counter), measured otherwise."""
-    if not any(True for _ in model.compressor.parameters()):
+    """Per image: P * D adds for avgpool (pooling is invisible to the FLOP counter); otherwise the adapter
+    measured whole, less its projector (counted apart as 2 * projector parameters * V)."""
+    if not model.multi_level:
         return float(n_patches * vision_dim)
-    features = torch.zeros(1, n_patches, vision_dim, device=device)
+    features = torch.zeros(1, n_patches, vision_dim * (1 + model.levels), device=device)
     question = torch.zeros(1, text_dim, device=device)
     with torch.no_grad():
-        return float(measure_flops(lambda: model.compressor(features, question)))
+        whole = float(measure_flops(lambda: model.visual_embeds(features, question)))
+    return whole - 2.0 * projector_params(model) * model.visual_tokens
+
+
+def projector_params(model) -> int:
+    return sum(p.numel() for p in projector_of(model.adapter).parameters())
 
 
 def vision_encoder(vision: dict):
@@ -84,9 +91,7 @@ def count_cell(spec: dict, vision: dict, vocabulary: list[str], text_tokens: lis
     grid = vision["image_size"] // vision["patch_size"]
     if pretrained:  # shapes from the LLM's config.json; its tokenizer is not needed to count
         with torch.device("meta"):
-            model = VLM(
-                build_llm(spec["llm"], 0, on_meta=True), vision_dim, spec["visual_tokens"], spec["compressor"], grid
-            )
+            model = vlm_for_spec(spec, build_llm(spec["llm"], 0, on_meta=True), vision_dim, grid)
     else:
         model, _ = build_cell_model(spec, vocabulary, vision_dim, grid)
     llm, v = model.llm.eval(), spec["visual_tokens"]
@@ -99,7 +104,6 @@ def count_cell(spec: dict, vision: dict, vocabulary: list[str], text_tokens: lis
     with torch.no_grad():
         vision_flops = measure_flops(lambda: tower(pixel_values=pixels))
     compressor_flops = compressor_cost(model, grid * grid, vision_dim, cfg.hidden_size, device)
-    projector_params = sum(p.numel() for p in model.projector.parameters())
     rows = []
     for q in text_tokens:
         embeds = torch.zeros(1, q + v, cfg.hidden_size, device=device)
@@ -115,7 +119,7 @@ def count_cell(spec: dict, vision: dict, vocabulary: list[str], text_tokens: lis
                 "flops_llm_measured": float(measured),
                 "flops_vision": float(vision_flops),
                 "flops_compressor": compressor_flops,
-                "flops_projector": 2.0 * projector_params * v,
+                "flops_projector": 2.0 * projector_params(model) * v,
                 "prefill_latency_ms": None if pretrained else round(prefill_latency_ms(llm, embeds), 4),
                 **(
                     {"flops_quecc_question": paper_flops(params["total"], q, 0)}

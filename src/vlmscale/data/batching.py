@@ -1,12 +1,13 @@
 """From samples to tensors: the stages' training samples, the batch a step draws, and its layout.
 
-Batches are a pure function of (seed, stage, step), so a resumed job draws the batches the killed one
-would have drawn.
+Batches are a pure function of (seed, stage, step): slices of per-epoch permutations, so a resumed job
+draws the batches the killed one would have drawn, and one epoch sees every record once.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import functools
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -95,10 +96,24 @@ def load_stage_samples(manifest: dict, data_root) -> dict[str, list[Sample]]:
     return {stage: loaded[key] for stage, key in sources.items()}
 
 
+@functools.lru_cache(maxsize=4)
+def epoch_order(n: int, seed: int, stage: int, epoch: int) -> torch.Tensor:
+    """The order one epoch visits the n records in: a permutation seeded by (seed, stage, epoch) alone."""
+    gen = torch.Generator().manual_seed(seed * 1_000_003 + stage * 100_003 + epoch)
+    return torch.randperm(n, generator=gen)
+
+
 def batch_indices(n: int, batch_size: int, seed: int, stage: int, step: int) -> torch.Tensor:
-    """The global batch of (stage, step): stage is 1 or 2."""
-    gen = torch.Generator().manual_seed(seed * 1_000_003 + stage * 100_003 + step)
-    return torch.randint(n, (batch_size,), generator=gen)
+    """The global batch of (stage, step), stage 1 or 2: records step*batch .. step*batch + batch - 1 of the
+    stage's sequence of epochs, each epoch a fresh permutation (without replacement, as LLaVA's sampler:
+    every record once per epoch). A batch that runs past an epoch's end continues into the next one's order."""
+    positions = torch.arange(step * batch_size, (step + 1) * batch_size)
+    epochs = positions // n
+    out = torch.empty(batch_size, dtype=torch.long)
+    for epoch in epochs.unique().tolist():
+        here = epochs == epoch
+        out[here] = epoch_order(n, seed, stage, epoch)[positions[here] % n]
+    return out
 
 
 @dataclass
@@ -110,12 +125,14 @@ class TrainingData:
     visual_tokens: int
     features: object
     device: torch.device
-    max_length: int | None = None  # the LLM's maximum sequence length: longer conversations are cut
+    max_length: int | None = None  # train.max_length (LLaVA's model_max_length): longer conversations are cut
     truncated: int = 0  # rows cut in the batches drawn since the last take_truncated()
+    aspects: dict = field(default_factory=dict)  # per stage: image_aspect_ratio (square | pad)
 
     def batch(self, stage: str, indices: torch.Tensor) -> Batch:
         rows = [self.samples[stage][i] for i in indices.tolist()]
-        batch = make_batch(rows, self.tokenizer, self.visual_tokens, self.features, self.max_length)
+        features = self.features.with_aspect(self.aspects[stage]) if stage in self.aspects else self.features
+        batch = make_batch(rows, self.tokenizer, self.visual_tokens, features, self.max_length)
         self.truncated += batch.truncated
         return batch.to(self.device)
 

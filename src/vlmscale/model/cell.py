@@ -22,7 +22,20 @@ def build_cell_model(spec: dict, vocabulary: list[str], vision_dim: int, patch_g
     llm = build_llm({"init_seed": settings.seed if settings else 0, **spec["llm"]}, len(tokenizer))
     if settings and settings.gradient_checkpointing:
         llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    return VLM(llm, vision_dim, spec["visual_tokens"], spec["compressor"], patch_grid), tokenizer
+    return vlm_for_spec(spec, llm, vision_dim, patch_grid), tokenizer
+
+
+def vlm_for_spec(spec: dict, llm, vision_dim: int, patch_grid: int | None) -> VLM:
+    """The VLM around an LLM as the cell spec says: adapter, multi-level layers, position features."""
+    return VLM(
+        llm,
+        vision_dim,
+        spec["visual_tokens"],
+        spec["compressor"],
+        patch_grid,
+        levels=len(spec.get("multi_level_layers") or []),
+        position_features=bool(spec.get("position_features", False)),
+    )
 
 
 class StaleCheckpoint(RuntimeError):

@@ -6,6 +6,12 @@
   `from_pretrained`, its features taken from `vision.feature_layer` (LLaVA's: the second-to-last layer),
   CLS token dropped, images prepared by the model's own image processor.
 
+A row's features are one tensor: the single-level features (B, P, D), then, when the grid's adapter
+reads them (tokenpacker, quecc), the multi-level concatenation of `multi_level_layers` hidden states
+(B, P, L*D), CLS dropped (the references' `feature_select`). The tiny tower's single level is its final
+output (after its last LayerNorm: what it was pretrained to label patches from; its layer -2 would be a
+one-block feature); its multi-level layers default to every block's output, 1..num_layers.
+
 `vision.cache: true` runs the encoder once over every image here and stores the features (a grid of
 cells then never runs the encoder again); `false` records the encoder only, and each training or
 evaluation job runs it on its batches (LLaVA-558K at 576 x 1024 features per image would be ~660 GB).
@@ -99,6 +105,38 @@ def pretrained_on_patch_labels(spec: dict, root: Path):
     return names, labeller.tower, held_out
 
 
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # the tiny tower has no processor: CLIP's mean pads it
+
+
+def expand2square(img, background: tuple[int, ...]):
+    """LLaVA's expand2square (llava/mm_utils.py): the image pasted centred on a square of `background`
+    (offset (w - h) // 2, floored), so a non-square image keeps its edges instead of being centre-cropped."""
+    from PIL import Image
+
+    width, height = img.size
+    if width == height:
+        return img
+    side = max(width, height)
+    result = Image.new(img.mode, (side, side), background)
+    result.paste(img, (0, (width - height) // 2) if width > height else ((height - width) // 2, 0))
+    return result
+
+
+def pad_colour(image_mean) -> tuple[int, ...]:
+    """LLaVA's background: tuple(int(x * 255) for x in processor.image_mean), truncated, not rounded."""
+    return tuple(int(x * 255) for x in image_mean)
+
+
+def prepare(images: list, aspect: str, image_mean) -> list:
+    """LLaVA's image_aspect_ratio: 'pad' squares each image with the processor's mean colour first;
+    'square' leaves it to the processor (CLIP's resizes the short side and centre-crops)."""
+    if aspect not in ("square", "pad"):
+        raise ValueError(f"image_aspect_ratio: {aspect!r} is not one of ['square', 'pad']")
+    if aspect == "square":
+        return images
+    return [expand2square(img, pad_colour(image_mean)) for img in images]
+
+
 class ImageEncoder:
     """The frozen encoder as the cells see it: image files in, (B, P, D) patch features out."""
 
@@ -116,22 +154,26 @@ class ImageEncoder:
             self.model = CLIPVisionModel.from_pretrained(spec["source"], dtype=self.dtype)
             self.processor = AutoImageProcessor.from_pretrained(spec["source"])
             self.layer, self.size = spec["feature_layer"], self.model.config.image_size
+        self.multi = list(spec.get("multi_level_layers") or [])
         self.model.to(self.device).eval().requires_grad_(False)
 
-    def __call__(self, paths: list[str]) -> torch.Tensor:
+    def __call__(self, paths: list[str], aspect: str = "pad") -> torch.Tensor:
         from PIL import Image
 
-        return self.encode([Image.open(p).convert("RGB") for p in paths])
+        return self.encode([Image.open(p).convert("RGB") for p in paths], aspect)
 
     @torch.no_grad()
-    def encode(self, images: list) -> torch.Tensor:
-        """(B, P, D) patch features of RGB PIL images."""
+    def encode(self, images: list, aspect: str = "pad") -> torch.Tensor:
+        """(B, P, D * (1 + L)) features of RGB PIL images: single level, then the L multi-level layers."""
+        images = prepare(images, aspect, self.processor.image_mean if self.processor is not None else CLIP_MEAN)
         if self.processor is None:
-            pixels = torch.stack([pixels_of(img, self.size) for img in images])
-            return patch_features(self.model, pixels.to(self.device)).float()
-        pixels = self.processor(images=images, return_tensors="pt")["pixel_values"].to(self.device, self.dtype)
-        hidden = self.model(pixel_values=pixels, output_hidden_states=True).hidden_states[self.layer]
-        return hidden[:, 1:].float()
+            pixels = torch.stack([pixels_of(img, self.size) for img in images]).to(self.device)
+        else:
+            pixels = self.processor(images=images, return_tensors="pt")["pixel_values"].to(self.device, self.dtype)
+        out = self.model(pixel_values=pixels, output_hidden_states=True)
+        single = out.last_hidden_state if self.layer is None else out.hidden_states[self.layer]
+        levels = [out.hidden_states[i] for i in self.multi]
+        return torch.cat([single, *levels], dim=-1)[:, 1:].float()  # CLS dropped
 
 
 def pixels_of(img, size: int) -> torch.Tensor:
@@ -152,6 +194,9 @@ class CachedFeatures:
     def missing(self, paths) -> list[str]:
         return sorted({p for p in paths if p not in self.rows})
 
+    def with_aspect(self, aspect: str) -> "CachedFeatures":
+        return self  # encoded once, padded (vision stage): equal to 'square' for the square synthetic images
+
     def __call__(self, paths: list[str]) -> torch.Tensor:
         return self.features[torch.tensor([self.rows[p] for p in paths])].float()
 
@@ -159,14 +204,17 @@ class CachedFeatures:
 class OnlineFeatures:
     """The encoder run on each batch inside the job (nothing cached); a missing image is found up front."""
 
-    def __init__(self, encoder: ImageEncoder):
-        self.encoder = encoder
+    def __init__(self, encoder: ImageEncoder, aspect: str = "pad"):
+        self.encoder, self.aspect = encoder, aspect
 
     def missing(self, paths) -> list[str]:
         return sorted({p for p in paths if not os.path.isfile(p)})
 
+    def with_aspect(self, aspect: str) -> "OnlineFeatures":
+        return OnlineFeatures(self.encoder, aspect)
+
     def __call__(self, paths: list[str]) -> torch.Tensor:
-        return self.encoder(paths)  # stays on the job's device
+        return self.encoder(paths, self.aspect)  # stays on the job's device
 
 
 def feature_source(summary_path: str | Path, image_root: str, device="cpu"):
@@ -193,6 +241,9 @@ def check_pretrained(spec: dict) -> dict:
     layers = config.num_hidden_layers
     if not -layers <= spec["feature_layer"] <= layers:
         raise ValueError(f"vision.feature_layer: {spec['feature_layer']} is outside the encoder's {layers} layers")
+    bad = [x for x in spec.get("multi_level_layers") or [] if not -(layers + 1) <= x <= layers]
+    if bad:
+        raise ValueError(f"vision.multi_level_layers: {bad} outside the encoder's hidden states 0..{layers}")
     return {"hidden_size": config.hidden_size, "num_layers": layers}
 
 

@@ -1,4 +1,4 @@
-"""The VLM: frozen vision tower -> compressor (patches -> V tokens) -> projector -> causal LM.
+"""The VLM: frozen vision tower -> adapter (compressor + projector: patches -> V LLM embeddings) -> causal LM.
 
 One code path for tiny and real models: the LM is any `AutoModelForCausalLM` (built from a config for
 the tiny grid, `from_pretrained` for a Hugging Face id or local folder) fed with `inputs_embeds`.
@@ -6,13 +6,10 @@ the tiny grid, `from_pretrained` for a Hugging Face id or local folder) fed with
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
-from torch.nn import functional as F
 
-from vlmscale import choices
+from vlmscale.model.adapters import MULTI_LEVEL, build_adapter
 
 # --------------------------------------------------------------------------- vision tower
 
@@ -39,151 +36,6 @@ def patch_features(tower: nn.Module, pixels: torch.Tensor) -> torch.Tensor:
     """(B, 3, H, W) in [0, 1] -> (B, P, D) patch features (the CLS token dropped)."""
     hidden = tower(pixel_values=pixels).last_hidden_state
     return hidden[:, 1:, :]
-
-
-# --------------------------------------------------------------------------- compressor
-
-
-class AvgPoolCompressor(nn.Module):
-    """Average-pool a square patch grid to a k x k grid (V = k^2 tokens); parameter-free baseline."""
-
-    def __init__(self, visual_tokens: int):
-        super().__init__()
-        side = math.isqrt(visual_tokens)
-        if side * side != visual_tokens:
-            raise ValueError(f"avgpool compressor needs a square number of visual tokens, got V={visual_tokens}")
-        self.side = side
-
-    def forward(self, features: torch.Tensor, question: torch.Tensor | None = None) -> torch.Tensor:
-        b, p, d = features.shape
-        grid = math.isqrt(p)
-        if self.side > grid:
-            raise ValueError(f"cannot make {self.side}x{self.side} tokens from a {grid}x{grid} patch grid")
-        x = features.transpose(1, 2).reshape(b, d, grid, grid)
-        x = F.adaptive_avg_pool2d(x, self.side)
-        return x.flatten(2).transpose(1, 2)
-
-
-def token_side(visual_tokens: int, patch_grid: int, name: str) -> int:
-    """k for V = k*k tokens, each summarising an s x s region of the patch grid (s = patch_grid / k)."""
-    side = math.isqrt(visual_tokens)
-    if side * side != visual_tokens or patch_grid % side:
-        divisors = [k * k for k in range(1, patch_grid + 1) if patch_grid % k == 0]
-        raise ValueError(
-            f"the {name} compressor cannot make V={visual_tokens} tokens from a {patch_grid}x{patch_grid} "
-            f"patch grid (sqrt(V) must divide {patch_grid}); choose from {divisors}"
-        )
-    return side
-
-
-def regions(features: torch.Tensor, side: int) -> torch.Tensor:
-    """(B, g*g, D) -> (B, side*side, s*s, D): the patches of each token's own s x s region, row-major."""
-    b, p, d = features.shape
-    grid = math.isqrt(p)
-    s = grid // side
-    x = features.reshape(b, side, s, side, s, d).permute(0, 1, 3, 2, 4, 5)
-    return x.reshape(b, side * side, s * s, d)
-
-
-class LocalCrossAttention(nn.Module):
-    """Each query attends only to the patches of its own region (multi-head, pre-norm, residual)."""
-
-    def __init__(self, dim: int, kv_dim: int, heads: int):
-        super().__init__()
-        if dim % heads:
-            heads = 1
-        self.heads = heads
-        self.q_norm, self.kv_norm = nn.LayerNorm(dim), nn.LayerNorm(kv_dim)
-        self.q, self.kv, self.out = nn.Linear(dim, dim), nn.Linear(kv_dim, 2 * dim), nn.Linear(dim, dim)
-
-    def forward(self, queries: torch.Tensor, region_feats: torch.Tensor) -> torch.Tensor:
-        b, v, n, _ = region_feats.shape
-        d, h = queries.shape[-1], self.heads
-        q = self.q(self.q_norm(queries)).reshape(b, v, 1, h, d // h).transpose(2, 3)  # (B, V, H, 1, d)
-        k, val = self.kv(self.kv_norm(region_feats)).chunk(2, dim=-1)
-        k = k.reshape(b, v, n, h, d // h).transpose(2, 3)  # (B, V, H, n, d)
-        val = val.reshape(b, v, n, h, d // h).transpose(2, 3)
-        attended = F.scaled_dot_product_attention(q, k, val)  # (B, V, H, 1, d)
-        return queries + self.out(attended.transpose(2, 3).reshape(b, v, d))
-
-
-class TokenPackerCompressor(nn.Module):
-    """TokenPacker: low-resolution point queries (each region's mean) cross-attend to their own region of
-    the (optionally multi-level, channel-concatenated) encoder features. Independent of the question."""
-
-    def __init__(self, visual_tokens: int, dim: int, patch_grid: int, levels: int = 1, heads: int = 4, **_):
-        super().__init__()
-        self.side = token_side(visual_tokens, patch_grid, "tokenpacker")
-        self.dim = dim
-        self.attend = LocalCrossAttention(dim, dim * levels, heads)
-
-    def forward(self, features: torch.Tensor, question: torch.Tensor | None = None) -> torch.Tensor:
-        region_feats = regions(features, self.side)
-        queries = region_feats[..., : self.dim].mean(dim=2)  # the last level's (or only) features, pooled
-        return self.attend(queries, region_feats)
-
-
-class QueCCCompressor(nn.Module):
-    """QueCC (the paper's query-based convolutional cross-attention), its query built as the paper's code
-    builds it (locuslab/llava-token-compression: clip_encoder.py, quecc.py): the question run through the
-    LM on its own, the last layer's hidden state at its last token, projected (linear + LayerNorm), is
-    added to every patch feature; a depthwise convolution with stride s downsamples these question-aware
-    features into V queries; each query cross-attends to its own region."""
-
-    def __init__(self, visual_tokens: int, dim: int, patch_grid: int, text_dim: int | None = None, heads: int = 4, **_):
-        super().__init__()
-        self.side = token_side(visual_tokens, patch_grid, "quecc")
-        stride = patch_grid // self.side
-        self.text = nn.Sequential(nn.Linear(text_dim or dim, dim), nn.LayerNorm(dim, eps=1e-6))
-        self.down = nn.Conv2d(dim, dim, kernel_size=stride, stride=stride, groups=dim)
-        self.attend = LocalCrossAttention(dim, dim, heads)
-
-    def forward(self, features: torch.Tensor, question: torch.Tensor | None = None) -> torch.Tensor:
-        if question is None:
-            raise ValueError("the quecc compressor needs the question's hidden state")
-        x = features + self.text(question)[:, None, :]
-        b, p, d = x.shape
-        grid = math.isqrt(p)
-        queries = self.down(x.transpose(1, 2).reshape(b, d, grid, grid)).flatten(2).transpose(1, 2)
-        return self.attend(queries, regions(x, self.side))
-
-
-COMPRESSORS = {"avgpool": AvgPoolCompressor, "tokenpacker": TokenPackerCompressor, "quecc": QueCCCompressor}
-assert set(COMPRESSORS) == set(choices.COMPRESSORS), "vlmscale.choices.COMPRESSORS lists the implemented compressors"
-
-
-def build_compressor(
-    name: str, visual_tokens: int, dim: int, patch_grid: int | None, text_dim: int | None
-) -> nn.Module:
-    if name not in COMPRESSORS:
-        raise ValueError(f"unknown compressor {name!r}; choose from {list(choices.COMPRESSORS)}")
-    if name == "avgpool":
-        return AvgPoolCompressor(visual_tokens)
-    if patch_grid is None:
-        raise ValueError(f"the {name} compressor needs the patch grid size")
-    return COMPRESSORS[name](visual_tokens, dim, patch_grid, text_dim=text_dim)
-
-
-def token_positions(side: int, n_freq: int = 3) -> torch.Tensor:
-    """Fourier features of each token's centre (x, y in [0, 1]): explicit 2-D positions, any V alike."""
-    centres = (torch.arange(side, dtype=torch.float32) + 0.5) / side
-    y, x = torch.meshgrid(centres, centres, indexing="ij")
-    coords = torch.stack([x.flatten(), y.flatten()], dim=-1)  # (V, 2)
-    freqs = 2.0 ** torch.arange(n_freq, dtype=torch.float32) * math.pi
-    angles = coords[:, :, None] * freqs  # (V, 2, F)
-    return torch.cat([angles.sin(), angles.cos()], dim=-1).flatten(1)  # (V, 4F)
-
-
-class Projector(nn.Module):
-    """mlp2x_gelu (LLaVA-1.5's projector) over [visual feature, 2-D position features]."""
-
-    def __init__(self, vision_dim: int, lm_dim: int, pos_dim: int):
-        super().__init__()
-        self.net = nn.Sequential(nn.Linear(vision_dim + pos_dim, lm_dim), nn.GELU(), nn.Linear(lm_dim, lm_dim))
-
-    def forward(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        pos = positions.to(tokens.dtype).expand(tokens.shape[0], -1, -1)
-        return self.net(torch.cat([tokens, pos], dim=-1))
 
 
 # --------------------------------------------------------------------------- language model
@@ -239,10 +91,15 @@ def count_llm_params(llm: nn.Module) -> dict:
 
 
 class VLM(nn.Module):
-    """Compressor + projector + LM over (frozen) patch features.
+    """Adapter + LM over (frozen) encoder features.
 
     A batch's `input_ids` hold V IMAGE placeholders where the visual tokens go (tokenizer.IMAGE); they
-    are replaced by the projected compressor output, so any chat template can place the image.
+    are replaced by the adapter's output, so any chat template can place the image.
+
+    A row's features are one tensor (B, P, D * (1 + levels)): the single-level features, then the
+    multi-level concatenation of `levels` encoder layers (vlmscale.model.vision), so batches, caches and
+    feature sources carry one tensor whatever the adapter reads. levels = 0: single-level only (avgpool;
+    a tokenpacker / quecc given no multi-level features reads the single level as its only level).
     """
 
     def __init__(
@@ -252,19 +109,36 @@ class VLM(nn.Module):
         visual_tokens: int,
         compressor: str = "avgpool",
         patch_grid: int | None = None,
+        levels: int = 0,
+        position_features: bool = False,
     ):
         super().__init__()
         text_dim = llm.get_input_embeddings().embedding_dim
-        self.compressor = build_compressor(compressor, visual_tokens, vision_dim, patch_grid, text_dim)
+        self.adapter = build_adapter(
+            compressor, visual_tokens=visual_tokens, vision_dim=vision_dim, lm_dim=text_dim, text_dim=text_dim,
+            patch_grid=patch_grid, levels=max(levels, 1), position_features=position_features,
+        )  # fmt: skip
         self.uses_question = compressor == "quecc"
+        self.multi_level = compressor in MULTI_LEVEL
         self.llm = llm
-        positions = token_positions(math.isqrt(visual_tokens))
-        self.register_buffer("positions", positions[None], persistent=False)
-        self.projector = Projector(vision_dim, text_dim, positions.shape[-1])
-        self.visual_tokens = visual_tokens
+        self.vision_dim, self.levels, self.visual_tokens = vision_dim, levels, visual_tokens
+
+    def split_features(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(single, multi) from a row's feature tensor (layout in the class docstring)."""
+        d = self.vision_dim
+        if features.shape[-1] != d * (1 + self.levels):
+            raise ValueError(
+                f"features are {features.shape[-1]} wide; the adapter expects {d} single-level + "
+                f"{self.levels} x {d} multi-level channels (vision.multi_level_layers and the tower disagree)"
+            )
+        single = features[..., :d]
+        if not self.multi_level:
+            return single, None
+        return single, (features[..., d:] if self.levels else single)
 
     def visual_embeds(self, features: torch.Tensor, question: torch.Tensor | None = None) -> torch.Tensor:
-        return self.projector(self.compressor(features, question), self.positions)
+        single, multi = self.split_features(features)
+        return self.adapter(single, multi, None if question is None else question[:, None, :])
 
     @torch.no_grad()
     def question_state(self, question_ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:

@@ -4,7 +4,7 @@ One row per (LLM, V) cell and training stage, computed from shapes and counts al
 no data needed; milliseconds for the paper's grid):
 
 * parameters: the LLM's (from `reference/qwen1.5.json`, a local folder's config.json, or the config's own
-  shape keys), the compressor's and projector's (from their definitions in `vlmscale.model.vlm`), the vision
+  shape keys), the adapter's (from its definition in `vlmscale.model.adapters`), the vision
   encoder's (`reference/encoders.json`); trained per stage: stage 1 the compressor and projector, stage 2
   those and the LLM.
 * training tokens: steps × global batch × (V + the stage's mean text tokens). Text lengths come from the
@@ -112,19 +112,22 @@ def encoder_shape(vision: dict) -> tuple[int, int, int] | None:
     return vit_params(d, arch["intermediate_size"], arch["num_hidden_layers"], vision["patch_size"], tokens), d, tokens
 
 
-def adapter_params(compressor: str, vision_dim: int, text_dim: int, visual_tokens: int, patch_grid: int) -> int:
-    """Compressor + projector parameters, as vlmscale.model.vlm defines them."""
-    d = vision_dim  # LocalCrossAttention: two LayerNorms, q and out projections, the fused k/v projection
-    attention = 2 * (2 * d) + 2 * (d * d + d) + (d * 2 * d + 2 * d)
+def adapter_params(compressor: str, vision_dim: int, text_dim: int, visual_tokens: int, patch_grid: int,
+                   levels: int = 4, position_features: bool = False) -> int:  # fmt: skip
+    """Adapter parameters, as vlmscale.model.adapters defines them (TokenPacker's and QueCC's reference
+    layouts; text_dim is the LLM width, which QueCC's question state also has)."""
+    d, h, kv = vision_dim, text_dim, vision_dim * max(levels, 1)
+    linear = lambda i, o: i * o + o  # noqa: E731
+    projector = linear(d, h) + linear(h, h)
+    if compressor == "avgpool":
+        return linear(d + (12 if position_features else 0), h) + linear(h, h)  # 12: token_positions' features
+    attention = 4 * d * d + 4 * d  # nn.MultiheadAttention: in_proj (3D x D + 3D), out_proj
+    if compressor == "tokenpacker":  # q_proj_1 (no bias), k/v Linear-GELU-Linear, three LayerNorms
+        return d * d + 2 * (linear(kv, d) + linear(d, d)) + 6 * d + attention + projector
     stride = patch_grid // max(1, math.isqrt(visual_tokens))
-    compressors = {
-        "avgpool": 0,
-        "tokenpacker": attention,
-        "quecc": attention + text_dim * vision_dim + 3 * vision_dim + vision_dim * stride * stride + vision_dim,
-    }
-    positions = 12  # token_positions: 4 x 3 Fourier features
-    projector = (vision_dim + positions) * text_dim + text_dim + text_dim * text_dim + text_dim
-    return compressors[compressor] + projector
+    mlp_ln = lambda i: linear(i, d) + linear(d, d) + 2 * d  # noqa: E731  (Linear, GELU, Linear, LayerNorm)
+    conv = d * stride * stride + d  # depthwise
+    return attention + mlp_ln(d) + 2 * mlp_ln(kv) + conv + linear(h, d) + 2 * d + projector
 
 
 def model_state_bytes(n_total: int, n_trained: int, zero: int | None, world: int, precision: str,
@@ -294,6 +297,14 @@ def stage_precision(bf16: bool, zero_stage: int | None, world: int) -> str:
     return "bf16" if bf16 and (zero_stage is not None or world > 1) else "fp32"
 
 
+LLAVA_RECORDS = {"stage1": 558_128, "stage2": 665_298}  # LLaVA-Pretrain-558K, llava_v1_5_mix665k.json
+
+
+def records(cfg: dict) -> dict[str, int]:
+    """Records per stage, for stages given in epochs: plan.records, else LLaVA's two sets' sizes."""
+    return {**LLAVA_RECORDS, **(cfg["plan"].get("records") or {})}
+
+
 def stage_plan(cfg: dict, cell: dict, stage_index: int) -> StagePlan:
     """One training stage of one cell (`cell`: the shapes and counts plan_cell gathered)."""
     stage = cell["settings"].stages[stage_index]
@@ -334,7 +345,7 @@ def plan_cell(
 ) -> CellPlan | str:
     """The cell's plan, or a sentence saying why it cannot be planned. tokens: text_tokens(cfg), when a
     grid's cells share it."""
-    from vlmscale.config import Cell, cell_spec, llm_by_name, patch_grid, world_size
+    from vlmscale.config import Cell, cell_spec, llm_by_name, multi_level_layers, patch_grid, world_size
 
     shape = llm_shape(llm_by_name(cfg, llm), vocab_hint)
     if shape is None:
@@ -343,9 +354,10 @@ def plan_cell(
     encoder = encoder_shape(cfg["vision"])
     if encoder is None:
         return f"{llm}: no shape known for vision.source {cfg['vision']['source']!r} (reference/encoders.json)"
-    adapter = adapter_params(cfg["compressor"], encoder[1], shape.hidden, visual_tokens, patch_grid(cfg))
+    adapter = adapter_params(cfg["compressor"], encoder[1], shape.hidden, visual_tokens, patch_grid(cfg),
+                             len(multi_level_layers(cfg)), bool(cfg.get("position_features")))  # fmt: skip
     cell = {"shape": shape, "encoder": encoder, "adapter": adapter, "V": visual_tokens, "world": world_size(cfg, llm),
-            "settings": TrainSettings.from_spec(cell_spec(cfg, llm, visual_tokens)["train"]),
+            "settings": TrainSettings.from_spec(cell_spec(cfg, llm, visual_tokens)["train"]).for_data(records(cfg)),
             "tokens": tokens or text_tokens(cfg)}  # fmt: skip
     stages = tuple(stage_plan(cfg, cell, i) for i in range(len(STAGES)))
     gpu = gpu_of(cfg)

@@ -6,7 +6,9 @@
 * While stage 2 trains, `last.pt` holds every trained weight and the optimizer's state.
 * A finished cell is the folder `final/`: `llm/`, the LLM as `save_pretrained` writes it (safetensors,
   bf16 when the cell trains in bf16, else fp32; `AutoModelForCausalLM.from_pretrained` loads it),
-  `adapters.safetensors` (compressor and projector, fp32) and `final.json` (the run key and dtype).
+  `adapters.safetensors` (the adapter, `adapter.*`: compressor and projector, always saved in fp32
+  whatever the training dtype, so a TokenPacker / QueCC projector can be compared with a reference
+  checkpoint at full precision) and `final.json` (the run key and the LLM's dtype).
   `last.pt` then keeps the training state alone.
 """
 
@@ -23,7 +25,7 @@ LLM_PREFIX = "llm."
 
 
 def adapter_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The VLM's weights outside the LLM: the compressor and the projector."""
+    """The VLM's weights outside the LLM: the adapter (compressor and projector)."""
     return {k: v for k, v in model.state_dict().items() if not k.startswith(LLM_PREFIX)}
 
 
@@ -48,7 +50,8 @@ def save_final(folder: Path, model: torch.nn.Module, run_key: str, dtype: torch.
     llm.save_pretrained(tmp / "llm", state_dict=state, safe_serialization=True)
     from safetensors.torch import save_file
 
-    save_file({k: v.detach().contiguous() for k, v in adapter_state(model).items()}, str(tmp / "adapters.safetensors"))
+    adapters = {k: v.detach().float().contiguous() for k, v in adapter_state(model).items()}  # fp32, as documented
+    save_file(adapters, str(tmp / "adapters.safetensors"))
     (tmp / "final.json").write_text(json.dumps({"run_key": run_key, "dtype": str(dtype).replace("torch.", "")}))
     if final.exists():
         shutil.rmtree(final)

@@ -198,13 +198,14 @@ def prepare_loop(job: TrainJob, key: str, tracker, log) -> tuple[Loop, dict[str,
     samples = load_stage_samples(manifest, job.data_root)
     for stage, items in samples.items():
         check_samples(items, tokenizer, features, f"{job.cell} {stage}")
-    max_length = getattr(model.llm.config, "max_position_embeddings", None)
-    data = TrainingData(samples, tokenizer, job.spec["visual_tokens"], features, device, max_length)
+    max_length = job.settings.max_length or getattr(model.llm.config, "max_position_embeddings", None)
+    aspects = {stage.name: stage.image_aspect_ratio for stage in job.settings.stages}
+    data = TrainingData(samples, tokenizer, job.spec["visual_tokens"], features, device, max_length, aspects=aspects)
     loop = Loop(
         job.cell,
         model,
         data,
-        job.settings,
+        job.settings.for_data({stage: len(items) for stage, items in samples.items()}),
         Checkpointer(job.checkpoint_dir, key),
         world,
         tracker,
