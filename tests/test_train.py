@@ -66,6 +66,27 @@ def test_killed_training_resumes_to_identical_result(small_data, small_vision, t
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.parametrize("ops", [{"log_every": 1}, {"checkpoint_every": 3}], ids=["log_every", "checkpoint_every"])
+def test_operational_settings_change_neither_the_weights_nor_the_run_key(small_data, small_vision, tmp_path, ops):
+    """config.OPERATIONAL_TRAIN_KEYS reach the job as `ops`: the same cell, logged or saved more often,
+    ends with bit-identical weights under the same run key (so its checkpoint is resumable too)."""
+    from dataclasses import replace
+
+    from vlmscale import config as vcfg
+
+    assert set(ops) <= set(vcfg.OPERATIONAL_TRAIN_KEYS)
+    base = cell_cfg(small_data, small_vision, tmp_path / "a")
+    spec = {**base.spec, "train": {k: v for k, v in base.spec["train"].items() if k not in ops}}
+    reference = train.train_cell(replace(base, spec=spec), log=lambda m: None)
+    tuned = replace(base, spec=spec, checkpoint_dir=str(tmp_path / "b"), ops=ops)
+    assert tuned.settings != replace(base, spec=spec).settings  # the setting did reach the loop
+    result = train.train_cell(tuned, log=lambda m: None)
+    assert result["run_key"] == reference["run_key"]
+    _, a = read_final(tmp_path / "a/final")
+    _, b = read_final(tmp_path / "b/final")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_divergence_stops_with_the_setting_to_change(small_data, small_vision, tmp_path):
     cfg = cell_cfg(small_data, small_vision, tmp_path, stage2={"steps": 30, "lr": 1e12})
     with pytest.raises(train.TrainingDiverged, match="lower train.stage2.lr"):
