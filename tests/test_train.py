@@ -87,6 +87,45 @@ def test_operational_settings_change_neither_the_weights_nor_the_run_key(small_d
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGUSR2"])
+def test_a_signal_checkpoints_at_the_current_step_and_resumes_to_identical_weights(
+    small_data, small_vision, tmp_path, monkeypatch, sig
+):
+    """Slurm's preemption (SIGTERM) or time-limit (USR2) signal lands mid-stage, between periodic
+    checkpoints (every 10 steps): the job saves at the step it is on and leaves; the rerun resumes there."""
+    import os
+    import signal
+
+    from vlmscale.training import preemption
+
+    train.train_cell(cell_cfg(small_data, small_vision, tmp_path / "a"), log=lambda m: None)
+
+    def optimizer_step(loop, stage, step, stepper, parts):
+        if stage.name == "stage2" and step == 12:  # arrives during step 13; seen at its boundary
+            os.kill(os.getpid(), getattr(signal, sig))
+        return step_original(loop, stage, step, stepper, parts)
+
+    step_original = train.optimizer_step
+    monkeypatch.setattr(train, "optimizer_step", optimizer_step)
+    saved = {s: signal.getsignal(s) for s in preemption.SIGNALS}
+    preemption.install()
+    try:
+        with pytest.raises(SystemExit):
+            train.train_cell(cell_cfg(small_data, small_vision, tmp_path / "b"), log=lambda m: None)
+    finally:
+        for s, handler in saved.items():
+            signal.signal(s, handler)
+        preemption.reset()
+    monkeypatch.setattr(train, "optimizer_step", step_original)
+    assert torch.load(tmp_path / "b/last.pt", weights_only=False)["step"] == 13  # not the periodic step 10
+    messages = []
+    train.train_cell(cell_cfg(small_data, small_vision, tmp_path / "b"), log=messages.append)
+    assert any("resuming t/v4 at stage2 step 13" in m for m in messages)
+    _, a = read_final(tmp_path / "a/final")
+    _, b = read_final(tmp_path / "b/final")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_divergence_stops_with_the_setting_to_change(small_data, small_vision, tmp_path):
     cfg = cell_cfg(small_data, small_vision, tmp_path, stage2={"steps": 30, "lr": 1e12})
     with pytest.raises(train.TrainingDiverged, match="lower train.stage2.lr"):

@@ -43,6 +43,7 @@ RESOURCE_KEYS = {
     "setup": "slurm_setup",
     "signal_delay_s": "slurm_signal_delay_s",
     "max_requeues": "slurm_max_num_timeout",
+    "wckey": "slurm_wckey",
 }
 ACTIVE_STATES = ("PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "RESIZING", "SUSPENDED")
 
@@ -88,7 +89,24 @@ def submitit_parameters(resources: dict | None, executor: str, name: str) -> dic
     if unknown:
         raise LaunchError(f"launch resources: unknown keys {unknown}; known: {sorted(RESOURCE_KEYS)}")
     if executor == "slurm":
-        params.update({RESOURCE_KEYS[k]: v for k, v in resources.items() if v is not None})
+        params.update(slurm_defaults(resources))
+        params.update({RESOURCE_KEYS[k]: v for k, v in resources.items() if v is not None and k != "sbatch"})
+    return params
+
+
+def slurm_defaults(resources: dict) -> dict:
+    """What every Slurm job asks for unless the config says otherwise:
+    * `--requeue`: where the cluster sets JobRequeue=0, `scontrol requeue` (the time-limit path) and
+      PreemptMode=REQUEUE only requeue a job that asked for it;
+    * no `--wckey` (submitit writes `--wckey=submitit`, which clusters enforcing wckeys reject); `wckey:` sets one;
+    * srun's `--cpus-per-task` (Slurm 22.05-23.02 does not pass sbatch's on to srun, binding each task to one CPU)."""
+    sbatch = dict(resources.get("sbatch") or {})
+    params = {
+        "slurm_additional_parameters": sbatch if "no-requeue" in sbatch else {"requeue": True, **sbatch},
+        "slurm_wckey": resources.get("wckey") or None,  # None: submitit writes no --wckey line
+    }
+    if resources.get("cpus_per_task"):
+        params["slurm_srun_args"] = [f"--cpus-per-task={resources['cpus_per_task']}"]
     return params
 
 
