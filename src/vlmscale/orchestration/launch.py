@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -64,13 +65,15 @@ class Stage(submitit.helpers.Checkpointable):
         self.fn = fn
 
     def __call__(self, cfg) -> dict:
+        # Compute nodes are often offline, and every rank contacting the Hub at start is load the Hub
+        # rate-limits: models are resolved on the login node beforehand (`hf download`, README).
+        for key in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+            os.environ.setdefault(key, "1")
         return self.fn(cfg)
 
 
 def current_job() -> dict:
     """Inside a submitted job: its id and log files (linked from train.json and the MLflow run)."""
-    import os
-
     if "SUBMITIT_FOLDER" not in os.environ:
         return {}
     env = submitit.JobEnvironment()
