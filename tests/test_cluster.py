@@ -165,9 +165,12 @@ def test_a_time_limit_far_shorter_than_training_finishes_over_requeues_with_the_
     train.train_cell(reference, log=lambda m: None)
     cfg = train_cfg(tmp_path / "limited", slurm_grid)
     track.init_store(cfg.tracking["uri"], "preempt", "preempt")
-    executor = submitit.AutoExecutor(folder=str(tmp_path / "jobs"), cluster="slurm")
     limits = {"account": ACCOUNT, "cpus_per_task": 1, "mem_gb": 2, "time_min": 1, "signal_delay_s": 45}
-    executor.update_parameters(**launch.submitit_parameters({**limits, "max_requeues": 30}, "slurm", "limited"))
+    params = launch.submitit_parameters({**limits, "max_requeues": 30}, "slurm", "limited")
+    executor = submitit.AutoExecutor(
+        folder=str(tmp_path / "jobs"), cluster="slurm", **launch.executor_arguments(params)
+    )
+    executor.update_parameters(**params)
     job = executor.submit(launch.Stage(track.train_main), dataclasses.replace(cfg, executor="slurm"))
     job.result()
     events = [json.loads(line) for line in (tmp_path / "limited/ckpt/attempts.jsonl").read_text().splitlines()]

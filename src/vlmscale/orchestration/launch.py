@@ -97,6 +97,12 @@ def submitit_parameters(resources: dict | None, executor: str, name: str) -> dic
     return params
 
 
+def executor_arguments(params: dict) -> dict:
+    """Pop what submitit takes when the executor is built, not in update_parameters (which refuses
+    `max_num_timeout`: `max_requeues` never reached a job before)."""
+    return {k: params.pop(k) for k in ("slurm_max_num_timeout",) if k in params}
+
+
 def slurm_defaults(resources: dict) -> dict:
     """What every Slurm job asks for unless the config says otherwise:
     * `--requeue`: where the cluster sets JobRequeue=0, `scontrol requeue` (the time-limit path) and
@@ -163,8 +169,9 @@ def run(
 
 
 def submit(fn, cfg, executor: str, log_dir, name: str, resources: dict | None):
-    ex = submitit.AutoExecutor(folder=str(log_dir), cluster=executor)
-    ex.update_parameters(**submitit_parameters(resources, executor, name))
+    params = submitit_parameters(resources, executor, name)
+    ex = submitit.AutoExecutor(folder=str(log_dir), cluster=executor, **executor_arguments(params))
+    ex.update_parameters(**params)
     try:
         return ex.submit(Stage(fn), cfg)
     except subprocess.CalledProcessError as exc:  # sbatch refused: show Slurm's own words
