@@ -152,6 +152,12 @@ def test_preempted_training_is_requeued_and_resumes_to_the_same_result(slurm_gri
     assert len(runs) == 1 and runs[0][1] == "FINISHED"
 
 
+def long_cell(cfg):
+    spec = copy.deepcopy(cfg.spec)
+    spec["train"]["stage2"]["steps"] = 30_000
+    return dataclasses.replace(cfg, spec=spec, ops={"checkpoint_every": 100_000})  # only the signal saves
+
+
 def test_a_time_limit_far_shorter_than_training_finishes_over_requeues_with_the_same_weights(slurm_grid, tmp_path):
     """A one-minute job limit, USR2 45 s before it: each attempt checkpoints at the step it is on when the
     signal comes and requeues; the cell finishes over several attempts with the uninterrupted weights."""
@@ -161,9 +167,10 @@ def test_a_time_limit_far_shorter_than_training_finishes_over_requeues_with_the_
     from vlmscale.training import trainer as train
     from vlmscale.training.checkpoint import read_final
 
-    reference = train_cfg(tmp_path / "reference", slurm_grid)
+    # 600 stage-2 steps train in ~5 s here: 30,000 run for minutes, several one-minute attempts.
+    reference = long_cell(train_cfg(tmp_path / "reference", slurm_grid))
     train.train_cell(reference, log=lambda m: None)
-    cfg = train_cfg(tmp_path / "limited", slurm_grid)
+    cfg = long_cell(train_cfg(tmp_path / "limited", slurm_grid))
     track.init_store(cfg.tracking["uri"], "preempt", "preempt")
     limits = {"account": ACCOUNT, "cpus_per_task": 1, "mem_gb": 2, "time_min": 1, "signal_delay_s": 45}
     params = launch.submitit_parameters({**limits, "max_requeues": 30}, "slurm", "limited")
