@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from test_crash_resume import GRID, attempts, results, snakemake, wait_for_training_progress
 
@@ -149,6 +150,43 @@ def test_preempted_training_is_requeued_and_resumes_to_the_same_result(slurm_gri
     runs = con.execute("SELECT run_uuid, status FROM runs WHERE name = 'b/v16/s0'").fetchall()
     con.close()
     assert len(runs) == 1 and runs[0][1] == "FINISHED"
+
+
+def long_cell(cfg):
+    spec = copy.deepcopy(cfg.spec)
+    spec["train"]["stage2"]["steps"] = 30_000
+    return dataclasses.replace(cfg, spec=spec, ops={"checkpoint_every": 100_000})  # only the signal saves
+
+
+def test_a_time_limit_far_shorter_than_training_finishes_over_requeues_with_the_same_weights(slurm_grid, tmp_path):
+    """A one-minute job limit, USR2 45 s before it: each attempt checkpoints at the step it is on when the
+    signal comes and requeues; the cell finishes over several attempts with the uninterrupted weights."""
+    import submitit
+
+    from vlmscale.orchestration import launch, track
+    from vlmscale.training import trainer as train
+    from vlmscale.training.checkpoint import read_final
+
+    # 600 stage-2 steps train in ~5 s here: 30,000 run for minutes, several one-minute attempts.
+    reference = long_cell(train_cfg(tmp_path / "reference", slurm_grid))
+    train.train_cell(reference, log=lambda m: None)
+    cfg = long_cell(train_cfg(tmp_path / "limited", slurm_grid))
+    track.init_store(cfg.tracking["uri"], "preempt", "preempt")
+    limits = {"account": ACCOUNT, "cpus_per_task": 1, "mem_gb": 2, "time_min": 1, "signal_delay_s": 45}
+    params = launch.submitit_parameters({**limits, "max_requeues": 30}, "slurm", "limited")
+    executor = submitit.AutoExecutor(
+        folder=str(tmp_path / "jobs"), cluster="slurm", **launch.executor_arguments(params)
+    )
+    executor.update_parameters(**params)
+    job = executor.submit(launch.Stage(track.train_main), dataclasses.replace(cfg, executor="slurm"))
+    job.result()
+    events = [json.loads(line) for line in (tmp_path / "limited/ckpt/attempts.jsonl").read_text().splitlines()]
+    signalled = [e["step"] for e in events if e["event"] == "signalled"]
+    starts = [e["step"] for e in events if e["event"] == "start"]
+    assert len(signalled) >= 2 and starts[1:] == signalled, events  # each attempt resumed where the last saved
+    _, a = read_final(tmp_path / "reference/ckpt/final")
+    _, b = read_final(tmp_path / "limited/ckpt/final")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_killed_driver_reattaches_to_running_jobs(local_grid, tmp_path):

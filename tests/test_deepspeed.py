@@ -68,6 +68,21 @@ def assert_same_curve(ours: list[dict], reference: list[dict]) -> None:
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-3, abs=1e-4), (a, b)
 
 
+def test_one_process_zero_cell_trains_without_a_launcher(single, small_data, small_vision, tmp_path):
+    """A one-GPU cell with zero_stage set, started with no rank environment at all (as a one-task job is):
+    the world of one is exported before DeepSpeed looks for it, so it never falls back to MPI (mpi4py),
+    and the cell follows the plain single-process curve."""
+    cfg = cell_cfg(small_data, small_vision, tmp_path / "ckpt", zero_stage={"stage1": 2, "stage2": 2})
+    args = ["--spec", json.dumps(cfg.spec), "--data-root", cfg.data_root, "--vision", cfg.vision]
+    args += ["--out", str(tmp_path / "train.json"), "--checkpoint-dir", cfg.checkpoint_dir, "--executor", "inline"]
+    rendezvous = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "SUBMITIT_EXECUTOR")
+    env = {k: v for k, v in os.environ.items() if k not in rendezvous}
+    proc = subprocess.run([sys.executable, "-m", "vlmscale.cli", "train", *args], env={**env, "DS_ACCELERATOR": "cpu"},
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert_same_curve(json.loads((tmp_path / "train.json").read_text())["history"], single["history"])
+
+
 @pytest.fixture(scope="module")
 def single(small_data, small_vision, tmp_path_factory):
     from vlmscale.training import trainer as train

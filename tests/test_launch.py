@@ -34,3 +34,17 @@ def test_reattach_reuses_a_live_or_successful_job_and_never_a_failed_one(
     job = launch.reattach(record, "k", "slurm")
     assert (job is not None) == reattached
     assert launch.reattach(record, "another key", "slurm") is None  # other settings: never the old job
+
+
+def test_slurm_jobs_ask_for_requeue_no_wckey_and_srun_cpus_unless_configured():
+    params = launch.submitit_parameters({"cpus_per_task": 8, "sbatch": {"mail-type": "FAIL"}}, "slurm", "cell")
+    assert params["slurm_additional_parameters"] == {"requeue": True, "mail-type": "FAIL"}
+    assert params["slurm_wckey"] is None and params["slurm_srun_args"] == ["--cpus-per-task=8"]
+    own = launch.submitit_parameters({"wckey": "lab", "sbatch": {"no-requeue": True}}, "slurm", "cell")
+    assert own["slurm_wckey"] == "lab" and own["slurm_additional_parameters"] == {"no-requeue": True}
+    import submitit
+
+    script = submitit.slurm.slurm._make_sbatch_string(
+        command="x", folder="/tmp/f", **{k[6:]: v for k, v in params.items() if k.startswith("slurm_")}
+    )
+    assert "#SBATCH --requeue" in script and "--wckey" not in script and "--cpus-per-task=8" in script

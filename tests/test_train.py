@@ -66,6 +66,66 @@ def test_killed_training_resumes_to_identical_result(small_data, small_vision, t
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.parametrize("ops", [{"log_every": 1}, {"checkpoint_every": 3}], ids=["log_every", "checkpoint_every"])
+def test_operational_settings_change_neither_the_weights_nor_the_run_key(small_data, small_vision, tmp_path, ops):
+    """config.OPERATIONAL_TRAIN_KEYS reach the job as `ops`: the same cell, logged or saved more often,
+    ends with bit-identical weights under the same run key (so its checkpoint is resumable too)."""
+    from dataclasses import replace
+
+    from vlmscale import config as vcfg
+
+    assert set(ops) <= set(vcfg.OPERATIONAL_TRAIN_KEYS)
+    base = cell_cfg(small_data, small_vision, tmp_path / "a")
+    spec = {**base.spec, "train": {k: v for k, v in base.spec["train"].items() if k not in ops}}
+    reference = train.train_cell(replace(base, spec=spec), log=lambda m: None)
+    tuned = replace(base, spec=spec, checkpoint_dir=str(tmp_path / "b"), ops=ops)
+    assert tuned.settings != replace(base, spec=spec).settings  # the setting did reach the loop
+    result = train.train_cell(tuned, log=lambda m: None)
+    assert result["run_key"] == reference["run_key"]
+    _, a = read_final(tmp_path / "a/final")
+    _, b = read_final(tmp_path / "b/final")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGUSR2"])
+def test_a_signal_checkpoints_at_the_current_step_and_resumes_to_identical_weights(
+    small_data, small_vision, tmp_path, monkeypatch, sig
+):
+    """Slurm's preemption (SIGTERM) or time-limit (USR2) signal lands mid-stage, between periodic
+    checkpoints (every 10 steps): the job saves at the step it is on and leaves; the rerun resumes there."""
+    import os
+    import signal
+
+    from vlmscale.training import preemption
+
+    train.train_cell(cell_cfg(small_data, small_vision, tmp_path / "a"), log=lambda m: None)
+
+    def optimizer_step(loop, stage, step, stepper, parts):
+        if stage.name == "stage2" and step == 12:  # arrives during step 13; seen at its boundary
+            os.kill(os.getpid(), getattr(signal, sig))
+        return step_original(loop, stage, step, stepper, parts)
+
+    step_original = train.optimizer_step
+    monkeypatch.setattr(train, "optimizer_step", optimizer_step)
+    saved = {s: signal.getsignal(s) for s in preemption.SIGNALS}
+    preemption.install()
+    try:
+        with pytest.raises(SystemExit):
+            train.train_cell(cell_cfg(small_data, small_vision, tmp_path / "b"), log=lambda m: None)
+    finally:
+        for s, handler in saved.items():
+            signal.signal(s, handler)
+        preemption.reset()
+    monkeypatch.setattr(train, "optimizer_step", step_original)
+    assert torch.load(tmp_path / "b/last.pt", weights_only=False)["step"] == 13  # not the periodic step 10
+    messages = []
+    train.train_cell(cell_cfg(small_data, small_vision, tmp_path / "b"), log=messages.append)
+    assert any("resuming t/v4 at stage2 step 13" in m for m in messages)
+    _, a = read_final(tmp_path / "a/final")
+    _, b = read_final(tmp_path / "b/final")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_divergence_stops_with_the_setting_to_change(small_data, small_vision, tmp_path):
     cfg = cell_cfg(small_data, small_vision, tmp_path, stage2={"steps": 30, "lr": 1e12})
     with pytest.raises(train.TrainingDiverged, match="lower train.stage2.lr"):

@@ -259,6 +259,20 @@ def test_an_edit_to_any_module_reruns_exactly_the_rules_that_import_it(grid, tmp
     assert "data/tokenizer.py" in runs["flops"]  # the tokenizer sizes the embeddings, so N
 
 
+def test_operational_settings_plan_no_training(grid):
+    """Checkpoint and log frequency, launch resources and the tracking server decide when a job saves,
+    where it runs and where it reports, never the weights: changing them on a finished grid trains and
+    evaluates nothing (the tracking server's change replays the MLflow view alone)."""
+    cfg = copy.deepcopy(MINI)
+    cfg["train"].update(checkpoint_every=7, log_every=3)
+    cfg["llms"][1]["train"] = {"checkpoint_every": 11}
+    cfg["launch"] = {**MINI["launch"], "threads": 2, "slurm": {"time_min": 30, "partition": "gpu"}}
+    cfg["llms"][0]["resources"] = {"mem_gb": 8}
+    assert rules_planned(grid, "operational.yaml", cfg) == {}
+    cfg["tracking"] = {"experiment": "mini", "uri": "http://127.0.0.1:5999"}
+    assert rules_planned(grid, "tracking.yaml", cfg) == {"track_sync": 1, "all": 1}
+
+
 def vlmscale_status(workdir: Path, configfile: str) -> str:
     proc = subprocess.run(
         [sys.executable, "-m", "vlmscale.cli", "status", "--configfile", configfile],

@@ -49,7 +49,9 @@ def cmd_train(args) -> dict:
     from vlmscale.orchestration import track
     from vlmscale.specs import TrainJob
 
-    job = TrainJob(args.spec, args.data_root, args.vision, args.checkpoint_dir, args.out, args.tracking, args.threads)
+    job = TrainJob(
+        args.spec, args.data_root, args.vision, args.checkpoint_dir, args.out, args.tracking, args.threads, ops=args.ops
+    )
     result = _launch(track.train_main, job, args, f"train:{job.cell}")
     if result.get("world_size", 1) == 1 or os.environ.get("RANK", "0") == "0":  # one writer per cell
         write_outputs({args.out: result})
@@ -312,6 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
     for flag in ("--data-root", "--vision", "--out", "--checkpoint-dir"):
         p.add_argument(flag, required=True)
     p.add_argument("--tracking", type=_json, default={})
+    p.add_argument("--ops", type=_json, default={}, help="when to log and checkpoint (never changes the weights)")
     p = _stage(sub, "evaluate", cmd_evaluate, "evaluate one cell on its benchmarks (one JSON each)")
     for flag in ("--data-root", "--vision", "--train-json", "--out-dir"):
         p.add_argument(flag, required=True)

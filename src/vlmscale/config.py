@@ -381,6 +381,18 @@ def world_size(cfg: dict, llm: str) -> int:
     return int(resources.get("tasks_per_node", 1)) * int(resources.get("nodes", 1))
 
 
+# Train keys that decide when a job checkpoints and logs, never what it learns: kept out of the cell spec
+# (and so out of the run key and Snakemake's params), so tuning them to a partition's time limit retrains
+# nothing. The job gets them as a plain flag (`vlmscale train --ops`).
+OPERATIONAL_TRAIN_KEYS = ("log_every", "checkpoint_every")
+
+
+def operational_spec(cfg: dict, llm: str) -> dict:
+    """The LLM's operational train settings (OPERATIONAL_TRAIN_KEYS), its own overrides merged."""
+    train = deep_merge(cfg["train"], llm_by_name(cfg, llm).get("train", {}))
+    return {k: train[k] for k in OPERATIONAL_TRAIN_KEYS if k in train}
+
+
 def cell_spec(cfg: dict, llm: str, visual_tokens: int, seed: int | None = None) -> dict:
     """Everything that decides a cell's trained weights, resolved (LLM-level train overrides merged).
     seed: the grid seed of this cell (grid.seeds); it sets train.seed, which seeds the LLM's
@@ -388,6 +400,7 @@ def cell_spec(cfg: dict, llm: str, visual_tokens: int, seed: int | None = None) 
     model = llm_by_name(cfg, llm)
     arch = {k: v for k, v in model.items() if k not in ("train", "resources")}
     train = deep_merge(cfg["train"], model.get("train", {}))
+    train = {k: v for k, v in train.items() if k not in OPERATIONAL_TRAIN_KEYS}
     if seed is not None:
         train["seed"] = int(seed)
     return {

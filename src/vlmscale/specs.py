@@ -131,7 +131,8 @@ class _CellSpec:
 
     @property
     def settings(self) -> TrainSettings:
-        return TrainSettings.from_spec(self.spec["train"])
+        # Operational keys (config.OPERATIONAL_TRAIN_KEYS) come from `ops`, outside the spec and its hashes.
+        return TrainSettings.from_spec({**self.spec["train"], **getattr(self, "ops", {})})
 
 
 @dataclass(frozen=True)
@@ -146,6 +147,7 @@ class TrainJob(_CellSpec):
     tracking: dict = field(default_factory=dict)  # {uri, experiment, grid}; empty: no MLflow
     threads: int = 1
     executor: str = "inline"
+    ops: dict = field(default_factory=dict)  # {log_every, checkpoint_every}: when to log and save, not what
 
 
 @dataclass(frozen=True)

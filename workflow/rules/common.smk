@@ -58,6 +58,15 @@ def tracking_param():
     return vcfg.as_param({"uri": t["uri"], "experiment": t["experiment"], "grid": config["grid"]["name"]})
 
 
+# Operational (when to log and checkpoint; vcfg.OPERATIONAL_TRAIN_KEYS) and tracking settings reach the job
+# as resources / plain flags, not params: tuning them, or moving the MLflow server, retrains nothing.
+def train_ops(wildcards):
+    return vcfg.as_param(vcfg.operational_spec(config, wildcards.llm))
+
+
+TRACKING = tracking_param()
+
+
 def launch_resources(wildcards):
     # A resource, not a param: a new partition or time limit reruns nothing.
     return vcfg.as_param(vcfg.launch_resources(config, getattr(wildcards, "llm", None)))

@@ -11,13 +11,13 @@ rule train:
     params:
         code=code_param(identity.TRAINING_MODULE),
         spec=cell_spec,
-        tracking=tracking_param(),
         checkpoints=f"{RESULTS}/checkpoints/{{llm}}/v{{V}}/s{{seed}}",
     threads: LAUNCH["threads"]
     resources:
         launch=launch_resources,
+        ops=train_ops,
     priority: training_priority
     shell:
-        "vlmscale train --spec {params.spec:q} --tracking {params.tracking:q} --data-root {RESULTS}/data "
+        "vlmscale train --spec {params.spec:q} --tracking {TRACKING:q} --ops {resources.ops:q} --data-root {RESULTS}/data "
         "--vision {input.vision} --checkpoint-dir {params.checkpoints} --out {output} "
         "{LAUNCH_FLAGS} --slurm {resources.launch:q} > {log} 2>&1"

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -43,6 +44,7 @@ RESOURCE_KEYS = {
     "setup": "slurm_setup",
     "signal_delay_s": "slurm_signal_delay_s",
     "max_requeues": "slurm_max_num_timeout",
+    "wckey": "slurm_wckey",
 }
 ACTIVE_STATES = ("PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "RESIZING", "SUSPENDED")
 
@@ -63,13 +65,15 @@ class Stage(submitit.helpers.Checkpointable):
         self.fn = fn
 
     def __call__(self, cfg) -> dict:
+        # Compute nodes are often offline, and every rank contacting the Hub at start is load the Hub
+        # rate-limits: models are resolved on the login node beforehand (`hf download`, README).
+        for key in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+            os.environ.setdefault(key, "1")
         return self.fn(cfg)
 
 
 def current_job() -> dict:
     """Inside a submitted job: its id and log files (linked from train.json and the MLflow run)."""
-    import os
-
     if "SUBMITIT_FOLDER" not in os.environ:
         return {}
     env = submitit.JobEnvironment()
@@ -88,7 +92,30 @@ def submitit_parameters(resources: dict | None, executor: str, name: str) -> dic
     if unknown:
         raise LaunchError(f"launch resources: unknown keys {unknown}; known: {sorted(RESOURCE_KEYS)}")
     if executor == "slurm":
-        params.update({RESOURCE_KEYS[k]: v for k, v in resources.items() if v is not None})
+        params.update(slurm_defaults(resources))
+        params.update({RESOURCE_KEYS[k]: v for k, v in resources.items() if v is not None and k != "sbatch"})
+    return params
+
+
+def executor_arguments(params: dict) -> dict:
+    """Pop what submitit takes when the executor is built, not in update_parameters (which refuses
+    `max_num_timeout`: `max_requeues` never reached a job before)."""
+    return {k: params.pop(k) for k in ("slurm_max_num_timeout",) if k in params}
+
+
+def slurm_defaults(resources: dict) -> dict:
+    """What every Slurm job asks for unless the config says otherwise:
+    * `--requeue`: where the cluster sets JobRequeue=0, `scontrol requeue` (the time-limit path) and
+      PreemptMode=REQUEUE only requeue a job that asked for it;
+    * no `--wckey` (submitit writes `--wckey=submitit`, which clusters enforcing wckeys reject); `wckey:` sets one;
+    * srun's `--cpus-per-task` (Slurm 22.05-23.02 does not pass sbatch's on to srun, binding each task to one CPU)."""
+    sbatch = dict(resources.get("sbatch") or {})
+    params = {
+        "slurm_additional_parameters": sbatch if "no-requeue" in sbatch else {"requeue": True, **sbatch},
+        "slurm_wckey": resources.get("wckey") or None,  # None: submitit writes no --wckey line
+    }
+    if resources.get("cpus_per_task"):
+        params["slurm_srun_args"] = [f"--cpus-per-task={resources['cpus_per_task']}"]
     return params
 
 
@@ -142,8 +169,9 @@ def run(
 
 
 def submit(fn, cfg, executor: str, log_dir, name: str, resources: dict | None):
-    ex = submitit.AutoExecutor(folder=str(log_dir), cluster=executor)
-    ex.update_parameters(**submitit_parameters(resources, executor, name))
+    params = submitit_parameters(resources, executor, name)
+    ex = submitit.AutoExecutor(folder=str(log_dir), cluster=executor, **executor_arguments(params))
+    ex.update_parameters(**params)
     try:
         return ex.submit(Stage(fn), cfg)
     except subprocess.CalledProcessError as exc:  # sbatch refused: show Slurm's own words

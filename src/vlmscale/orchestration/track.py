@@ -38,7 +38,19 @@ def _warn(what: str, exc: Exception) -> None:
     print(f"[vlmscale] MLflow {what} failed ({type(exc).__name__}: {exc}); results are kept in JSON", file=sys.stderr)
 
 
+# A tracking call's time budget (each overridable in the environment). MLflow's own defaults (120 s timeout,
+# 7 retries with backoff) cost rank 0 about 249 s per call against a refusing port while the other ranks
+# wait in a collective: a dead server could time the whole job out. The JSON files are the record anyway.
+HTTP_BUDGET = {
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+}
+
+
 def client_for(uri: str):
+    for key, value in HTTP_BUDGET.items():
+        os.environ.setdefault(key, value)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     quiet_mlflow()
     from mlflow.tracking import MlflowClient
@@ -174,6 +186,7 @@ class CellTracker:
             self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
         except Exception as exc:
             _warn("log_metrics", exc)
+            self.client = None  # one failure is enough: the rest goes to JSON only; track_sync replays it
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if self.client is None or self.run_id is None:

@@ -29,17 +29,30 @@ class World:
 
 
 def world_from_env() -> World:
-    if int(os.environ.get("SLURM_NTASKS", "1")) > 1 and "RANK" not in os.environ:
-        import submitit
+    """This process's rank and world, with the rendezvous variables always exported: DeepSpeed, even for
+    one process, reads RANK/LOCAL_RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT and, missing them, falls back to
+    MPI discovery (`ModuleNotFoundError: mpi4py` on a one-GPU ZeRO cell)."""
+    if os.environ.get("SUBMITIT_EXECUTOR") == "slurm":
+        # A task of a Slurm job, one or many: Slurm's own numbering wins over any RANK that sbatch copied
+        # from the submitting shell's environment.
+        export_slurm_world()
+    elif "RANK" not in os.environ:  # one process outside a launcher: a world of one, on a port free here
+        os.environ.update(local_world(0, 1, free_port()))
+    return World(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)))
 
+
+def export_slurm_world() -> None:
+    import submitit
+
+    if int(os.environ.get("SLURM_NTASKS", "1")) > 1:
         # submitit draws the rendezvous port from 20000-60000, inside Linux's ephemeral range (32768+),
         # where another process's outgoing connection can already hold it. Every task derives the same
         # port from the job id, below that range.
-        os.environ.setdefault(
-            "MASTER_PORT", str(RENDEZVOUS_PORTS[0] + int(os.environ["SLURM_JOB_ID"]) % RENDEZVOUS_PORTS[1])
-        )
-        submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
-    return World(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)))
+        port = RENDEZVOUS_PORTS[0] + int(os.environ["SLURM_JOB_ID"]) % RENDEZVOUS_PORTS[1]
+    else:  # one task agrees with no one: a port free on this node (several one-GPU jobs may share it)
+        port = free_port()
+    os.environ["MASTER_PORT"] = str(port)  # not one copied from the submitting shell
+    submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
 
 
 def free_port() -> int:

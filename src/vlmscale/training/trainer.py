@@ -28,6 +28,7 @@ from vlmscale.model.cell import build_cell_model
 from vlmscale.model.vision import device_for_job, feature_source
 from vlmscale.model.vlm import VLM, count_llm_params
 from vlmscale.specs import STAGES, StageSettings, TrainJob, TrainSettings
+from vlmscale.training import preemption
 from vlmscale.training.checkpoint import adapter_state, load_weights, save_final
 from vlmscale.training.distributed import World, make_stepper, mean_across, share, world_from_env
 
@@ -217,6 +218,8 @@ def prepare_loop(job: TrainJob, key: str, tracker, log) -> tuple[Loop, dict[str,
 
 def train_cell(job: TrainJob, tracker=None, log=_progress) -> dict:
     key = run_key(job.spec)
+    if job.executor == "slurm":  # Slurm's time-limit and preemption signals checkpoint at the current step
+        preemption.install()
     loop, n_train = prepare_loop(job, key, tracker, log)
     state, weights = loop.checkpointer.load()
     trained_before = state.stage == len(STAGES)  # its final/ is there: nothing to train or save
@@ -258,19 +261,29 @@ def run_stage(loop: Loop, stage: StageSettings, state: TrainingState) -> None:
         )
         loss, acc = optimizer_step(loop, stage, step, stepper, share(indices, loop.world).chunk(accumulation))
         cut = torch.tensor(float(loop.data.take_truncated()), device=loss.device)
-        loss, acc, cut = mean_across(torch.stack([loss, acc, cut]), loop.world)
+        stats = torch.cat([torch.stack([loss, acc, cut]), preemption.flags(loss.device)])  # one all-reduce
+        loss, acc, cut, *signalled = mean_across(stats, loop.world)
         state.truncated[stage.name] = state.truncated.get(stage.name, 0) + round(cut.item() * loop.world.size)
         window.append((loss.item(), acc.item()))
         if (step + 1) % max(1, loop.settings.log_every) == 0 or step + 1 == stage.steps:
             record_progress(loop, state, stage, step, window)
             window = []
-        if (step + 1) % loop.settings.checkpoint_every == 0 and step + 1 < stage.steps:
-            state.step, state.seconds = step + 1, time.time() - loop.started
-            saved = stepper.save(loop.checkpointer.deepspeed_dir, f"{stage.name}-step{step + 1}")  # every rank
-            if loop.world.is_main:
-                loop.checkpointer.save(state, loop.model, saved)
+        stop = any(flag > 0 for flag in signalled) and step + 1 < stage.steps  # Slurm asked; every rank agrees
+        if stop or ((step + 1) % loop.settings.checkpoint_every == 0 and step + 1 < stage.steps):
+            save_checkpoint(loop, state, stage, step + 1, stepper)
+        if stop:
+            loop.checkpointer.record_attempt("signalled", step=loop.settings.global_step(stage.index, step + 1))
+            preemption.leave(torch.stack(signalled), loop.world.rank)
     stepper.release()
     state.optimizer = state.deepspeed_tag = None
+
+
+def save_checkpoint(loop: Loop, state: TrainingState, stage: StageSettings, step: int, stepper) -> None:
+    """Mid-stage checkpoint after `step` steps: every rank's DeepSpeed partition, then rank 0's last.pt."""
+    state.step, state.seconds = step, time.time() - loop.started
+    saved = stepper.save(loop.checkpointer.deepspeed_dir, f"{stage.name}-step{step}")  # every rank
+    if loop.world.is_main:
+        loop.checkpointer.save(state, loop.model, saved)
 
 
 def optimizer_step(loop: Loop, stage: StageSettings, step: int, stepper, parts) -> tuple[torch.Tensor, torch.Tensor]:
