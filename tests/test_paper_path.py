@@ -256,8 +256,8 @@ def test_the_paper_config_runs_end_to_end_on_tiny_checkpoints(paper_like):
     assert run.returncode == 0, run.stderr[-4000:]
     results = paper_like / "results"
     report = read_json(results / "data/data_report.json")
-    assert report["problems"] == [] and report["text_only_records_skipped"] == 1
-    assert report["stages"]["stage1"]["n_samples"] * 2 == report["stages"]["stage2"]["n_samples"]
+    assert report["problems"] == [] and report["text_only_records"] == 1 == report["stages"]["stage2"]["n_text_only"]
+    assert report["stages"]["stage1"]["n_samples"] * 2 + 1 == report["stages"]["stage2"]["n_samples"]  # text-only kept
     assert read_json(results / "vision/tower.json")["features"] is None  # encoder ran inside the jobs
     assert not (results / "vision/features.pt").exists()
     metrics = {b["name"]: b["metric"] for b in BUILTIN_BENCHMARKS}

@@ -21,7 +21,8 @@ from vlmscale.specs import STAGES
 class Batch:
     """Sequences laid out as tokenizer.py describes: right-padded ids with V IMAGE placeholders, labels on
     the answers only, each row's prompt length (what generation starts from), the question alone (what
-    QueCC conditions on) and the rows' patch features."""
+    QueCC conditions on) and the rows' patch features. A text-only row (has_image False) has no
+    placeholders; its features are a blank image's, run through the adapter and dropped, as LLaVA does."""
 
     input_ids: torch.Tensor
     labels: torch.Tensor
@@ -30,11 +31,39 @@ class Batch:
     question_lengths: torch.Tensor
     features: torch.Tensor
     truncated: int = 0  # rows cut at the model's maximum length
+    has_image: torch.Tensor | None = None  # per row (bool); None: every row has an image
 
     def to(self, device) -> "Batch":
         tensors = (self.input_ids, self.labels, self.prompt_lengths, self.question_ids, self.question_lengths,
                    self.features)  # fmt: skip
-        return Batch(*(t.to(device) for t in tensors), truncated=self.truncated)
+        has_image = None if self.has_image is None else self.has_image.to(device)
+        return Batch(*(t.to(device) for t in tensors), truncated=self.truncated, has_image=has_image)
+
+
+def sequence_row(sample: Sample, tokenizer, visual_tokens: int) -> tuple[list[int], list[int]]:
+    """(ids, labels) of one sample: its one IMAGE marker widened to the V visual tokens' places; a
+    text-only sample's sequence has none (LLaVA's num_images == 0)."""
+    ids, labs = tokenizer.sequence(sample.conversation, image=sample.has_image)
+    if not sample.has_image:
+        return ids, labs
+    at = ids.index(IMAGE)
+    return ids[:at] + [IMAGE] * visual_tokens + ids[at + 1 :], labs[:at] + [IGNORE] * visual_tokens + labs[at + 1 :]
+
+
+def row_features(samples: list[Sample], features) -> torch.Tensor:
+    """Every row's features: its image's, or for a text-only row the feature source's blank image (LLaVA
+    feeds a zero image for such a row and keeps none of its tokens)."""
+    images = [s.image for s in samples if s.has_image]
+    if len(images) == len(samples):
+        return features(images)
+    blank = features.blank()
+    if not images:
+        return blank[None].expand(len(samples), *blank.shape).clone()
+    fetched, rows = features(images), []
+    found = iter(fetched)
+    for s in samples:
+        rows.append(next(found) if s.has_image else blank.to(fetched.device, fetched.dtype))
+    return torch.stack(rows)
 
 
 def make_batch(samples: list[Sample], tokenizer, visual_tokens: int, features, max_length: int | None = None) -> Batch:
@@ -42,12 +71,7 @@ def make_batch(samples: list[Sample], tokenizer, visual_tokens: int, features, m
     set out of memory), cut at `max_length` tokens, and fetch their features from the feature source."""
     rows, labels, prompt_lengths, truncated = [], [], [], 0
     for s in samples:
-        ids, labs = tokenizer.sequence(s.conversation)
-        at = ids.index(IMAGE)  # the one marker becomes the V visual tokens' places
-        ids, labs = (
-            ids[:at] + [IMAGE] * visual_tokens + ids[at + 1 :],
-            labs[:at] + [IGNORE] * visual_tokens + labs[at + 1 :],
-        )
+        ids, labs = sequence_row(s, tokenizer, visual_tokens)
         if max_length and len(ids) > max_length:
             ids, labs, truncated = ids[:max_length], labs[:max_length], truncated + 1
         rows.append(ids)
@@ -56,20 +80,22 @@ def make_batch(samples: list[Sample], tokenizer, visual_tokens: int, features, m
     ids, _ = pad_right(rows, tokenizer.pad_id)
     label_ids, _ = pad_right(labels, IGNORE)
     question_ids, question_lengths = pad_right([tokenizer.question_ids(s.question) for s in samples], tokenizer.pad_id)
+    has_image = torch.tensor([s.has_image for s in samples])
     return Batch(
         ids,
         label_ids,
         torch.tensor(prompt_lengths),
         question_ids,
         question_lengths,
-        features([s.image for s in samples]),
+        row_features(samples, features),
         truncated,
+        None if bool(has_image.all()) else has_image,
     )
 
 
 def check_samples(samples: list[Sample], tokenizer, features, what: str) -> None:
     """Before the first step: every image has features (or exists) and every answer can be encoded."""
-    missing = features.missing(s.image for s in samples)
+    missing = features.missing(s.image for s in samples if s.has_image)
     if missing:
         raise FileNotFoundError(f"{what}: {len(missing)} images have no tower features (first: {missing[0]})")
     if isinstance(tokenizer, WordTokenizer):

@@ -2,7 +2,8 @@
 
 Layout (LLaVA's own): a conversation JSON (`data.train_json`, a list of {"id", "image", "conversations":
 [{"from": "human", "value": "<image>\\n..."}, {"from": "gpt", "value": ...}, ...]}), an image folder
-(`data.image_folder`) that every "image" path is relative to, and a benchmark folder
+(`data.image_folder`) that every "image" path is relative to (a record without one is text-only, trained
+with no visual tokens as LLaVA does, and counted in the report), and a benchmark folder
 (`data.benchmark_folder`) with one sub-folder per benchmark holding LLaVA's evaluation files
 `questions.jsonl` ({"question_id", "image", "text"}) and `answers.jsonl` ({"question_id", "answer"}),
 their images relative to the same image folder.
@@ -122,22 +123,21 @@ def prepare(spec: dict, out_dir: str | Path) -> dict:
     out = Path(out_dir)
     problems: list[str] = []
     image_folder = Path(spec["image_folder"]).resolve()
-    stages, train, images, text_only = {}, {}, set(), 0
+    stages, train, images = {}, {}, set()
     for stage in STAGES:
         paths = stage_data(spec, stage)
         source = (Path(paths["train_json"]).resolve(), Path(paths["image_folder"]).resolve())
         if source not in train:
             records = read_json_file(source[0])
             train[source] = conversation_samples(records, source[0], problems)
-            text_only += (
-                sum(isinstance(r, dict) and "image" not in r for r in records) if isinstance(records, list) else 0
-            )
-            check_images({s.image for s in train[source]}, source[1], problems)
-            images |= {str(source[1] / s.image) for s in train[source]}
+            named = {s.image for s in train[source] if s.has_image}
+            check_images(named, source[1], problems)
+            images |= {str(source[1] / name) for name in named}
         stages[stage] = {
             "json": str(source[0]),
             "image_folder": str(source[1]),
             "n_samples": len(train[source]),
+            "n_text_only": sum(not s.has_image for s in train[source]),  # trained with no visual tokens
             "mean_words": mean_words(train[source]),
         }
     folders = sorted(Path(spec["benchmark_folder"]).resolve().iterdir()) if spec.get("benchmark_folder") else []
@@ -153,7 +153,7 @@ def prepare(spec: dict, out_dir: str | Path) -> dict:
         "n_images": len(images),
         "benchmarks": {name: len(items) for name, items in benchmarks.items()},
         "multi_word_answers": sum(len(s.answer.split()) != 1 for s in all_train),
-        "text_only_records_skipped": text_only,
+        "text_only_records": sum(not s.has_image for s in all_train),  # trained with no visual tokens, as LLaVA
         "problems": problems,
     }
     write_json(out / "data_report.json", report)

@@ -25,10 +25,10 @@ MAX_LISTED = 10
 
 @dataclass(frozen=True)
 class Sample:
-    """A conversation about one image (most often one question): what every loader (synthetic or real
-    LLaVA) yields."""
+    """A conversation about one image (most often one question), or about none (a text-only record, as
+    ~40K of LLaVA-665K: trained with no visual tokens): what every loader (synthetic or real LLaVA) yields."""
 
-    image: str  # path relative to the data root (absolute once a loader joins its image folder)
+    image: str  # path relative to the data root (absolute once a loader joins its image folder); "": none
     question: str  # the first turn's (the one the image comes with; what QueCC conditions on)
     answer: str
     task: str = ""
@@ -37,12 +37,16 @@ class Sample:
     turns: tuple[tuple[str, str], ...] = ()  # a conversation's later (question, answer) turns
 
     @property
+    def has_image(self) -> bool:
+        return bool(self.image)
+
+    @property
     def conversation(self) -> tuple[tuple[str, str], ...]:
         return ((self.question, self.answer), *self.turns)
 
 
 def with_image_root(samples: list[Sample], image_root: str) -> list[Sample]:
-    return [dataclasses.replace(s, image=os.path.join(image_root, s.image)) for s in samples]
+    return [dataclasses.replace(s, image=os.path.join(image_root, s.image)) if s.has_image else s for s in samples]
 
 
 def vocabulary(samples: Iterable[Sample]) -> list[str]:
@@ -70,8 +74,6 @@ def conversation_samples(records, source: Path, problems: list[str]) -> list[Sam
         return []
     samples = []
     for k, rec in enumerate(records):
-        if isinstance(rec, dict) and "image" not in rec:
-            continue  # a text-only record (the 665K mix has ~40K): no visual tokens to train; counted by llava
         samples += _record_samples(rec, f"{source}: record {k}", problems)
     return samples
 
@@ -79,8 +81,9 @@ def conversation_samples(records, source: Path, problems: list[str]) -> list[Sam
 def _record_samples(rec, where: str, problems: list[str]) -> list[Sample]:
     if isinstance(rec, dict):
         where = f"{where} (id {rec.get('id')!r})"
-    if not isinstance(rec, dict) or not isinstance(rec.get("image"), str):
-        problems.append(f"{where}: needs an 'image' path")
+    # no "image" key: a text-only record (LLaVA's 665K mix has ~40K), trained with no visual tokens
+    if not isinstance(rec, dict) or ("image" in rec and not (isinstance(rec["image"], str) and rec["image"])):
+        problems.append(f"{where}: 'image' must be a path (or absent, for a text-only record)")
         return []
     turns = rec.get("conversations")
     if not isinstance(turns, list) or len(turns) < 2 or len(turns) % 2:
@@ -93,7 +96,7 @@ def _record_samples(rec, where: str, problems: list[str]) -> list[Sample]:
             return []
         pairs.append((human["value"].replace("<image>", "").strip(), gpt["value"].strip()))
     (question, answer), *later = pairs
-    return [Sample(rec["image"], question, answer, rec.get("task", ""), turns=tuple(later))]
+    return [Sample(rec.get("image", ""), question, answer, rec.get("task", ""), turns=tuple(later))]
 
 
 def _is_turn(turn, speaker: str) -> bool:

@@ -6,7 +6,8 @@ Both codecs lay a sample out the same way, so training, evaluation and the FLOP 
     loss only on the answer ids (labels elsewhere are IGNORE)
 
 A conversation of several turns is one sequence, as LLaVA trains it: the image once, every answer
-supervised. `sequence` returns it with one IMAGE marker, which the batch widens to V placeholders.
+supervised. `sequence` returns it with one IMAGE marker, which the batch widens to V placeholders; a
+text-only conversation (image=False) has no marker and no visual tokens, as LLaVA trains one.
 
 * `WordTokenizer` (the synthetic grid): a word vocabulary built from the data; no prefix, the prompt is
   the question's words, the answer is one word (greedy decoding stops after one token).
@@ -50,9 +51,10 @@ class WordTokenizer:
     def question_ids(self, question: str) -> list[int]:
         return self.encode(question)
 
-    def sequence(self, conversation) -> tuple[list[int], list[int]]:
-        """(ids, labels) of a conversation, one IMAGE marker first: each question's words, then its answer."""
-        ids, labels = [IMAGE], [IGNORE]
+    def sequence(self, conversation, image: bool = True) -> tuple[list[int], list[int]]:
+        """(ids, labels) of a conversation, one IMAGE marker first (if it has an image): each question's
+        words, then its answer."""
+        ids, labels = ([IMAGE], [IGNORE]) if image else ([], [])
         for question, answer in conversation:
             prompt = self.encode(question)
             ids += prompt + [self.answer_id(answer)]
@@ -96,12 +98,13 @@ class ChatTokenizer:
     def _render(self, messages: list[dict], prompt: bool) -> str:
         return self.tok.apply_chat_template(messages, add_generation_prompt=prompt, tokenize=False)
 
-    def sequence(self, conversation) -> tuple[list[int], list[int]]:
+    def sequence(self, conversation, image: bool = True) -> tuple[list[int], list[int]]:
         """(ids, labels) of a conversation rendered by the chat template, one IMAGE marker where the
-        template puts the image; labels on each answer and the end-of-turn token that closes it."""
+        template puts the image (none for a text-only one); labels on each answer and the end-of-turn
+        token that closes it."""
         ids, labels, rendered, messages = [], [], "", []
         for k, (question, answer) in enumerate(conversation):
-            messages.append({"role": "user", "content": f"<image>\n{question}" if k == 0 else question})
+            messages.append({"role": "user", "content": f"<image>\n{question}" if k == 0 and image else question})
             prompt = self._render(messages, prompt=True)
             messages.append({"role": "assistant", "content": answer})
             reply = self._reply(self._render(messages, prompt=False), prompt, rendered, k)

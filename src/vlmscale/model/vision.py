@@ -170,6 +170,15 @@ class ImageEncoder:
             pixels = torch.stack([pixels_of(img, self.size) for img in images]).to(self.device)
         else:
             pixels = self.processor(images=images, return_tensors="pt")["pixel_values"].to(self.device, self.dtype)
+        return self.features_of(pixels)
+
+    @torch.no_grad()
+    def blank(self) -> torch.Tensor:
+        """(P, D * (1 + L)) features of LLaVA's image for a text-only record: pixel values all zero."""
+        dtype = torch.float32 if self.processor is None else self.dtype
+        return self.features_of(torch.zeros(1, 3, self.size, self.size, device=self.device, dtype=dtype))[0]
+
+    def features_of(self, pixels: torch.Tensor) -> torch.Tensor:
         out = self.model(pixel_values=pixels, output_hidden_states=True)
         single = out.last_hidden_state if self.layer is None else out.hidden_states[self.layer]
         levels = [out.hidden_states[i] for i in self.multi]
@@ -197,6 +206,10 @@ class CachedFeatures:
     def with_aspect(self, aspect: str) -> "CachedFeatures":
         return self  # encoded once, padded (vision stage): equal to 'square' for the square synthetic images
 
+    def blank(self) -> torch.Tensor:
+        """A text-only row's features: zeros (the cache holds no blank image; none of its tokens is kept)."""
+        return torch.zeros(self.features.shape[1:])
+
     def __call__(self, paths: list[str]) -> torch.Tensor:
         return self.features[torch.tensor([self.rows[p] for p in paths])].float()
 
@@ -212,6 +225,9 @@ class OnlineFeatures:
 
     def with_aspect(self, aspect: str) -> "OnlineFeatures":
         return OnlineFeatures(self.encoder, aspect)
+
+    def blank(self) -> torch.Tensor:
+        return self.encoder.blank()
 
     def __call__(self, paths: list[str]) -> torch.Tensor:
         return self.encoder(paths, self.aspect)  # stays on the job's device
