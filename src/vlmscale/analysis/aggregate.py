@@ -13,6 +13,7 @@ from pathlib import Path
 import duckdb
 import pandas as pd
 
+from vlmscale.analysis.sizes import nominal_or_nan
 from vlmscale.fileio import read_json
 
 FAMILY_QUERY = """
@@ -46,6 +47,8 @@ def cell_rows(cell_dir: Path, benchmarks: list[str]) -> list[dict]:
                 "llm": train["llm"],
                 "llm_params": train["llm_params"]["total"],
                 "llm_params_non_embedding": train["llm_params"]["non_embedding"],
+                # the paper's convention (Qwen-1.5 0.5B, ...) for comparisons with it; NaN for other LLMs
+                "llm_params_nominal": nominal_or_nan(train["llm_params"]["total"]),
                 "visual_tokens": train["visual_tokens"],
                 "seed": train.get("seed", 0),
                 "benchmark": bench,

@@ -14,6 +14,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from vlmscale.analysis import law  # noqa: E402
+from vlmscale.analysis import sizes as sizes_  # noqa: E402
 from vlmscale.analysis.aggregate import family_table  # noqa: E402
 from vlmscale.analysis.cost import paper_flops  # noqa: E402
 from vlmscale.analysis.law import FitResult  # noqa: E402
@@ -35,8 +36,10 @@ def draw_frontier(
     table: pd.DataFrame, fit: FitResult, family: str, text_tokens: int, reference: pd.DataFrame | None = None
 ):
     """Error vs FLOPs = 2N(Q+V): one curve per LLM size (marker size grows with V; bars: ±1 s.d. across
-    seeds), fitted curves, frontier; optionally the paper's published cells (grey) on the same axes."""
+    seeds), fitted curves, frontier; optionally the paper's published cells (grey) on the same axes, at
+    nominal N as the paper counts, and then the cells too where they have nominal sizes (analysis.sizes)."""
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    shown, convention = drawn_params(table, reference)
     if reference is not None:
         ax.scatter(
             paper_flops(reference.llm_params, text_tokens, reference.visual_tokens),
@@ -44,22 +47,53 @@ def draw_frontier(
             s=12,
             color="0.6",
             marker="x",
-            label="paper (Li et al. 2024), published cells",
+            label="paper (Li et al. 2024), published cells, N nominal",
             zorder=2,
         )
     v_min, v_max = table.visual_tokens.min(), table.visual_tokens.max()
     colours = plt.cm.viridis(np.linspace(0, 0.9, table.llm_params.nunique()))
     for colour, (n, group) in zip(colours, table.groupby("llm_params")):
-        group = group.sort_values("visual_tokens")
-        x = paper_flops(n, text_tokens, group.visual_tokens)
+        group, at = group.sort_values("visual_tokens"), float(shown[group.index[0]])
+        x = paper_flops(at, text_tokens, group.visual_tokens)
         sizes = 20 + 80 * np.log2(group.visual_tokens) / max(1, np.log2(v_max))
-        ax.scatter(x, group.error, s=sizes, color=colour, label=f"{group.llm.iloc[0]} ({n:.3g} params)", zorder=3)
+        named = f"{n:.3g} {convention}" if np.isclose(at, n) else f"{n:.3g} total, {at:.3g} nominal"
+        ax.scatter(x, group.error, s=sizes, color=colour, label=f"{group.llm.iloc[0]} (N {named})", zorder=3)
         if "n_seeds" in group and group.n_seeds.max() > 1:  # the spread across seeds: ±1 standard deviation
             ax.errorbar(
                 x, group.error, yerr=group.error_sd, fmt="none", ecolor=colour, elinewidth=1, capsize=2, zorder=3
             )
-        vs = np.geomspace(v_min, v_max, 100)
-        ax.plot(paper_flops(n, text_tokens, vs), fit.predict(np.full_like(vs, n), vs), color=colour, lw=1, alpha=0.7)
+        vs = np.geomspace(v_min, v_max, 100)  # the law is in the table's N, drawn at the cell's own x
+        ax.plot(paper_flops(at, text_tokens, vs), fit.predict(np.full_like(vs, n), vs), color=colour, lw=1, alpha=0.7)
+    if np.allclose(shown, table.llm_params):  # the frontier is a curve in the law's own N: on that axis only
+        _draw_law_frontier(ax, table, fit, text_tokens)
+    _log_axis(ax)
+    paper_side = "paper: N nominal; " if reference is not None and convention == sizes_.TOTAL else ""
+    ax.set_xlabel(f"inference FLOPs = 2·N·(Q+V), Q = {text_tokens} ({paper_side}cells: N {convention})")
+    ax.set_ylabel(f"{family} error (1 − mean accuracy)")
+    untrusted = " — not to be trusted" if law.trust_problems(fit) else ""
+    ax.set_title(
+        f"{family}: α={fit.params.get('alpha', float('nan')):.3f}, β={fit.params.get('beta', float('nan')):.3f} "
+        f"(the table's N), R²={fit.r2:.2f}{untrusted}",
+        fontsize=10,
+    )
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def drawn_params(table: pd.DataFrame, reference: pd.DataFrame | None) -> tuple[pd.Series, str]:
+    """The N each cell is drawn at, and its convention: the measured total, or beside the paper's cells the
+    nominal size, where every cell has one (an LLM that is not Qwen-1.5 has none: totals, said on the axis).
+    A table already in nominal sizes (the paper's own) is drawn as it is, and says so."""
+    nominal = table.llm_params.map(sizes_.nominal_or_nan)
+    if nominal.notna().all() and (reference is not None or np.allclose(nominal, table.llm_params)):
+        return nominal, sizes_.NOMINAL
+    return table.llm_params, sizes_.TOTAL
+
+
+def _draw_law_frontier(ax, table: pd.DataFrame, fit: FitResult, text_tokens: int) -> None:
+    v_min, v_max = table.visual_tokens.min(), table.visual_tokens.max()
     budgets = np.geomspace(
         paper_flops(table.llm_params.min(), text_tokens, v_min),
         paper_flops(table.llm_params.max(), text_tokens, v_max),
@@ -72,19 +106,6 @@ def draw_frontier(
         lw=1.5,
         label="compute-optimal frontier (law)",
     )
-    _log_axis(ax)
-    ax.set_xlabel(f"inference FLOPs = 2·N·(Q+V), Q = {text_tokens}")
-    ax.set_ylabel(f"{family} error (1 − mean accuracy)")
-    untrusted = " — not to be trusted" if law.trust_problems(fit) else ""
-    ax.set_title(
-        f"{family}: α={fit.params.get('alpha', float('nan')):.3f}, β={fit.params.get('beta', float('nan')):.3f}, "
-        f"R²={fit.r2:.2f}{untrusted}",
-        fontsize=10,
-    )
-    ax.legend(fontsize=7)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    return fig
 
 
 def _log_axis(ax) -> None:
@@ -159,14 +180,7 @@ def markdown_report(
     ]
     lines += _law_table(fits)
     if reference:
-        lines += [
-            "",
-            "## The paper's published grid (visual reasoning), refitted by the same engine",
-            "",
-            f"α = {reference['alpha']:.4f}, β = {reference['beta']:.4f}, SSE = {reference['sse']:.3g} "
-            f"(the paper reports α ≈ 0.077, β ≈ 0.015; its exponents reach SSE = {reference['paper_sse']:.3g} "
-            "on the same table).",
-        ]
+        lines += _paper_comparison(reference)
     lines += ["", "## Compute-optimal frontier", ""] + _frontier_section(fits, frontier) + ["## Figures", ""]
     lines += [f"![{f.stem}](figures/{f.name})" for f in figures]
     lines += ["", "## Family error per cell (mean ± s.d. across seeds)", "", _family_error_table(grid), ""]
@@ -196,6 +210,9 @@ def markdown_report(
 def _law_table(fits: dict[str, FitResult]) -> list[str]:
     lines = [
         "## Fitted laws: Y(N, V) = K·N^-α·V^-β + D",
+        "",
+        "N = each cell's LLM parameters as counted (total, `llm_params`); the comparison with the paper "
+        "below puts both sides on nominal sizes.",
         "",
         "| family | α | β | α/β | K | D | R² | SSE | status | held-out largest LLM: mean (max) abs. error |",
         "|---|---|---|---|---|---|---|---|---|---|",
@@ -304,14 +321,53 @@ def plot(fit_path: str, table_path: str, family: str | None, text_tokens: int, o
     return out
 
 
-def reference_fit() -> dict:
-    from vlmscale.analysis import law
-
-    table = family_table(REFERENCE_TABLE)
+def reference_fit(grid_path: str | Path | None = None) -> dict:
+    """The paper's published grid refitted, and the cells' own families refitted on nominal N where every
+    cell has a nominal size: both sides of the comparison in the paper's convention (analysis.sizes)."""
+    table = family_table(REFERENCE_TABLE)  # nominal N, as the paper's table
     data = law.LawData.from_arrays(table.llm_params, table.visual_tokens, table.error)
     fit = law.fit(data)
     _, paper_sse = law.linear_part("paper", (0.077, 0.015), data)
-    return {"alpha": fit.params["alpha"], "beta": fit.params["beta"], "sse": fit.sse, "paper_sse": paper_sse}
+    out = {"alpha": fit.params["alpha"], "beta": fit.params["beta"], "sse": fit.sse, "paper_sse": paper_sse,
+           "convention": sizes_.NOMINAL, "cells": {}}  # fmt: skip
+    if grid_path is not None:
+        families = sorted(pd.read_parquet(grid_path, columns=["family"]).family.unique())
+        out["cells"] = {family: nominal_fit(family_table(grid_path, family)) for family in families}
+    return out
+
+
+def nominal_fit(table: pd.DataFrame) -> dict:
+    """A family's law refitted with N = its LLMs' nominal sizes; why not, where one has none."""
+    nominal = table.llm_params.map(sizes_.nominal_or_nan)
+    if nominal.isna().any():
+        unknown = sorted(set(table.llm[nominal.isna()]))
+        return {"reason": f"no nominal size for {', '.join(unknown)} (not a Qwen-1.5 model): compare on total N only"}
+    if nominal.nunique() < 2 or table.visual_tokens.nunique() < 2:
+        return {"reason": "fewer than 2 LLM sizes or 2 V"}
+    fit = law.fit(law.LawData.from_arrays(nominal, table.visual_tokens, table.error))
+    return {"alpha": fit.params["alpha"], "beta": fit.params["beta"], "sse": fit.sse, "status": fit.status}
+
+
+def _paper_comparison(reference: dict) -> list[str]:
+    lines = [
+        "",
+        "## Comparison with the paper (N nominal: 0.5B, 1.8B, 4B, 7B, 14B, as the paper counts)",
+        "",
+        f"The paper's published grid (visual reasoning), refitted by the same engine on nominal N: "
+        f"α = {reference['alpha']:.4f}, β = {reference['beta']:.4f}, SSE = {reference['sse']:.3g} "
+        f"(the paper reports α ≈ 0.077, β ≈ 0.015; its exponents reach SSE = {reference['paper_sse']:.3g} "
+        "on the same table).",
+    ]
+    for family, cells in reference.get("cells", {}).items():
+        if "reason" in cells:
+            lines += ["", f"This grid's {family} family on nominal N: {cells['reason']}."]
+        else:
+            lines += [
+                "",
+                f"This grid's {family} family refitted on nominal N: α = {cells['alpha']:.4f}, "
+                f"β = {cells['beta']:.4f}, SSE = {cells['sse']:.3g} ({cells['status']}).",
+            ]
+    return lines
 
 
 def main(cfg: dict) -> dict:
@@ -327,5 +383,5 @@ def main(cfg: dict) -> dict:
     v_range = (float(grid.visual_tokens.min()), float(grid.visual_tokens.max()))
     figures.append(optimal_tokens_figure(fits, v_range, out_dir / "figures" / "optimal_tokens.png"))
     frontier = pd.read_csv(cfg["frontier"])
-    markdown_report(grid, fits, frontier, figures, reference_fit(), out_dir / "report.md")
+    markdown_report(grid, fits, frontier, figures, reference_fit(cfg["grid"]), out_dir / "report.md")
     return {"figures": [str(f) for f in figures], "report": str(out_dir / "report.md")}
