@@ -118,3 +118,28 @@ def test_report_warns_above_the_frontier_and_withholds_v_star_of_an_untrusted_fi
     assert warning < text.index("V* = β·Q/(α−β)") and "below 0.8" in text
     assert "- ocr: not to be trusted as an answer" in text and "- reasoning: V*(Q=0) = 1" in text
     assert "reasoning frontier as an answer" not in text
+
+
+def test_a_benchmark_scored_without_its_judge_is_marked_rule_based_only_beside_its_numbers(tmp_path):
+    """judge: none travels from the result JSON through grid.parquet's judge column to the report."""
+    from vlmscale.analysis import aggregate, report
+
+    cell = tmp_path / "cells/q/v4/s0"
+    (cell / "eval").mkdir(parents=True)
+    train = {"cell": "q/v4/s0", "llm": "q", "llm_params": {"total": 6.2e8, "non_embedding": 3e8},
+             "visual_tokens": 4, "seed": 0, "train_seconds": 1.0, "final_loss": 0.5, "config_hash": "h",
+             "run_key": "k", "code_version": "c"}  # fmt: skip
+    (cell / "train.json").write_text(json.dumps(train))
+    (cell.parent / "flops.json").write_text(json.dumps({"rows": [{"text_tokens": 0, "flops_paper": 1e9}]}))
+    judged = {"mathvista": "none: rule-based only", "mmbench": "gpt", "gqa": None}
+    for name, judge in judged.items():
+        result = {"family": "reasoning", "accuracy": 0.4, "n_questions": 10} | ({"judge": judge} if judge else {})
+        (cell / "eval" / f"{name}.json").write_text(json.dumps(result))
+    rows = aggregate.cell_rows(cell, list(judged))
+    assert [r["judge"] for r in rows] == ["none: rule-based only", "gpt", ""]
+    assert rows[0]["llm_params"] == 6.2e8 and rows[0]["llm_params_nominal"] == 0.5e9  # both conventions kept
+    grid = __import__("pandas").DataFrame(rows)
+    table = report._per_cell_table(grid)
+    assert "mathvista (rule-based only)" in table and "mmbench (rule" not in table and "gqa (rule" not in table
+    assert report._rule_based_note(grid)[0].startswith("*rule-based only*: mathvista scored with `judge: none`")
+    assert report._rule_based_note(grid.assign(judge="")) == []

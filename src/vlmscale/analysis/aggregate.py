@@ -56,6 +56,8 @@ def cell_rows(cell_dir: Path, benchmarks: list[str]) -> list[dict]:
                 "accuracy": ev["accuracy"],
                 "error": 1.0 - ev["accuracy"],
                 "n_questions": ev["n_questions"],
+                # a GPT-judged lmms-eval task: "gpt", or "none: rule-based only" (judge: none); "" otherwise
+                "judge": ev.get("judge", ""),
                 "train_seconds": train["train_seconds"],
                 "final_loss": train["final_loss"],
                 "config_hash": train["config_hash"],

@@ -184,7 +184,7 @@ def markdown_report(
     lines += ["", "## Compute-optimal frontier", ""] + _frontier_section(fits, frontier) + ["## Figures", ""]
     lines += [f"![{f.stem}](figures/{f.name})" for f in figures]
     lines += ["", "## Family error per cell (mean ± s.d. across seeds)", "", _family_error_table(grid), ""]
-    lines += ["", "## Per-cell accuracy (mean over seeds)", "", _per_cell_table(grid), ""]
+    lines += ["", "## Per-cell accuracy (mean over seeds)", "", _per_cell_table(grid), ""] + _rule_based_note(grid)
     hashes = (
         grid.groupby("cell")
         .agg(
@@ -302,7 +302,30 @@ def _family_error_table(grid: pd.DataFrame) -> str:
 
 def _per_cell_table(grid: pd.DataFrame) -> str:
     per_cell = grid.pivot_table(index=["llm", "llm_params", "visual_tokens"], columns="benchmark", values="accuracy")
-    return per_cell.reset_index().to_markdown(index=False, floatfmt=".3f")
+    marks = {b: f"{b} ({RULE_BASED})" for b in rule_based(grid)}
+    return per_cell.rename(columns=marks).reset_index().to_markdown(index=False, floatfmt=".3f")
+
+
+RULE_BASED = "rule-based only"
+
+
+def rule_based(grid: pd.DataFrame) -> list[str]:
+    """Benchmarks scored without lmms-eval's GPT judge (`judge: none`) in any cell, as their JSON records."""
+    if "judge" not in grid:
+        return []
+    return sorted(set(grid.benchmark[grid.judge.fillna("").str.startswith("none")]))
+
+
+def _rule_based_note(grid: pd.DataFrame) -> list[str]:
+    names = rule_based(grid)
+    if not names:
+        return []
+    return [
+        f"*{RULE_BASED}*: {', '.join(names)} scored with `judge: none`: lmms-eval's rule-based reading of "
+        "the answers alone, without the GPT judge the paper's scores used; these numbers (and their family's "
+        "error) are not comparable with judged ones.",
+        "",
+    ]
 
 
 def _ci(value: float, interval) -> str:
