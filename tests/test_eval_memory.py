@@ -11,6 +11,7 @@ import pytest
 import tiny_models
 import torch
 
+from vlmscale.data.batching import make_batch
 from vlmscale.data.samples import Sample
 from vlmscale.identity import run_key
 from vlmscale.model.cell import StaleCheckpoint, build_cell_model, load_trained
@@ -96,3 +97,25 @@ def test_decoding_allocates_no_weight_copies_and_matches_the_plans_formula(train
     model.float().requires_grad_(True)
     with_copies, _ = peak_while_decoding(model, tokenizer, use_autocast=True)
     assert with_copies > 2 * params, (with_copies, params)  # a bf16 copy of (nearly) every weight stays alive
+
+
+@pytest.mark.parametrize(
+    "layout",
+    [{"compressor": "tokenpacker", "multi_level_layers": [0, 1, 1, 2]},
+     {"compressor": "quecc", "multi_level_layers": [0, 1, 1, 2]},
+     {"compressor": "avgpool", "position_features": True}],
+)  # fmt: skip
+def test_every_adapter_layout_loads_from_final_as_trained(trained, tmp_path, layout):
+    """The evaluation loader builds the adapter as training did: the multi-level width (4 x D keys and
+    values) and the position features come from the cell spec, so the saved weights load and answer alike."""
+    base, _ = trained
+    spec = {**base, **layout}
+    model, _ = build_cell_model(spec, [], VISION_DIM, GRID)
+    save_final(tmp_path, model, run_key(spec), torch.float32)
+    loaded, tokenizer = load_trained(spec, tmp_path / "final", [], VISION_DIM, GRID)
+    levels = len(layout.get("multi_level_layers", []))
+    data = make_batch([Sample(image="i", question="what is it", answer="")], tokenizer, V,
+                      lambda keys: torch.randn(len(keys), GRID * GRID, VISION_DIM * (1 + levels)))  # fmt: skip
+    question = loaded.question_state(data.question_ids, data.question_lengths) if loaded.uses_question else None
+    expected = model.visual_embeds(data.features, question).to(torch.float32)
+    assert torch.allclose(loaded.visual_embeds(data.features, question), expected, atol=1e-6)
