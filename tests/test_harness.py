@@ -370,3 +370,21 @@ def test_a_judge_task_is_refused_without_the_key_unless_judge_none(monkeypatch):
     vcfg._check_judge(cfg["benchmarks"][0], "benchmarks[0]")  # accepted: scores marked rule-based only
     with pytest.raises(vcfg.ConfigError, match="or use the offline task 'mmbench_en_dev_static'"):
         vcfg._check_judge({"task": "mmbench_en_dev"}, "benchmarks[1] (mmbench)")
+
+
+@torch.no_grad()
+def test_a_question_without_an_image_is_answered_from_its_text_alone(tiny_cell):
+    """As lmms-eval's LLaVA: no visual tokens (not a black image's); the log-likelihood is the LLM's own."""
+    from lmms_eval.api.instance import Instance
+
+    from vlmscale.data.tokenizer import IGNORE, IMAGE
+
+    cell = harness.CellLMM(cell=tiny_cell[0])
+    rows = task_rows("pope")
+    cell.task_dict = {"pope": {"test": rows}}
+    args = (rows[0]["question"], "yes", None, 0, "pope", "test")  # a task without doc_to_visual
+    batch = cell._batch([Instance("loglikelihood", args, 0, {"task": "pope", "doc_id": 0, "repeats": 1})], ["yes"])
+    assert not (batch.input_ids == IMAGE).any() and batch.has_image.tolist() == [False]
+    logits, targets = cell.model(batch)
+    plain = cell.model.llm(input_ids=batch.input_ids).logits[0, :-1][batch.labels[0, 1:] != IGNORE]
+    assert torch.allclose(logits, plain, atol=1e-5) and len(targets) == len(plain)

@@ -87,13 +87,17 @@ class ImageFeatures:
     def __call__(self, keys: list[str]) -> torch.Tensor:
         return self.encoder.encode([self.images[k] for k in keys])
 
+    def blank(self) -> torch.Tensor:
+        return self.encoder.blank()
+
 
 class CellLMM(_lmms_base()):
     """A trained cell as an lmms-eval model: greedy answers (`generate_until`) and continuation
     log-likelihoods (`loglikelihood`) from its final weights.
 
-    The VLM sees one image: a request with none (or a task without `doc_to_visual`) gets a black image of
-    the encoder's size; a request with several is refused (the cell was trained on one image per
+    The VLM sees one image: a request with none (or a task without `doc_to_visual`) is answered from its
+    text alone, with no visual tokens (as lmms-eval's LLaVA does, and as text-only records are trained); a
+    request with several is refused (the cell was trained on one image per
     conversation and its prompt would name images it never sees), unless the benchmark says
     `multi_image: first` (`first_image_tasks`), which answers from the first and is recorded in its JSON.
     Every request's decode length is bounded by `max_new_tokens_cap`; `decode_caps` counts where it bit.
@@ -116,9 +120,7 @@ class CellLMM(_lmms_base()):
         found = doc_to_visual(self.task_dict[task][split][doc_id]) if doc_to_visual is not None else []
         visuals = [v for v in found or [] if v is not None]
         if not visuals:
-            from PIL import Image
-
-            return Image.new("RGB", (self.encoder.size, self.encoder.size))
+            return None  # a text-only question: no visual tokens
         if len(visuals) > 1 and task not in self.first_image_tasks:
             raise MultiImageRefused(
                 f"task {task}, document {doc_id}: {len(visuals)} images, but a vlmscale cell sees one image per "
@@ -128,7 +130,10 @@ class CellLMM(_lmms_base()):
 
     def _batch(self, requests, answers: list[str]):
         images = {f"r{i}": self._visual(r) for i, r in enumerate(requests)}
-        samples = [Sample(image=key, question=_context(r), answer=a) for key, r, a in zip(images, requests, answers)]
+        samples = [
+            Sample(image=key if images[key] is not None else "", question=_context(r), answer=a)
+            for key, r, a in zip(images, requests, answers)
+        ]
         features = ImageFeatures(self.encoder, images)
         return make_batch(samples, self.tokenizer, self.model.visual_tokens, features).to(self.device)
 
