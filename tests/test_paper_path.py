@@ -299,3 +299,41 @@ def check_lmms_pope(result: dict, builtin: dict) -> None:
     assert result["accuracy"] == pytest.approx(by_hand) == result["scores"]["pope_accuracy"]
     assert {"pope_precision", "pope_recall", "pope_f1_score", "pope_yes_ratio"} <= set(result["scores"])
     assert all(isinstance(p["prediction"], str) for p in said) and builtin["n_questions"] == len(said)
+
+
+@pytest.mark.slow
+def test_quecc_runs_the_paper_path_end_to_end_on_tiny_checkpoints(paper_like):
+    """configs/paper.yaml's path with `compressor: quecc`, through what depends on the adapter: the
+    question-aware adapter as the paper's builder lays it out, trained over LLaVA-format data with a
+    text-only record, loaded from final/, evaluated and counted. Two of the grid's cells, few steps and
+    three benchmarks keep it short (aggregation, law and report do not depend on the adapter: the
+    tokenpacker run above covers them)."""
+    from safetensors.torch import load_file
+    from test_workflow import snakemake
+
+    cfg = tiny_paper_config(paper_like)
+    cfg.update(compressor="quecc", results="results-quecc", grid={"name": "paper-quecc", "visual_tokens": [1, 4, 36]})
+    cfg["train"].update(stage1={"steps": 4, "lr": 0.001, "batch_size": 8}, stage2={"steps": 10, "lr": 0.003})
+    cfg["benchmarks"] = [b for b in BUILTIN_BENCHMARKS if b["name"] in ("gqa", "pope", "textvqa")]
+    cfg["tracking"]["experiment"] = "paper-quecc"
+    (paper_like / "paper-quecc.yaml").write_text(yaml.safe_dump(cfg))
+    cells = [("qwen-a", 1), ("qwen-b", 4)]
+    targets = [
+        f"results-quecc/cells/{llm}/v{v}/{name}" for llm, v in cells for name in ("s0/eval/gqa.json", "flops.json")
+    ]
+    run = snakemake(paper_like, "paper-quecc.yaml", *targets)
+    assert run.returncode == 0, run.stderr[-4000:]
+    results = paper_like / "results-quecc"
+    assert read_json(results / "data/data_report.json")["text_only_records"] == 1
+    for llm, v in cells:
+        trained = read_json(results / f"cells/{llm}/v{v}/s0/train.json")
+        assert [h["step"] for h in trained["history"]] == [4, 5, 10]
+        assert all(h["loss"] == h["loss"] for h in trained["history"])  # finite, not NaN
+        [adapters] = results.glob(f"checkpoints/{llm}/v{v}/s0/**/final/adapters.safetensors")
+        keys = set(load_file(str(adapters)))
+        # the paper's builder: Sequential(QueCC, Linear, GELU, Linear), QueCC with its question projection
+        assert {"adapter.0.text_projection.0.weight", "adapter.0.q_downsample.weight", "adapter.1.weight"} <= keys
+        assert "adapter.3.weight" in keys and not any(k.startswith("adapter.2.") for k in keys)
+        for name in ("gqa", "pope", "textvqa"):
+            assert 0.0 <= read_json(results / f"cells/{llm}/v{v}/s0/eval/{name}.json")["accuracy"] <= 1.0
+        assert read_json(results / f"cells/{llm}/v{v}/flops.json")["rows"][0]["flops_compressor"] > 0
