@@ -384,7 +384,41 @@ def test_a_question_without_an_image_is_answered_from_its_text_alone(tiny_cell):
     cell.task_dict = {"pope": {"test": rows}}
     args = (rows[0]["question"], "yes", None, 0, "pope", "test")  # a task without doc_to_visual
     batch = cell._batch([Instance("loglikelihood", args, 0, {"task": "pope", "doc_id": 0, "repeats": 1})], ["yes"])
-    assert not (batch.input_ids == IMAGE).any() and batch.has_image.tolist() == [False]
+    assert not (batch.input_ids == IMAGE).any() and batch.image_counts.tolist() == [0]
     logits, targets = cell.model(batch)
     plain = cell.model.llm(input_ids=batch.input_ids).logits[0, :-1][batch.labels[0, 1:] != IGNORE]
     assert torch.allclose(logits, plain, atol=1e-5) and len(targets) == len(plain)
+
+
+@torch.no_grad()
+def test_a_question_with_several_images_sees_each_as_v_tokens_in_order(tiny_cell):
+    """As lmms-eval's LLaVA: "<image> <image>\\n{context}", each image's V tokens in order; its cost is
+    recorded (Q + k·V prefill tokens); `multi_image: first` keeps the first, `refuse` refuses."""
+    from lmms_eval.api.instance import Instance
+
+    from vlmscale.data.tokenizer import IMAGE
+
+    cell = harness.CellLMM(cell=tiny_cell[0])
+    rows = task_rows("pope")
+    cell.task_dict = {"pope": {"test": rows}}
+    two = [rows[0]["image"], rows[1]["image"]]
+    args = (rows[0]["question"], "yes", lambda doc: two, 0, "pope", "test")
+    request = Instance("loglikelihood", args, 0, {"task": "pope", "doc_id": 0, "repeats": 1})
+    batch = cell._batch([request], ["yes"])
+    v, row = cell.model.visual_tokens, batch.input_ids[0]
+    assert int((row == IMAGE).sum()) == 2 * v and batch.image_counts.tolist() == [2]
+    places = (row == IMAGE).nonzero().flatten().tolist()
+    assert places == list(range(places[0], places[0] + v)) + list(range(places[v], places[v] + v))
+    assert places[v] > places[v - 1] + 1  # the " " between the two <image> markers
+    embeds = cell.model.embed(batch.input_ids, batch.features, image_counts=batch.image_counts)
+    encoded = cell.encoder.encode([img.convert("RGB") for img in two])
+    assert torch.allclose(embeds[0][places], cell.model.visual_embeds(encoded).flatten(0, 1), atol=1e-5)
+    assert harness.images_note(cell.images_seen["pope"], v) == {
+        "requests": 1, "without_image": 0, "with_several": 1, "max_per_request": 2, "mean_visual_tokens": 2 * v
+    }  # fmt: skip
+
+    cell.multi_image = {"pope": "first"}
+    assert int((cell._batch([request], ["yes"]).input_ids == IMAGE).sum()) == v
+    cell.multi_image = {"pope": "refuse"}
+    with pytest.raises(harness.MultiImageRefused, match="task pope, document 0: 2 images"):
+        cell._batch([request], ["yes"])

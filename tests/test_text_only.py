@@ -40,7 +40,7 @@ class Features:
 
 def mixed_samples() -> list[Sample]:
     return [
-        Sample("a.png", "what colour is it", "red"),
+        Sample("a.png", "what colour is it", "red", more_images=("cc.png",)),  # two images
         Sample("", "which side now", "left"),  # text-only
         Sample("bb.png", "what colour is it now", "red"),
         Sample("", "what colour", "red"),  # text-only
@@ -71,22 +71,23 @@ def test_a_batch_mixing_text_only_and_image_records_trains(compressor):
     tok = WordTokenizer("what colour is it now which side red left".split())
     features = Features()
     batch = batching.make_batch(samples, tok, 4, features)
-    assert features.asked == [["a.png", "bb.png"]]  # only the image rows' features are fetched
-    assert batch.has_image.tolist() == [True, False, True, False]
+    assert features.asked == [["a.png", "cc.png", "bb.png"]]  # only the images' features, in order
+    assert batch.image_counts.tolist() == [2, 0, 1, 0] and len(batch.features) == 5  # a blank row per text row
     for row, labels, s in zip(batch.input_ids, batch.labels, samples):
-        assert int((row == IMAGE).sum()) == (4 if s.has_image else 0)
+        assert int((row == IMAGE).sum()) == 4 * len(s.images)
         answer = labels[labels != IGNORE].tolist()
         assert answer == [tok.answer_id(s.answer)]
-    assert torch.equal(batch.features[1], torch.zeros(GRID * GRID, DIM))
+    assert torch.equal(batch.features[[2, 4]], torch.zeros(2, GRID * GRID, DIM))  # rows: a, cc, blank, bb, blank
 
     torch.manual_seed(0)
     llm = model.build_llm(LLM, len(tok))
     vlm = model.VLM(llm, DIM, 4, compressor=compressor, patch_grid=GRID)
-    embeds = vlm.embed(batch.input_ids, batch.features, batch.question_ids, batch.question_lengths, batch.has_image)
+    embeds = vlm.embed(batch.input_ids, batch.features, batch.question_ids, batch.question_lengths, batch.image_counts)
     plain = llm.get_input_embeddings()(batch.input_ids[1])
     assert torch.equal(embeds[1], plain)  # a text-only row: its tokens' embeddings, nothing visual
-    image_row = embeds[0][batch.input_ids[0] == IMAGE]
-    assert not torch.allclose(image_row, llm.get_input_embeddings().weight[0].expand_as(image_row))
+    question = vlm.question_state(batch.question_ids, batch.question_lengths)[:1] if vlm.uses_question else None
+    each = [vlm.visual_embeds(features([path]), question)[0] for path in ("a.png", "cc.png")]
+    assert torch.allclose(embeds[0][batch.input_ids[0] == IMAGE], torch.cat(each), atol=1e-6)  # in order
 
     loss = train.step_loss(vlm, batch)[0]
     loss.backward()
@@ -126,7 +127,8 @@ def test_one_epoch_with_text_only_records_sees_every_record_once(small_data, sma
     def counting(self, stage, indices):
         seen[stage].update(indices.tolist())
         batch = original(self, stage, indices)
-        has_image = batch.has_image.tolist() if batch.has_image is not None else [True] * len(indices)
+        counts = batch.image_counts if batch.image_counts is not None else torch.ones(len(indices), dtype=torch.long)
+        has_image = (counts > 0).tolist()
         rows.update("image" if h else "text" for h in has_image)
         for row, h in zip(batch.input_ids, has_image):
             assert int((row == IMAGE).sum()) == (4 if h else 0)

@@ -19,10 +19,11 @@ from vlmscale.specs import STAGES
 
 @dataclass
 class Batch:
-    """Sequences laid out as tokenizer.py describes: right-padded ids with V IMAGE placeholders, labels on
-    the answers only, each row's prompt length (what generation starts from), the question alone (what
-    QueCC conditions on) and the rows' patch features. A text-only row (has_image False) has no
-    placeholders; its features are a blank image's, run through the adapter and dropped, as LLaVA does."""
+    """Sequences laid out as tokenizer.py describes: right-padded ids with V IMAGE placeholders per image,
+    labels on the answers only, each row's prompt length (what generation starts from), the question alone
+    (what QueCC conditions on) and the images' patch features, one feature row per image in row order. A
+    text-only row (0 images) has no placeholders and one feature row, a blank image's, run through the
+    adapter and dropped, as LLaVA does."""
 
     input_ids: torch.Tensor
     labels: torch.Tensor
@@ -31,30 +32,35 @@ class Batch:
     question_lengths: torch.Tensor
     features: torch.Tensor
     truncated: int = 0  # rows cut at the model's maximum length
-    has_image: torch.Tensor | None = None  # per row (bool); None: every row has an image
+    image_counts: torch.Tensor | None = None  # images per row; None: one each (feature rows = batch rows)
 
     def to(self, device) -> "Batch":
         tensors = (self.input_ids, self.labels, self.prompt_lengths, self.question_ids, self.question_lengths,
                    self.features)  # fmt: skip
-        has_image = None if self.has_image is None else self.has_image.to(device)
-        return Batch(*(t.to(device) for t in tensors), truncated=self.truncated, has_image=has_image)
+        counts = None if self.image_counts is None else self.image_counts.to(device)
+        return Batch(*(t.to(device) for t in tensors), truncated=self.truncated, image_counts=counts)
 
 
 def sequence_row(sample: Sample, tokenizer, visual_tokens: int) -> tuple[list[int], list[int]]:
-    """(ids, labels) of one sample: its one IMAGE marker widened to the V visual tokens' places; a
+    """(ids, labels) of one sample: each image's IMAGE marker widened to the V visual tokens' places; a
     text-only sample's sequence has none (LLaVA's num_images == 0)."""
-    ids, labs = tokenizer.sequence(sample.conversation, image=sample.has_image)
-    if not sample.has_image:
-        return ids, labs
-    at = ids.index(IMAGE)
-    return ids[:at] + [IMAGE] * visual_tokens + ids[at + 1 :], labs[:at] + [IGNORE] * visual_tokens + labs[at + 1 :]
+    images = len(sample.images)
+    ids, labs = tokenizer.sequence(sample.conversation, images=images)
+    if ids.count(IMAGE) != images:
+        raise ValueError(f"{sample.question[:60]!r}: {ids.count(IMAGE)} image places for {images} images "
+                         f"(a question holding the text '<image>' itself?)")  # fmt: skip
+    wide_ids, wide_labs = [], []
+    for i, label in zip(ids, labs):
+        wide_ids += [IMAGE] * visual_tokens if i == IMAGE else [i]
+        wide_labs += [IGNORE] * visual_tokens if i == IMAGE else [label]
+    return wide_ids, wide_labs
 
 
 def row_features(samples: list[Sample], features) -> torch.Tensor:
-    """Every row's features: its image's, or for a text-only row the feature source's blank image (LLaVA
-    feeds a zero image for such a row and keeps none of its tokens)."""
-    images = [s.image for s in samples if s.has_image]
-    if len(images) == len(samples):
+    """One feature row per image, in row order; for a text-only row the feature source's blank image
+    (LLaVA feeds a zero image for such a row and keeps none of its tokens)."""
+    images = [path for s in samples for path in s.images]
+    if len(images) == len(samples) and all(s.has_image for s in samples):
         return features(images)
     blank = features.blank()
     if not images:
@@ -62,7 +68,7 @@ def row_features(samples: list[Sample], features) -> torch.Tensor:
     fetched, rows = features(images), []
     found = iter(fetched)
     for s in samples:
-        rows.append(next(found) if s.has_image else blank.to(fetched.device, fetched.dtype))
+        rows += [next(found) for _ in s.images] if s.has_image else [blank.to(fetched.device, fetched.dtype)]
     return torch.stack(rows)
 
 
@@ -80,7 +86,7 @@ def make_batch(samples: list[Sample], tokenizer, visual_tokens: int, features, m
     ids, _ = pad_right(rows, tokenizer.pad_id)
     label_ids, _ = pad_right(labels, IGNORE)
     question_ids, question_lengths = pad_right([tokenizer.question_ids(s.question) for s in samples], tokenizer.pad_id)
-    has_image = torch.tensor([s.has_image for s in samples])
+    counts = torch.tensor([len(s.images) for s in samples])
     return Batch(
         ids,
         label_ids,
@@ -89,13 +95,13 @@ def make_batch(samples: list[Sample], tokenizer, visual_tokens: int, features, m
         question_lengths,
         row_features(samples, features),
         truncated,
-        None if bool(has_image.all()) else has_image,
+        None if bool((counts == 1).all()) else counts,
     )
 
 
 def check_samples(samples: list[Sample], tokenizer, features, what: str) -> None:
     """Before the first step: every image has features (or exists) and every answer can be encoded."""
-    missing = features.missing(s.image for s in samples if s.has_image)
+    missing = features.missing(path for s in samples for path in s.images)
     if missing:
         raise FileNotFoundError(f"{what}: {len(missing)} images have no tower features (first: {missing[0]})")
     if isinstance(tokenizer, WordTokenizer):

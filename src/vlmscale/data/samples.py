@@ -35,10 +35,16 @@ class Sample:
     references: tuple[str, ...] = ()  # benchmarks: every annotator's answer (VQA soft accuracy)
     options: tuple[str, ...] = ()  # benchmarks: the choices of a multiple-choice question, in letter order
     turns: tuple[tuple[str, str], ...] = ()  # a conversation's later (question, answer) turns
+    more_images: tuple[str, ...] = ()  # a question about several images (lmms-eval's MMMU): the 2nd, 3rd, ...
 
     @property
     def has_image(self) -> bool:
         return bool(self.image)
+
+    @property
+    def images(self) -> tuple[str, ...]:
+        """Every image, in order: each becomes V visual tokens (none for a text-only sample)."""
+        return (self.image, *self.more_images) if self.image else ()
 
     @property
     def conversation(self) -> tuple[tuple[str, str], ...]:

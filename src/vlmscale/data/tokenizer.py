@@ -6,8 +6,10 @@ Both codecs lay a sample out the same way, so training, evaluation and the FLOP 
     loss only on the answer ids (labels elsewhere are IGNORE)
 
 A conversation of several turns is one sequence, as LLaVA trains it: the image once, every answer
-supervised. `sequence` returns it with one IMAGE marker, which the batch widens to V placeholders; a
-text-only conversation (image=False) has no marker and no visual tokens, as LLaVA trains one.
+supervised. `sequence` returns it with one IMAGE marker per image (one, as LLaVA trains; several for a
+question about several images, as lmms-eval's LLaVA puts them: "<image> <image>\n{question}"), each of
+which the batch widens to V placeholders; a text-only conversation (images=0) has no marker and no visual
+tokens, as LLaVA trains one.
 
 * `WordTokenizer` (the synthetic grid): a word vocabulary built from the data; no prefix, the prompt is
   the question's words, the answer is one word (greedy decoding stops after one token).
@@ -51,10 +53,10 @@ class WordTokenizer:
     def question_ids(self, question: str) -> list[int]:
         return self.encode(question)
 
-    def sequence(self, conversation, image: bool = True) -> tuple[list[int], list[int]]:
-        """(ids, labels) of a conversation, one IMAGE marker first (if it has an image): each question's
-        words, then its answer."""
-        ids, labels = ([IMAGE], [IGNORE]) if image else ([], [])
+    def sequence(self, conversation, images: int = 1) -> tuple[list[int], list[int]]:
+        """(ids, labels) of a conversation, its images' IMAGE markers first: each question's words, then
+        its answer."""
+        ids, labels = [IMAGE] * images, [IGNORE] * images
         for question, answer in conversation:
             prompt = self.encode(question)
             ids += prompt + [self.answer_id(answer)]
@@ -98,18 +100,21 @@ class ChatTokenizer:
     def _render(self, messages: list[dict], prompt: bool) -> str:
         return self.tok.apply_chat_template(messages, add_generation_prompt=prompt, tokenize=False)
 
-    def sequence(self, conversation, image: bool = True) -> tuple[list[int], list[int]]:
-        """(ids, labels) of a conversation rendered by the chat template, one IMAGE marker where the
-        template puts the image (none for a text-only one); labels on each answer and the end-of-turn
+    def sequence(self, conversation, images: int = 1) -> tuple[list[int], list[int]]:
+        """(ids, labels) of a conversation rendered by the chat template, an IMAGE marker where the
+        template puts each image (none for a text-only one); labels on each answer and the end-of-turn
         token that closes it."""
         ids, labels, rendered, messages = [], [], "", []
         for k, (question, answer) in enumerate(conversation):
-            messages.append({"role": "user", "content": f"<image>\n{question}" if k == 0 and image else question})
+            first = k == 0 and images
+            messages.append(
+                {"role": "user", "content": " ".join(["<image>"] * images) + f"\n{question}" if first else question}
+            )
             prompt = self._render(messages, prompt=True)
             messages.append({"role": "assistant", "content": answer})
             reply = self._reply(self._render(messages, prompt=False), prompt, rendered, k)
-            before, marker, after = prompt[len(rendered) :].partition("<image>")
-            prompt_ids = self._ids(before) + ([IMAGE] if marker else []) + self._ids(after)
+            first, *after_images = prompt[len(rendered) :].split("<image>")
+            prompt_ids = self._ids(first) + [i for piece in after_images for i in [IMAGE, *self._ids(piece)]]
             reply_ids = self._ids(reply)
             ids += prompt_ids + reply_ids
             labels += [IGNORE] * len(prompt_ids) + reply_ids

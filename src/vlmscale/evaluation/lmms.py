@@ -95,11 +95,10 @@ class CellLMM(_lmms_base()):
     """A trained cell as an lmms-eval model: greedy answers (`generate_until`) and continuation
     log-likelihoods (`loglikelihood`) from its final weights.
 
-    The VLM sees one image: a request with none (or a task without `doc_to_visual`) is answered from its
-    text alone, with no visual tokens (as lmms-eval's LLaVA does, and as text-only records are trained); a
-    request with several is refused (the cell was trained on one image per
-    conversation and its prompt would name images it never sees), unless the benchmark says
-    `multi_image: first` (`first_image_tasks`), which answers from the first and is recorded in its JSON.
+    Each of a request's images becomes V visual tokens, in order, as lmms-eval's LLaVA model puts them
+    ("<image> <image>\\n{context}"); a request with none (or a task without `doc_to_visual`) is answered
+    from its text alone, with no visual tokens (as text-only records are trained). A benchmark may say
+    `multi_image: first` (answer from the first image, recorded in its JSON) or `refuse`.
     Every request's decode length is bounded by `max_new_tokens_cap`; `decode_caps` counts where it bit.
     """
 
@@ -112,28 +111,32 @@ class CellLMM(_lmms_base()):
         self.model, self.tokenizer, self.encoder = cell.model, cell.tokenizer, cell.encoder
         self.device, self.max_new_tokens, self.cap = cell.device, cell.max_new_tokens, cell.max_new_tokens_cap
         self.batch_size = batch_size_of(batch_size)
-        self.first_image_tasks: set[str] = set()
+        self.multi_image: dict[str, str] = {}  # task -> its benchmark's multi_image (all | first | refuse)
+        self.images_seen: dict[str, list[int]] = {}  # task -> images per request, as answered
         self.decode_caps: dict[str, dict] = {}  # task -> {requested, requests_capped, answers_at_cap}
 
-    def _visual(self, request) -> "object":
+    def _visuals(self, request) -> list:
+        """The request's images in order: none (a text-only question), all of them, or the first only where
+        the benchmark says `multi_image: first`; `multi_image: refuse` refuses a question with several."""
         _, _, doc_to_visual, doc_id, task, split = request.args[:6]
         found = doc_to_visual(self.task_dict[task][split][doc_id]) if doc_to_visual is not None else []
-        visuals = [v for v in found or [] if v is not None]
-        if not visuals:
-            return None  # a text-only question: no visual tokens
-        if len(visuals) > 1 and task not in self.first_image_tasks:
+        visuals = [v.convert("RGB") for v in found or [] if v is not None]
+        if len(visuals) > 1 and self.multi_image.get(task) == "refuse":
             raise MultiImageRefused(
-                f"task {task}, document {doc_id}: {len(visuals)} images, but a vlmscale cell sees one image per "
-                f"question (V tokens); set the benchmark's multi_image: first to answer from the first image"
+                f"task {task}, document {doc_id}: {len(visuals)} images, and the benchmark says multi_image: "
+                f"refuse; leave it unset (each image becomes V tokens) or set first"
             )
-        return visuals[0].convert("RGB")
+        return visuals[:1] if self.multi_image.get(task) == "first" else visuals
 
     def _batch(self, requests, answers: list[str]):
-        images = {f"r{i}": self._visual(r) for i, r in enumerate(requests)}
-        samples = [
-            Sample(image=key if images[key] is not None else "", question=_context(r), answer=a)
-            for key, r, a in zip(images, requests, answers)
-        ]
+        images, samples = {}, []
+        for i, (request, answer) in enumerate(zip(requests, answers)):
+            visuals = self._visuals(request)
+            keys = [f"r{i}.{k}" for k in range(len(visuals))]
+            images |= dict(zip(keys, visuals))
+            first, *more = keys or [""]
+            samples.append(Sample(image=first, question=_context(request), answer=answer, more_images=tuple(more)))
+        self.images_seen.setdefault(requests[0].args[4], []).extend(len(s.images) for s in samples)
         features = ImageFeatures(self.encoder, images)
         return make_batch(samples, self.tokenizer, self.model.visual_tokens, features).to(self.device)
 
@@ -193,7 +196,7 @@ class CellLMM(_lmms_base()):
 
 
 class MultiImageRefused(ValueError):
-    """A request hands several images to a cell that sees one."""
+    """A request hands several images to a benchmark that says multi_image: refuse."""
 
 
 def batch_size_of(value) -> int:
@@ -277,7 +280,8 @@ class TaskRunner:
 
         reset_task_state(bench["task"])
         self.model.decode_caps = {}
-        self.model.first_image_tasks = {bench["task"]} if bench.get("multi_image") == "first" else set()
+        self.model.multi_image = {bench["task"]: bench.get("multi_image", "all")}
+        self.model.images_seen = {}
         output = lmms_eval.evaluator.simple_evaluate(
             model=self.model,
             tasks=[task_config(bench)],
@@ -317,7 +321,20 @@ def evaluation_notes(bench: dict, model: CellLMM) -> dict:
         notes["judge"] = "none: rule-based only" if bench.get("judge") == "none" else "gpt"
     if bench.get("multi_image") == "first":
         notes["multi_image"] = "first image only"
+    notes["images"] = images_note(model.images_seen.get(bench["task"], []), model.model.visual_tokens)
     return notes
+
+
+def images_note(counts: list[int], visual_tokens: int) -> dict:
+    """Images per request and what they cost: each image is V visual tokens, so a question with k images
+    prefills Q + k·V tokens (2·N·(Q + k·V) FLOPs in the paper's count), not Q + V."""
+    return {
+        "requests": len(counts),
+        "without_image": sum(c == 0 for c in counts),
+        "with_several": sum(c > 1 for c in counts),
+        "max_per_request": max(counts, default=0),
+        "mean_visual_tokens": visual_tokens * sum(counts) / max(1, len(counts)),
+    }
 
 
 def _merge_caps(counts) -> dict:

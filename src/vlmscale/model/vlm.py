@@ -148,23 +148,31 @@ class VLM(nn.Module):
         hidden = self.llm.base_model(input_ids=question_ids, use_cache=False).last_hidden_state
         return hidden[torch.arange(hidden.shape[0], device=hidden.device), lengths.to(hidden.device) - 1]
 
-    def embed(self, input_ids, features, question_ids=None, question_lengths=None, has_image=None):
-        """Token embeddings with the V visual tokens written over each row's IMAGE placeholders.
+    def embed(self, input_ids, features, question_ids=None, question_lengths=None, image_counts=None):
+        """Token embeddings with each image's V visual tokens written over its row's IMAGE placeholders, in
+        order (Batch: one feature row per image; image_counts None: one image per row).
 
-        has_image (per row, None: all): a text-only row has no placeholders; its features (a blank
-        image's) still pass through the adapter and none of its tokens is kept, as LLaVA keeps
-        `image_features[0:0]` for such a row: every rank then runs, and has gradients for, the same
-        adapter parameters whatever its rows (DeepSpeed ZeRO-3 gathers them collectively)."""
+        A text-only row (0 images) has no placeholders; its feature row (a blank image's) still passes
+        through the adapter and none of its tokens is kept, as LLaVA keeps `image_features[0:0]` for such a
+        row: every rank then runs, and has gradients for, the same adapter parameters whatever its rows
+        (DeepSpeed ZeRO-3 gathers them collectively)."""
         from vlmscale.data.tokenizer import IMAGE
 
         is_image = input_ids == IMAGE
         embeds = self.llm.get_input_embeddings()(input_ids.masked_fill(is_image, 0))
         question = self.question_state(question_ids, question_lengths) if self.uses_question else None
+        if image_counts is None:
+            return embeds.masked_scatter(
+                is_image[..., None], self.visual_embeds(features.to(embeds.dtype), question).to(embeds.dtype)
+            )
+        rows = image_counts.clamp(min=1)  # feature rows per batch row
+        if question is not None:
+            question = question.repeat_interleave(rows, dim=0)  # each image conditioned on its row's question
         vis = self.visual_embeds(features.to(embeds.dtype), question).to(embeds.dtype)
-        if has_image is not None and not bool(has_image.all()):
-            embeds = embeds + 0.0 * vis[~has_image].sum()  # in the graph, adds nothing
-            vis = vis[has_image]
-        return embeds.masked_scatter(is_image[..., None], vis)
+        kept = (image_counts > 0).repeat_interleave(rows)
+        if not bool(kept.all()):
+            embeds = embeds + 0.0 * vis[~kept].sum()  # in the graph, adds nothing
+        return embeds.masked_scatter(is_image[..., None], vis[kept])
 
     def forward(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
         """(logits, targets) at the supervised positions only: the LM head runs on the answer tokens,
@@ -175,7 +183,7 @@ class VLM(nn.Module):
         from vlmscale.data.tokenizer import IGNORE
 
         embeds = self.embed(
-            batch.input_ids, batch.features, batch.question_ids, batch.question_lengths, batch.has_image
+            batch.input_ids, batch.features, batch.question_ids, batch.question_lengths, batch.image_counts
         )
         hidden = self.llm.base_model(inputs_embeds=embeds, use_cache=False).last_hidden_state
         targets = batch.labels[:, 1:]
@@ -192,7 +200,7 @@ class VLM(nn.Module):
         mask = torch.zeros_like(ids)
         for i, p in enumerate(prompts):
             ids[i, width - len(p) :], mask[i, width - len(p) :] = p, 1
-        embeds = self.embed(ids, batch.features, batch.question_ids, batch.question_lengths, batch.has_image)
+        embeds = self.embed(ids, batch.features, batch.question_ids, batch.question_lengths, batch.image_counts)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         out = self.llm(
             inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1
