@@ -162,9 +162,7 @@ class VLM(nn.Module):
         embeds = self.llm.get_input_embeddings()(input_ids.masked_fill(is_image, 0))
         question = self.question_state(question_ids, question_lengths) if self.uses_question else None
         if image_counts is None:
-            return embeds.masked_scatter(
-                is_image[..., None], self.visual_embeds(features.to(embeds.dtype), question).to(embeds.dtype)
-            )
+            image_counts = torch.ones(len(input_ids), dtype=torch.long, device=input_ids.device)
         rows = image_counts.clamp(min=1)  # feature rows per batch row
         if question is not None:
             question = question.repeat_interleave(rows, dim=0)  # each image conditioned on its row's question
