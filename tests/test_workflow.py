@@ -107,6 +107,10 @@ def test_full_run_leaves_report_table_laws_and_figures(grid):
     table = pd.read_parquet(results / "grid.parquet")
     assert len(table) == 2 * 3 * 4 and table.accuracy.between(0, 1).all()
     assert (table.flops_paper_q50 == 2 * table.llm_params * (50 + table.visual_tokens)).all()
+    # the tiny LLMs have no nominal size: the comparison with the paper says so instead of mixing conventions
+    assert table.llm_params_nominal.isna().all() and (table.judge == "").all()
+    report = (results / "report.md").read_text()
+    assert "## Comparison with the paper (N nominal" in report and "on nominal N: no nominal size for" in report
 
 
 def test_every_cell_is_one_mlflow_run_under_one_parent(grid):
