@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import torch
 
@@ -92,6 +93,25 @@ def mean_across(values: torch.Tensor, world: World) -> torch.Tensor:
     values = values.detach().clone()
     dist.all_reduce(values)
     return values / world.size
+
+
+class Stepper(Protocol):
+    """One training stage's optimizer over the model: in one process (TorchStepper) or through a DeepSpeed
+    engine (DeepSpeedStepper). The trainer sees only this."""
+
+    model: torch.nn.Module  # what the forward pass runs: the module, or DeepSpeed's engine around it
+    optimizer: torch.optim.Optimizer
+    casts_weights: bool  # True: the weights themselves are bf16 (no autocast in the loss)
+
+    def accumulate(self, loss: torch.Tensor) -> None: ...
+
+    def step(self) -> None: ...
+
+    def save(self, folder: Path, tag: str) -> dict: ...
+
+    def restore(self, saved: dict, folder: Path) -> None: ...
+
+    def release(self) -> None: ...
 
 
 class TorchStepper:
@@ -226,7 +246,7 @@ def init_process_group() -> None:
         )
 
 
-def make_stepper(model, params, stage, weight_decay: float, world: World, bf16: bool = False):
+def make_stepper(model, params, stage, weight_decay: float, world: World, bf16: bool = False) -> Stepper:
     """The stage's update (`stage`: a jobs.StageSettings): plain AdamW in one process unless the stage asks
     for a ZeRO stage or the job has several processes; each process takes batch_size / world of the batch.
     `bf16` under DeepSpeed is its bf16 mode; in one plain process, autocast (the caller's)."""
