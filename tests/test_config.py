@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import os
 import subprocess
 import sys
@@ -10,22 +9,12 @@ from pathlib import Path
 
 import pytest
 import yaml
-from snakemake.utils import validate
+from helpers import default_config, load
 
 from vlmscale import config as vcfg
 
 REPO = Path(__file__).resolve().parents[1]
 SCHEMA = str(REPO / "workflow/schemas/config.schema.yaml")
-
-
-def default_config() -> dict:
-    return yaml.safe_load((REPO / "config.yaml").read_text())
-
-
-def load(cfg: dict) -> dict:
-    cfg = copy.deepcopy(cfg)
-    validate(cfg, SCHEMA, set_default=True)
-    return vcfg.check(cfg)
 
 
 def test_default_config_is_valid_and_spans_the_required_grid():

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_train import cell_cfg
+from helpers import cell_cfg
 
 from vlmscale.training.checkpoint import read_final
 from vlmscale.training.distributed import free_port, local_world

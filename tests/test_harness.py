@@ -251,7 +251,7 @@ def test_loglikelihood_matches_a_reference_computation_and_knows_the_greedy_answ
     ],
 )
 def test_task_benchmarks_are_refused_at_config_load_naming_the_key(bench, message):
-    from test_config import default_config, load
+    from helpers import default_config, load
 
     from vlmscale import config as vcfg
 
@@ -354,7 +354,7 @@ def test_the_decode_cap_bounds_a_tasks_request_and_is_counted(tiny_cell):
 
 
 def test_a_judge_task_is_refused_without_the_key_unless_judge_none(monkeypatch):
-    from test_config import default_config, load
+    from helpers import default_config, load
 
     from vlmscale import config as vcfg
 

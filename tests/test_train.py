@@ -5,35 +5,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import LLM, cell_cfg
 
-from vlmscale.specs import TrainJob
 from vlmscale.training import trainer as train
 from vlmscale.training.checkpoint import read_final
-
-LLM = {
-    "name": "t",
-    "source": "config",
-    "arch": "qwen2",
-    "hidden_size": 16,
-    "intermediate_size": 32,
-    "num_layers": 1,
-    "num_heads": 2,
-}
-
-
-def cell_cfg(small_data, small_vision, ckpt_dir, **train_overrides):
-    tspec = {
-        "batch_size": 8,
-        "seed": 0,
-        "warmup_frac": 0.1,
-        "log_every": 5,
-        "checkpoint_every": 10,
-        "stage1": {"steps": 6, "lr": 1e-3},
-        "stage2": {"steps": 30, "lr": 3e-3},
-        **train_overrides,
-    }
-    spec = {"cell": "t/v4", "llm": LLM, "visual_tokens": 4, "compressor": "avgpool", "train": tspec}
-    return TrainJob(spec, data_root=str(small_data), vision=str(small_vision), checkpoint_dir=str(ckpt_dir))
 
 
 class Killed(Exception):

@@ -141,7 +141,7 @@ def model_state_bytes(n_total: int, n_trained: int, zero: int | None, world: int
     DeepSpeed's estimators count them (estimate_zero2/zero3_model_states_mem_needs). ZeRO stage 1
     partitions the optimizer's state over the GPUs, 2 the gradients too, 3 the weights too (a layer's
     weights are gathered whole while it runs: 4 bytes per parameter of the largest layer; and ZeRO-3
-    allocates its gradient bucket whole, `jobs.GRADIENT_BUCKET` elements).
+    allocates its gradient bucket whole, `specs.GRADIENT_BUCKET` elements).
     """
     g = max(1, world)
     if precision == "bf16":

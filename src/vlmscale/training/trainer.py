@@ -26,7 +26,15 @@ from vlmscale.model.vlm import VLM, count_llm_params
 from vlmscale.specs import STAGES, StageSettings, TrainJob, TrainSettings
 from vlmscale.training import preemption
 from vlmscale.training.checkpoint import Checkpointer, TrainingState, load_weights
-from vlmscale.training.distributed import Stepper, World, make_stepper, mean_across, share, world_from_env
+from vlmscale.training.distributed import (
+    Stepper,
+    World,
+    barrier,
+    make_stepper,
+    mean_across,
+    share,
+    world_from_env,
+)
 
 
 class TrainingDiverged(RuntimeError):
@@ -173,7 +181,9 @@ class Trainer:
             if stop or ((step + 1) % self.settings.checkpoint_every == 0 and step + 1 < stage.steps):
                 self.save_checkpoint(stage, step + 1, stepper)
             if stop:
-                self.checkpointer.record_attempt("signalled", step=self.settings.global_step(stage.index, step + 1))
+                if self.world.is_main:
+                    self.checkpointer.record_attempt("signalled", step=self.settings.global_step(stage.index, step + 1))
+                barrier(self.world)  # no rank leaves before rank 0 has written last.pt
                 preemption.leave(torch.stack(signalled), self.world.rank)
         stepper.release()
         self.state.optimizer = self.state.deepspeed_tag = None
