@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import subprocess
 import sys
@@ -112,3 +113,19 @@ def test_grid_seeds_make_one_cell_per_seed_that_differs_only_in_its_seed():
     strip = [{**s, "cell": None, "train": {**s["train"], "seed": None}} for s in specs]
     assert strip[0] == strip[1] == strip[2]  # nothing else differs
     assert vcfg.architecture_spec(cfg, "lm-s", 4)["cell"] == "lm-s/v4"  # FLOPs are shared by the seeds
+
+
+def test_cached_features_are_refused_for_a_square_stage_on_real_images():
+    from snakemake.utils import validate
+
+    cfg = default_config()
+    cfg["data"] = {"source": "llava", "train_json": "train.json", "image_folder": "images"}
+    validate(cfg, vcfg.SCHEMA, set_default=True)
+    with pytest.raises(vcfg.ConfigError, match=r"train\.stage1\.image_aspect_ratio: 'square'.*vision\.cache: false"):
+        vcfg.check(copy.deepcopy(cfg), data=False)
+    padded = copy.deepcopy(cfg)
+    padded["train"]["stage1"]["image_aspect_ratio"] = "pad"
+    vcfg.check(padded, data=False)
+    uncached = copy.deepcopy(cfg)
+    uncached["vision"]["cache"] = False
+    vcfg.check(uncached, data=False)

@@ -125,6 +125,7 @@ def check(cfg: dict, data: bool = True) -> dict:
         _check_batches(cfg, llm["name"], f"llms[{i}] ({llm['name']})")
     if data:
         _check_data(cfg)
+    _check_cached_aspect(cfg)
     _check_local_source(vision["source"], "vision.source", allowed=("tiny",))
     _check_grid_fits_law(cfg)
     families = {b["family"] for b in cfg["benchmarks"]}
@@ -443,3 +444,24 @@ def benchmark_spec(cfg: dict, name: str) -> dict:
 def as_param(value) -> str:
     """The canonical string Snakemake compares to decide whether params changed."""
     return canonical_json(value)
+
+
+def _check_cached_aspect(cfg: dict) -> None:
+    """Cached features are computed once, padded (LLaVA's fine-tuning and evaluation): a stage that asks
+    for the processor alone (`square`) on real, non-square images would silently get padded features."""
+    from vlmscale.specs import DEFAULT_ASPECT
+
+    if cfg["data"]["source"] != "llava" or not cfg["vision"].get("cache"):
+        return
+    trains = [("train", cfg.get("train") or {})]
+    trains += [(f"llms[{i}].train", m.get("train") or {}) for i, m in enumerate(cfg["llms"])]
+    for where, train in trains:
+        for stage, default in DEFAULT_ASPECT.items():
+            aspect = (train.get(stage) or {}).get("image_aspect_ratio", default if where == "train" else None)
+            if aspect == "square":
+                raise ConfigError(
+                    f"{where}.{stage}.image_aspect_ratio: 'square' (the default for stage1, as LLaVA's "
+                    f"pretraining) needs the encoder run on each image as it is, but vision.cache stores padded "
+                    f"features; set vision.cache: false (the encoder runs in each job, as configs/paper.yaml "
+                    f"does) or {where}.{stage}.image_aspect_ratio: pad"
+                )
