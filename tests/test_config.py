@@ -129,3 +129,13 @@ def test_cached_features_are_refused_for_a_square_stage_on_real_images():
     uncached = copy.deepcopy(cfg)
     uncached["vision"]["cache"] = False
     vcfg.check(uncached, data=False)
+
+
+def test_position_features_are_refused_for_a_reference_adapter():
+    cfg = default_config()
+    cfg["compressor"] = "tokenpacker"
+    cfg["grid"]["visual_tokens"] = [1, 4, 16]
+    with pytest.raises(vcfg.ConfigError, match="position_features: only the avgpool adapter takes them"):
+        load(cfg)
+    cfg["position_features"] = False
+    load(cfg)

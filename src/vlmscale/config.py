@@ -84,6 +84,11 @@ def _check_stage_lengths(cfg: dict) -> None:
 
 def _check_adapter(cfg: dict) -> None:
     _check_stage_lengths(cfg)
+    if cfg.get("position_features") and cfg["compressor"] != "avgpool":
+        raise ConfigError(
+            f"position_features: only the avgpool adapter takes them; {cfg['compressor']} is built as its "
+            f"reference code builds it, without them: set position_features: false"
+        )
     vision = cfg["vision"]
     if vision["source"] == "tiny":  # a pretrained encoder's depth is checked when the vision stage reads it
         n = vision["num_layers"]
