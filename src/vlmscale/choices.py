@@ -57,3 +57,8 @@ BY_KEY = {
     "launch.executor": EXECUTORS,
     "plan.gpu": GPUS,
 }
+
+# Requests decoded together in evaluation (the plan prices the larger of the two KV caches):
+EVAL_TASK_BATCH = 16  # an lmms-eval task's requests (vlmscale.evaluation.lmms.CellLMM)
+EVAL_FOLDER_BATCH = 64  # a benchmark folder's questions (vlmscale.evaluation.evaluate.predict)
+EVAL_FOLDER_PROMPT_TOKENS = 64  # a folder question's text tokens, generously (one short question)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from vlmscale.choices import EVAL_FOLDER_BATCH
 from vlmscale.data.batching import make_batch
 from vlmscale.data.samples import load_benchmark, with_image_root
 from vlmscale.evaluation import metrics
@@ -20,7 +21,9 @@ from vlmscale.specs import EvalJob
 
 
 @torch.inference_mode()
-def predict(model, tokenizer, samples, features, max_new_tokens: int, device, batch_size: int = 64) -> list[str]:
+def predict(
+    model, tokenizer, samples, features, max_new_tokens: int, device, batch_size: int = EVAL_FOLDER_BATCH
+) -> list[str]:
     """Greedy answers, decoded to text (a one-word vocabulary answers in exactly one token). The model is
     already in its evaluation precision (model.cell.load_trained): no autocast."""
     limit = tokenizer.max_new_tokens or max_new_tokens
