@@ -62,3 +62,7 @@ BY_KEY = {
 EVAL_TASK_BATCH = 16  # an lmms-eval task's requests (vlmscale.evaluation.lmms.CellLMM)
 EVAL_FOLDER_BATCH = 64  # a benchmark folder's questions (vlmscale.evaluation.evaluate.predict)
 EVAL_FOLDER_PROMPT_TOKENS = 64  # a folder question's text tokens, generously (one short question)
+
+# lmms-eval 0.7.3 tasks whose process_docs loads a hub dataset itself (GQA: lmms-lab-encoder/GQA's images),
+# so a local dataset_path cannot take them offline.
+HUB_BOUND_TASK_PREFIXES = ("gqa",)

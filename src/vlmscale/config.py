@@ -231,6 +231,12 @@ def _check_task(cfg: dict, bench: dict, where: str) -> None:
     path = bench.get("dataset_path")
     if path and not Path(path).is_dir():
         raise ConfigError(f"{where}.dataset_path: {path} is not a folder (expected datasets' save_to_disk)")
+    if path and bench["task"].startswith(choices.HUB_BOUND_TASK_PREFIXES):
+        raise ConfigError(
+            f"{where}.dataset_path: task {bench['task']!r} loads its data from the Hugging Face Hub in its own "
+            f"process_docs whatever dataset_path says (lmms-eval 0.7.3); evaluate it where the hub is reachable "
+            f"(drop dataset_path), or give its questions as a benchmark folder (no task)"
+        )
 
 
 def _check_judge(bench: dict, where: str) -> None:
