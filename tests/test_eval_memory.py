@@ -11,7 +11,6 @@ import pytest
 import tiny_models
 import torch
 
-from vlmscale.data.batching import make_batch
 from vlmscale.data.samples import Sample
 from vlmscale.identity import run_key
 from vlmscale.model.cell import StaleCheckpoint, build_cell_model, load_trained
@@ -100,22 +99,21 @@ def test_decoding_allocates_no_weight_copies_and_matches_the_plans_formula(train
 
 
 @pytest.mark.parametrize(
-    "layout",
-    [{"compressor": "tokenpacker", "multi_level_layers": [0, 1, 1, 2]},
-     {"compressor": "quecc", "multi_level_layers": [0, 1, 1, 2]},
-     {"compressor": "avgpool", "position_features": True}],
-)  # fmt: skip
-def test_every_adapter_layout_loads_from_final_as_trained(trained, tmp_path, layout):
-    """The evaluation loader builds the adapter as training did: the multi-level width (4 x D keys and
-    values) and the position features come from the cell spec, so the saved weights load and answer alike."""
-    base, _ = trained
-    spec = {**base, **layout}
-    model, _ = build_cell_model(spec, [], VISION_DIM, GRID)
-    save_final(tmp_path, model, run_key(spec), torch.float32)
-    loaded, tokenizer = load_trained(spec, tmp_path / "final", [], VISION_DIM, GRID)
-    levels = len(layout.get("multi_level_layers", []))
-    data = make_batch([Sample(image="i", question="what is it", answer="")], tokenizer, V,
-                      lambda keys: torch.randn(len(keys), GRID * GRID, VISION_DIM * (1 + levels)))  # fmt: skip
-    question = loaded.question_state(data.question_ids, data.question_lengths) if loaded.uses_question else None
-    expected = model.visual_embeds(data.features, question).to(torch.float32)
-    assert torch.allclose(loaded.visual_embeds(data.features, question), expected, atol=1e-6)
+    "adapter",
+    [
+        {"compressor": "avgpool", "position_features": True},
+        {"compressor": "tokenpacker", "multi_level_layers": [1, 2]},
+        {"compressor": "quecc", "multi_level_layers": [1, 2]},
+    ],
+)
+def test_evaluation_rebuilds_the_adapter_training_built(adapter, tmp_path):
+    """Position features and multi-level layers are part of the adapter's shape: the evaluation loader
+    builds it from the same spec, so every saved weight loads, and equals what training saved."""
+    qwen = tiny_models.save_tiny_qwen2(tmp_path / "qwen", ["what is it"], hidden_size=32, intermediate_size=64,
+                                       num_layers=1)  # fmt: skip
+    spec = {"cell": "q/v4", "llm": {"name": "q", "source": str(qwen)}, "visual_tokens": V, **adapter}
+    trained, _ = build_cell_model(spec, [], VISION_DIM, GRID)
+    save_final(tmp_path, trained, run_key(spec), torch.float32)
+    loaded, _ = load_trained(spec, tmp_path / "final", [], VISION_DIM, GRID)
+    saved = {k: v for k, v in trained.state_dict().items() if not k.startswith("llm.")}
+    assert saved and all(torch.equal(loaded.state_dict()[k], v) for k, v in saved.items())

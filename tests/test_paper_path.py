@@ -248,7 +248,7 @@ def test_clip_features_come_from_the_configured_layer(paper_like):
 
 @pytest.mark.slow
 def test_the_paper_config_runs_end_to_end_on_tiny_checkpoints(paper_like):
-    from test_workflow import snakemake
+    from helpers import snakemake
 
     cfg = tiny_paper_config(paper_like)
     (paper_like / "paper-tiny.yaml").write_text(yaml.safe_dump(cfg))
@@ -308,8 +308,8 @@ def test_quecc_runs_the_paper_path_end_to_end_on_tiny_checkpoints(paper_like):
     text-only record, loaded from final/, evaluated and counted. Two of the grid's cells, few steps and
     three benchmarks keep it short (aggregation, law and report do not depend on the adapter: the
     tokenpacker run above covers them)."""
+    from helpers import snakemake
     from safetensors.torch import load_file
-    from test_workflow import snakemake
 
     cfg = tiny_paper_config(paper_like)
     cfg.update(compressor="quecc", results="results-quecc", grid={"name": "paper-quecc", "visual_tokens": [1, 4, 36]})

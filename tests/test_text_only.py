@@ -10,7 +10,7 @@ import json
 
 import pytest
 import torch
-from test_train import cell_cfg
+from helpers import cell_cfg
 
 from vlmscale.data import batching
 from vlmscale.data.samples import Sample, load_llava_conversations, with_image_root
