@@ -75,16 +75,25 @@ def draw_frontier(
     _log_axis(ax)
     ax.set_xlabel(f"inference FLOPs = 2·N·(Q+V), Q = {text_tokens}")
     ax.set_ylabel(f"{family} error (1 − mean accuracy)")
-    untrusted = " — not to be trusted" if law.trust_problems(fit) else ""
-    ax.set_title(
-        f"{family}: α={fit.params.get('alpha', float('nan')):.3f}, β={fit.params.get('beta', float('nan')):.3f}, "
-        f"R²={fit.r2:.2f}{untrusted}",
-        fontsize=10,
-    )
+    ax.set_title(_frontier_title(fit, family, text_tokens, (v_min, v_max)), fontsize=10)
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     return fig
+
+
+def _frontier_title(fit: FitResult, family: str, text_tokens: int, v_range) -> str:
+    """α, β, R² and, for a trusted fit, V* at this Q with its bootstrap interval."""
+    title = (
+        f"{family}: α={fit.params.get('alpha', float('nan')):.3f}, β={fit.params.get('beta', float('nan')):.3f}, "
+        f"R²={fit.r2:.2f}"
+    )
+    if law.trust_problems(fit):
+        return title + " — not to be trusted"
+    if fit.form == "additive":  # its V* comes from a numeric search, not β·Q/(α−β)
+        return title
+    v = law.optimal_tokens(fit.params["alpha"], fit.params["beta"], text_tokens, *v_range)
+    return title + f"\nV*(Q={text_tokens}) = {v_star_text(v, fit.ci.get(f'v_star_q{text_tokens}'))} (95 % bootstrap)"
 
 
 def _log_axis(ax) -> None:
@@ -124,14 +133,29 @@ def optimal_tokens_figure(fits: dict[str, FitResult], v_range: tuple[float, floa
     qs = np.arange(0, 201)
     fig, ax = plt.subplots(figsize=(5.6, 3.6))
     for family, fit in fits.items():
-        ax.plot(qs, [optimal_tokens(fit.params["alpha"], fit.params["beta"], q, *v_range) for q in qs], label=family)
+        (line,) = ax.plot(
+            qs, [optimal_tokens(fit.params["alpha"], fit.params["beta"], q, *v_range) for q in qs], label=family
+        )
+        _v_star_interval_bars(ax, fit, v_range, line.get_color())
     ax.set_xlabel("text tokens Q")
     ax.set_ylabel("compute-optimal visual tokens V*")
+    ax.set_title("V* vs Q (bars: 95 % bootstrap interval)", fontsize=10)
     ax.set_yscale("log")
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
     return _save(fig, path)
+
+
+def _v_star_interval_bars(ax, fit: FitResult, v_range: tuple[float, float], colour) -> None:
+    """V*'s 95 % bootstrap interval as a bar at each text-token count the fit bootstrapped it for."""
+    from vlmscale.analysis.law import optimal_tokens
+
+    for key, (lo, hi) in sorted((k, v) for k, v in fit.ci.items() if k.startswith("v_star_q")):
+        q = int(key.removeprefix("v_star_q"))
+        v = optimal_tokens(fit.params["alpha"], fit.params["beta"], q, *v_range)
+        ax.errorbar([q], [v], yerr=[[v - lo], [hi - v]], fmt="o", color=colour, capsize=4, ms=4)
+        ax.annotate(f"{v:.3g} [{lo:.3g}, {hi:.3g}]", (q, hi), textcoords="offset points", xytext=(4, 4), fontsize=7)
 
 
 def _save(fig, path: Path) -> Path:
@@ -242,12 +266,19 @@ def _frontier_section(fits: dict[str, FitResult], frontier: pd.DataFrame) -> lis
                 "the floor, but the exponents were fitted with it held at 0.",
                 "",
             ]
-    lines += ["V* = β·Q/(α−β) when α > β, otherwise the largest V; N* = C / (2(Q+V*)).", ""]
+    lines += [
+        "V* = β·Q/(α−β) when α > β, otherwise the largest V; N* = C / (2(Q+V*)). In brackets: V*'s 95 % "
+        "bootstrap interval (the same resamples as α's and β's).",
+        "",
+    ]
     for family, fit in fits.items():
         if untrusted[family]:
             lines.append(f"- {family}: not to be trusted as an answer (see the warning); no V* is given.")
             continue
-        v_stars = ", ".join(f"V*(Q={int(q)}) = {v:.3g}" for q, v in _v_star_by_q(frontier, family))
+        v_stars = ", ".join(
+            f"V*(Q={int(q)}) = {v_star_text(v, fit.ci.get(f'v_star_q{int(q)}'))}"
+            for q, v in _v_star_by_q(frontier, family)
+        )
         lines.append(f"- {family}: {v_stars} (α = {fit.params['alpha']:.3f}, β = {fit.params['beta']:.3f}).")
     shown = (
         frontier[~frontier.family.isin([f for f, p in untrusted.items() if p])] if "family" in frontier else frontier
@@ -286,6 +317,11 @@ def _family_error_table(grid: pd.DataFrame) -> str:
 def _per_cell_table(grid: pd.DataFrame) -> str:
     per_cell = grid.pivot_table(index=["llm", "llm_params", "visual_tokens"], columns="benchmark", values="accuracy")
     return per_cell.reset_index().to_markdown(index=False, floatfmt=".3f")
+
+
+def v_star_text(value: float, interval) -> str:
+    """V* with its bootstrap interval, e.g. `3.02 [1, 16]`; the bare value when the fit has no interval."""
+    return f"{value:.3g} [{interval[0]:.3g}, {interval[1]:.3g}]" if interval else f"{value:.3g}"
 
 
 def _ci(value: float, interval) -> str:
