@@ -132,11 +132,11 @@ def optimal_tokens_figure(fits: dict[str, FitResult], v_range: tuple[float, floa
 
     qs = np.arange(0, 201)
     fig, ax = plt.subplots(figsize=(5.6, 3.6))
-    for family, fit in fits.items():
+    for row, (family, fit) in enumerate(fits.items()):
         (line,) = ax.plot(
             qs, [optimal_tokens(fit.params["alpha"], fit.params["beta"], q, *v_range) for q in qs], label=family
         )
-        _v_star_interval_bars(ax, fit, v_range, line.get_color())
+        _v_star_interval_bars(ax, fit, v_range, line.get_color(), label_row=row)
     ax.set_xlabel("text tokens Q")
     ax.set_ylabel("compute-optimal visual tokens V*")
     ax.set_title("V* vs Q (bars: 95 % bootstrap interval)", fontsize=10)
@@ -147,15 +147,23 @@ def optimal_tokens_figure(fits: dict[str, FitResult], v_range: tuple[float, floa
     return _save(fig, path)
 
 
-def _v_star_interval_bars(ax, fit: FitResult, v_range: tuple[float, float], colour) -> None:
-    """V*'s 95 % bootstrap interval as a bar at each text-token count the fit bootstrapped it for."""
+def _v_star_interval_bars(ax, fit: FitResult, v_range: tuple[float, float], colour, label_row: int = 0) -> None:
+    """V*'s 95 % bootstrap interval as a bar at each text-token count the fit bootstrapped it for, labelled
+    with its numbers (one label row per family, so that two families at the same V* do not overprint)."""
     from vlmscale.analysis.law import optimal_tokens
 
     for key, (lo, hi) in sorted((k, v) for k, v in fit.ci.items() if k.startswith("v_star_q")):
         q = int(key.removeprefix("v_star_q"))
         v = optimal_tokens(fit.params["alpha"], fit.params["beta"], q, *v_range)
         ax.errorbar([q], [v], yerr=[[v - lo], [hi - v]], fmt="o", color=colour, capsize=4, ms=4)
-        ax.annotate(f"{v:.3g} [{lo:.3g}, {hi:.3g}]", (q, hi), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        ax.annotate(
+            f"{v:.3g} [{lo:.3g}, {hi:.3g}]",
+            (q, v),
+            textcoords="offset points",
+            xytext=(6, -12 * (label_row + 1)),
+            fontsize=7,
+            color=colour,
+        )
 
 
 def _save(fig, path: Path) -> Path:
