@@ -33,9 +33,15 @@ test: lint  ## lint, then every test, the end-to-end workflow ones included
 test-fast: lint  ## lint, then the unit tests only
 	pytest -q -m "not slow"
 
-lint: install  ## ruff: lint rules and formatting (line length 120, pyproject.toml)
+lint: install  ## ruff on the Python, snakefmt and Snakemake's linter on the workflow
 	ruff check src tests benchmarks
 	ruff format --check src tests benchmarks
+	snakefmt --check Snakefile workflow
+	@# Every lint but the per-rule conda environment (the rules run in the environment `make install` builds).
+	@snakemake --lint > .lint.txt 2>&1 || true
+	@grep -q '^Lints for' .lint.txt || { cat .lint.txt; exit 1; }
+	@! grep -E '^ +\* ' .lint.txt | grep -v 'Specify a conda environment or container'
+	@rm -f .lint.txt
 
 ui: install  ## MLflow UI on the local store, http://127.0.0.1:5000
 	vlmscale ui --uri sqlite:///results/mlflow.db

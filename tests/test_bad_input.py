@@ -7,39 +7,13 @@ must fail with a message that names the problem; a bare Python traceback never c
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-import yaml
-
-REPO = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "MPLBACKEND": "Agg"}
-
-
-def default_config() -> dict:
-    return yaml.safe_load((REPO / "config.yaml").read_text())
-
-
-def run(cmd: list[str], cwd: Path) -> tuple[int, str]:
-    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=ENV, timeout=300)
-    return proc.returncode, proc.stdout + proc.stderr
-
-
-def snakemake_dry_run(tmp_path: Path, cfg: dict | str) -> str:
-    text = cfg if isinstance(cfg, str) else yaml.safe_dump(cfg)
-    (tmp_path / "cfg.yaml").write_text(text)
-    code, out = run(
-        ["snakemake", "-s", str(REPO / "Snakefile"), "--configfile", "cfg.yaml", "--cores", "1", "-n"], tmp_path
-    )
-    assert code != 0, out
-    assert "Traceback" not in out, out
-    assert not (tmp_path / "results").exists()  # refused before any job
-    return out
+from helpers import default_config, run, snakemake_dry_run
 
 
 def vlmscale(tmp_path: Path, *args: str) -> str:
@@ -229,7 +203,7 @@ def test_benchmark_question_without_answer_is_named(tmp_path, llava_data):
 
 
 def test_unreadable_trained_weights_name_the_cell(tmp_path, small_data, small_vision):
-    from test_train import cell_cfg
+    from helpers import cell_cfg
 
     spec = cell_cfg(small_data, small_vision, tmp_path).spec
     (tmp_path / "final").mkdir()
@@ -259,7 +233,7 @@ def test_unreadable_trained_weights_name_the_cell(tmp_path, small_data, small_vi
 
 
 def test_unreadable_resume_checkpoint_restarts_the_cell_and_says_so(tmp_path, small_data, small_vision, capsys):
-    from test_train import cell_cfg
+    from helpers import cell_cfg
 
     from vlmscale.training import trainer as train
 
@@ -272,7 +246,7 @@ def test_unreadable_resume_checkpoint_restarts_the_cell_and_says_so(tmp_path, sm
 
 
 def test_out_of_memory_names_the_setting(tmp_path, small_data, small_vision, monkeypatch):
-    from test_train import cell_cfg
+    from helpers import cell_cfg
 
     from vlmscale.training import trainer as train
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from test_crash_resume import GRID, attempts, results, snakemake, wait_for_training_progress
+from helpers import attempts, grid_config, results, run_driver, wait_for_training_progress
 
 REPO = Path(__file__).resolve().parents[1]
 ACCOUNT = "vlmscale"  # the test cluster's job_submit policy requires it, as many sites do
@@ -44,7 +44,7 @@ def slurm_ready() -> str | None:
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(slurm_ready() is not None, reason=str(slurm_ready()))]
 
-CLUSTER_GRID = copy.deepcopy(GRID)
+CLUSTER_GRID = grid_config("crash")
 CLUSTER_GRID["train"]["stage2"]["steps"] = 150
 CLUSTER_GRID["tracking"]["experiment"] = "cluster"
 
@@ -61,7 +61,7 @@ def grid_config(executor: str) -> dict:
 def run_grid(workdir: Path, executor: str) -> Path:
     workdir.mkdir(exist_ok=True)
     (workdir / "grid.yaml").write_text(yaml.safe_dump(grid_config(executor)))
-    proc = snakemake(workdir)
+    proc = run_driver(workdir)
     proc.wait(timeout=1500)
     assert proc.returncode == 0, (workdir / "driver.log").read_text()[-5000:]
     return workdir
@@ -193,14 +193,14 @@ def test_killed_driver_reattaches_to_running_jobs(local_grid, tmp_path):
     workdir = tmp_path / "driver"
     workdir.mkdir()
     (workdir / "grid.yaml").write_text(yaml.safe_dump(grid_config("slurm")))
-    proc = snakemake(workdir, start_new_session=True)
+    proc = run_driver(workdir, start_new_session=True)
     assert wait_for_training_progress(workdir, proc, lines=4), (workdir / "driver.log").read_text()[-3000:]
     os.killpg(proc.pid, signal.SIGKILL)  # the login-node driver dies; its Slurm jobs keep running
     proc.wait()
     running = subprocess.run(["squeue", "-h", "-o", "%i %j"], capture_output=True, text=True).stdout
     assert "train:" in running, running
-    snakemake(workdir, "--unlock").wait(timeout=120)
-    proc = snakemake(workdir)
+    run_driver(workdir, "--unlock").wait(timeout=120)
+    proc = run_driver(workdir)
     proc.wait(timeout=1500)
     log = (workdir / "driver.log").read_text()
     assert proc.returncode == 0, log[-5000:]
@@ -230,7 +230,7 @@ def test_bad_cluster_settings_fail_with_slurms_message_and_the_cell(local_grid, 
     for stage in ("data", "vision"):  # prepared and encoded already: only the cells go to Slurm
         shutil.copytree(local_grid / "results" / stage, workdir / "results" / stage)
     start = time.time()
-    proc = snakemake(workdir, "--until", "train")
+    proc = run_driver(workdir, "--until", "train")
     proc.wait(timeout=300)
     assert proc.returncode != 0 and time.time() - start < 200  # fails, does not hang
     logs = {

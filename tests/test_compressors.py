@@ -72,7 +72,7 @@ def test_token_counts_the_grid_cannot_divide_are_refused_with_the_choices():
 
 
 def test_quecc_trains_a_cell_end_to_end(small_data, small_vision, tmp_path):
-    from test_train import cell_cfg
+    from helpers import cell_cfg
 
     from vlmscale.training import trainer as train
 

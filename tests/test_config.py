@@ -10,22 +10,12 @@ from pathlib import Path
 
 import pytest
 import yaml
-from snakemake.utils import validate
+from helpers import default_config, load
 
 from vlmscale import config as vcfg
 
 REPO = Path(__file__).resolve().parents[1]
 SCHEMA = str(REPO / "workflow/schemas/config.schema.yaml")
-
-
-def default_config() -> dict:
-    return yaml.safe_load((REPO / "config.yaml").read_text())
-
-
-def load(cfg: dict) -> dict:
-    cfg = copy.deepcopy(cfg)
-    validate(cfg, SCHEMA, set_default=True)
-    return vcfg.check(cfg)
 
 
 def test_default_config_is_valid_and_spans_the_required_grid():
@@ -123,3 +113,29 @@ def test_grid_seeds_make_one_cell_per_seed_that_differs_only_in_its_seed():
     strip = [{**s, "cell": None, "train": {**s["train"], "seed": None}} for s in specs]
     assert strip[0] == strip[1] == strip[2]  # nothing else differs
     assert vcfg.architecture_spec(cfg, "lm-s", 4)["cell"] == "lm-s/v4"  # FLOPs are shared by the seeds
+
+
+def test_cached_features_are_refused_for_a_square_stage_on_real_images():
+    from snakemake.utils import validate
+
+    cfg = default_config()
+    cfg["data"] = {"source": "llava", "train_json": "train.json", "image_folder": "images"}
+    validate(cfg, vcfg.SCHEMA, set_default=True)
+    with pytest.raises(vcfg.ConfigError, match=r"train\.stage1\.image_aspect_ratio: 'square'.*vision\.cache: false"):
+        vcfg.check(copy.deepcopy(cfg), data=False)
+    padded = copy.deepcopy(cfg)
+    padded["train"]["stage1"]["image_aspect_ratio"] = "pad"
+    vcfg.check(padded, data=False)
+    uncached = copy.deepcopy(cfg)
+    uncached["vision"]["cache"] = False
+    vcfg.check(uncached, data=False)
+
+
+def test_position_features_are_refused_for_a_reference_adapter():
+    cfg = default_config()
+    cfg["compressor"] = "tokenpacker"
+    cfg["grid"]["visual_tokens"] = [1, 4, 16]
+    with pytest.raises(vcfg.ConfigError, match="position_features: only the avgpool adapter takes them"):
+        load(cfg)
+    cfg["position_features"] = False
+    load(cfg)

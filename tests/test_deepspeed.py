@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_train import cell_cfg
+from helpers import cell_cfg
 
 from vlmscale.training.checkpoint import read_final
 from vlmscale.training.distributed import free_port, local_world
@@ -28,14 +28,14 @@ import os, sys
 from vlmscale import cli
 from vlmscale.training import trainer as train
 
-die_at, original = os.environ.get("DIE_AT"), train.record_progress
+die_at, original = os.environ.get("DIE_AT"), train.Trainer.record_progress
 
-def record_then_die(loop, state, stage, step, window):
-    original(loop, state, stage, step, window)
+def record_then_die(trainer, stage, step, window):
+    original(trainer, stage, step, window)
     if f"{stage.name}:{step + 1}" == die_at:
         os._exit(17)
 
-train.record_progress = record_then_die
+train.Trainer.record_progress = record_then_die
 sys.exit(cli.main(["train", *sys.argv[1:]]))
 """
 

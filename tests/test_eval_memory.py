@@ -96,3 +96,24 @@ def test_decoding_allocates_no_weight_copies_and_matches_the_plans_formula(train
     model.float().requires_grad_(True)
     with_copies, _ = peak_while_decoding(model, tokenizer, use_autocast=True)
     assert with_copies > 2 * params, (with_copies, params)  # a bf16 copy of (nearly) every weight stays alive
+
+
+@pytest.mark.parametrize(
+    "adapter",
+    [
+        {"compressor": "avgpool", "position_features": True},
+        {"compressor": "tokenpacker", "multi_level_layers": [1, 2]},
+        {"compressor": "quecc", "multi_level_layers": [1, 2]},
+    ],
+)
+def test_evaluation_rebuilds_the_adapter_training_built(adapter, tmp_path):
+    """Position features and multi-level layers are part of the adapter's shape: the evaluation loader
+    builds it from the same spec, so every saved weight loads, and equals what training saved."""
+    qwen = tiny_models.save_tiny_qwen2(tmp_path / "qwen", ["what is it"], hidden_size=32, intermediate_size=64,
+                                       num_layers=1)  # fmt: skip
+    spec = {"cell": "q/v4", "llm": {"name": "q", "source": str(qwen)}, "visual_tokens": V, **adapter}
+    trained, _ = build_cell_model(spec, [], VISION_DIM, GRID)
+    save_final(tmp_path, trained, run_key(spec), torch.float32)
+    loaded, _ = load_trained(spec, tmp_path / "final", [], VISION_DIM, GRID)
+    saved = {k: v for k, v in trained.state_dict().items() if not k.startswith("llm.")}
+    assert saved and all(torch.equal(loaded.state_dict()[k], v) for k, v in saved.items())

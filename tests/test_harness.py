@@ -251,7 +251,7 @@ def test_loglikelihood_matches_a_reference_computation_and_knows_the_greedy_answ
     ],
 )
 def test_task_benchmarks_are_refused_at_config_load_naming_the_key(bench, message):
-    from test_config import default_config, load
+    from helpers import default_config, load
 
     from vlmscale import config as vcfg
 
@@ -354,7 +354,7 @@ def test_the_decode_cap_bounds_a_tasks_request_and_is_counted(tiny_cell):
 
 
 def test_a_judge_task_is_refused_without_the_key_unless_judge_none(monkeypatch):
-    from test_config import default_config, load
+    from helpers import default_config, load
 
     from vlmscale import config as vcfg
 
@@ -370,3 +370,16 @@ def test_a_judge_task_is_refused_without_the_key_unless_judge_none(monkeypatch):
     vcfg._check_judge(cfg["benchmarks"][0], "benchmarks[0]")  # accepted: scores marked rule-based only
     with pytest.raises(vcfg.ConfigError, match="or use the offline task 'mmbench_en_dev_static'"):
         vcfg._check_judge({"task": "mmbench_en_dev"}, "benchmarks[1] (mmbench)")
+
+
+def test_gqa_from_a_local_copy_is_refused_naming_the_hub(tmp_path):
+    from helpers import default_config
+
+    from vlmscale import config as vcfg
+
+    cfg = default_config()
+    cfg["llms"] = [{"name": "q", "source": str(tmp_path)}]  # an LLM with its own tokenizer (not loaded here)
+    bench = {"name": "gqa", "family": "reasoning", "task": "gqa", "dataset_path": str(tmp_path)}
+    with pytest.raises(vcfg.ConfigError, match=r"benchmarks\[0\]\.dataset_path: task 'gqa' loads its data from the"):
+        vcfg._check_task(cfg, bench, "benchmarks[0]")
+    vcfg._check_task(cfg, {**bench, "task": "pope"}, "benchmarks[0]")  # another task's local copy is fine

@@ -248,7 +248,7 @@ def test_clip_features_come_from_the_configured_layer(paper_like):
 
 @pytest.mark.slow
 def test_the_paper_config_runs_end_to_end_on_tiny_checkpoints(paper_like):
-    from test_workflow import snakemake
+    from helpers import snakemake
 
     cfg = tiny_paper_config(paper_like)
     (paper_like / "paper-tiny.yaml").write_text(yaml.safe_dump(cfg))

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 import yaml
-from test_bad_input import REPO, default_config, run, snakemake_dry_run
+from helpers import REPO, default_config, run, snakemake_dry_run
 
 from vlmscale import config as vcfg
 from vlmscale.model import build_adapter

@@ -51,8 +51,8 @@ def test_parallel_cells_on_a_fresh_sqlite_store(tmp_path):
 
 
 def test_unreachable_store_keeps_training_and_is_replayed_later(small_data, small_vision, tmp_path, monkeypatch):
+    from helpers import cell_cfg
     from mlflow.tracking import MlflowClient
-    from test_train import cell_cfg
 
     from vlmscale.orchestration import track_sync
 
@@ -130,7 +130,9 @@ def rest(url: str, path: str, body: dict) -> dict:
 
 @pytest.mark.slow
 def test_grid_against_a_tracking_server(mlflow_server, tmp_path):
-    from test_workflow import MINI, snakemake
+    from helpers import grid_config, snakemake
+
+    MINI = grid_config("mini")
 
     cfg = {**MINI, "tracking": {"uri": mlflow_server, "experiment": "served"}, "launch": {"executor": "inline"}}
     (tmp_path / "served.yaml").write_text(yaml.safe_dump(cfg))

@@ -5,35 +5,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import LLM, cell_cfg
 
-from vlmscale.specs import TrainJob
 from vlmscale.training import trainer as train
 from vlmscale.training.checkpoint import read_final
-
-LLM = {
-    "name": "t",
-    "source": "config",
-    "arch": "qwen2",
-    "hidden_size": 16,
-    "intermediate_size": 32,
-    "num_layers": 1,
-    "num_heads": 2,
-}
-
-
-def cell_cfg(small_data, small_vision, ckpt_dir, **train_overrides):
-    tspec = {
-        "batch_size": 8,
-        "seed": 0,
-        "warmup_frac": 0.1,
-        "log_every": 5,
-        "checkpoint_every": 10,
-        "stage1": {"steps": 6, "lr": 1e-3},
-        "stage2": {"steps": 30, "lr": 3e-3},
-        **train_overrides,
-    }
-    spec = {"cell": "t/v4", "llm": LLM, "visual_tokens": 4, "compressor": "avgpool", "train": tspec}
-    return TrainJob(spec, data_root=str(small_data), vision=str(small_vision), checkpoint_dir=str(ckpt_dir))
 
 
 class Killed(Exception):
@@ -43,20 +18,20 @@ class Killed(Exception):
 def test_killed_training_resumes_to_identical_result(small_data, small_vision, tmp_path, monkeypatch):
     reference = train.train_cell(cell_cfg(small_data, small_vision, tmp_path / "a"), log=lambda m: None)
 
-    original = train.record_progress
+    original = train.Trainer.record_progress
     calls = {"n": 0}
 
-    def dies_midway(loop, state, stage, step, window):
-        original(loop, state, stage, step, window)
+    def dies_midway(trainer, stage, step, window):
+        original(trainer, stage, step, window)
         calls["n"] += 1
         if stage.name == "stage2" and step + 1 == 25:  # after the step-20 checkpoint, before the end
             raise Killed()
 
-    monkeypatch.setattr(train, "record_progress", dies_midway)
+    monkeypatch.setattr(train.Trainer, "record_progress", dies_midway)
     cfg = cell_cfg(small_data, small_vision, tmp_path / "b")
     with pytest.raises(Killed):
         train.train_cell(cfg, log=lambda m: None)
-    monkeypatch.setattr(train, "record_progress", original)
+    monkeypatch.setattr(train.Trainer, "record_progress", original)
     messages = []
     resumed = train.train_cell(cfg, log=messages.append)
     assert any("resuming t/v4 at stage2 step 20" in m for m in messages)
@@ -100,13 +75,13 @@ def test_a_signal_checkpoints_at_the_current_step_and_resumes_to_identical_weigh
 
     train.train_cell(cell_cfg(small_data, small_vision, tmp_path / "a"), log=lambda m: None)
 
-    def optimizer_step(loop, stage, step, stepper, parts):
+    def optimizer_step(trainer, stage, step, stepper, parts):
         if stage.name == "stage2" and step == 12:  # arrives during step 13; seen at its boundary
             os.kill(os.getpid(), getattr(signal, sig))
-        return step_original(loop, stage, step, stepper, parts)
+        return step_original(trainer, stage, step, stepper, parts)
 
-    step_original = train.optimizer_step
-    monkeypatch.setattr(train, "optimizer_step", optimizer_step)
+    step_original = train.Trainer.optimizer_step
+    monkeypatch.setattr(train.Trainer, "optimizer_step", optimizer_step)
     saved = {s: signal.getsignal(s) for s in preemption.SIGNALS}
     preemption.install()
     try:
@@ -116,7 +91,7 @@ def test_a_signal_checkpoints_at_the_current_step_and_resumes_to_identical_weigh
         for s, handler in saved.items():
             signal.signal(s, handler)
         preemption.reset()
-    monkeypatch.setattr(train, "optimizer_step", step_original)
+    monkeypatch.setattr(train.Trainer, "optimizer_step", step_original)
     assert torch.load(tmp_path / "b/last.pt", weights_only=False)["step"] == 13  # not the periodic step 10
     messages = []
     train.train_cell(cell_cfg(small_data, small_vision, tmp_path / "b"), log=messages.append)
@@ -165,20 +140,20 @@ def test_a_stage1_checkpoint_holds_the_adapters_and_resumes_to_the_same_result(
 ):
     longer = {"stage1": {"steps": 25, "lr": 1e-3}}
     reference = train.train_cell(cell_cfg(small_data, small_vision, tmp_path / "a", **longer), log=lambda m: None)
-    original = train.record_progress
+    original = train.Trainer.record_progress
 
-    def dies_in_stage1(loop, state, stage, step, window):
-        original(loop, state, stage, step, window)
+    def dies_in_stage1(trainer, stage, step, window):
+        original(trainer, stage, step, window)
         if stage.name == "stage1" and step + 1 == 15:  # after the step-10 checkpoint
             raise Killed()
 
-    monkeypatch.setattr(train, "record_progress", dies_in_stage1)
+    monkeypatch.setattr(train.Trainer, "record_progress", dies_in_stage1)
     cfg = cell_cfg(small_data, small_vision, tmp_path / "b", **longer)
     with pytest.raises(Killed):
         train.train_cell(cfg, log=lambda m: None)
     saved = torch.load(tmp_path / "b/last.pt", weights_only=False)
     assert saved["model"] and not any(k.startswith("llm.") for k in saved["model"])  # the frozen LLM is not saved
-    monkeypatch.setattr(train, "record_progress", original)
+    monkeypatch.setattr(train.Trainer, "record_progress", original)
     resumed = train.train_cell(cfg, log=lambda m: None)
     assert resumed["history"] == reference["history"]
     done = torch.load(tmp_path / "b/last.pt", weights_only=False)

@@ -13,66 +13,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers import REPO, grid_config, snakemake
 
-REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
-MINI = {
-    "grid": {"name": "mini", "visual_tokens": [1, 4, 16]},
-    "data": {
-        "source": "synthetic",
-        "seed": 0,
-        "train_images_per_family": 120,
-        "test_images_per_family": 30,
-        "questions_per_image": {"reasoning": 2, "ocr": 2},
-        "tasks": ["colour", "relation", "read", "next"],
-    },
-    "vision": {"steps": 40, "hidden_size": 32, "num_heads": 2, "num_layers": 1, "batch_size": 32},
-    "train": {
-        "batch_size": 16,
-        "seed": 0,
-        "warmup_frac": 0.03,
-        "log_every": 10,
-        "checkpoint_every": 20,
-        "stage1": {"steps": 5, "lr": 0.001},
-        "stage2": {"steps": 40, "lr": 0.003},
-    },
-    "llms": [
-        {
-            "name": "a",
-            "source": "config",
-            "arch": "qwen2",
-            "hidden_size": 16,
-            "intermediate_size": 32,
-            "num_layers": 1,
-            "num_heads": 2,
-        },
-        {
-            "name": "b",
-            "source": "config",
-            "arch": "qwen2",
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_layers": 2,
-            "num_heads": 2,
-        },
-    ],
-    "benchmarks": [
-        {"name": "colour", "family": "reasoning"},
-        {"name": "relation", "family": "reasoning"},
-        {"name": "read", "family": "ocr"},
-        {"name": "next", "family": "ocr"},
-    ],
-    "law": {"bootstrap": 20},
-    "launch": {"executor": "local"},
-    "tracking": {"experiment": "mini"},
-}
-
-
-def snakemake(workdir: Path, configfile: str, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    env = {**(env or os.environ), "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "MPLBACKEND": "Agg"}
-    cmd = ["snakemake", "-s", str(REPO / "Snakefile"), "--configfile", configfile, "--cores", "2", *args]
-    return subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, env=env, timeout=1200)
+MINI = grid_config("mini")
 
 
 def planned_jobs(workdir: Path, configfile: str) -> set[tuple[str, str]]:

@@ -57,3 +57,12 @@ BY_KEY = {
     "launch.executor": EXECUTORS,
     "plan.gpu": GPUS,
 }
+
+# Requests decoded together in evaluation (the plan prices the larger of the two KV caches):
+EVAL_TASK_BATCH = 16  # an lmms-eval task's requests (vlmscale.evaluation.lmms.CellLMM)
+EVAL_FOLDER_BATCH = 64  # a benchmark folder's questions (vlmscale.evaluation.evaluate.predict)
+EVAL_FOLDER_PROMPT_TOKENS = 64  # a folder question's text tokens, generously (one short question)
+
+# lmms-eval 0.7.3 tasks whose process_docs loads a hub dataset itself (GQA: lmms-lab-encoder/GQA's images),
+# so a local dataset_path cannot take them offline.
+HUB_BOUND_TASK_PREFIXES = ("gqa",)

@@ -84,6 +84,11 @@ def _check_stage_lengths(cfg: dict) -> None:
 
 def _check_adapter(cfg: dict) -> None:
     _check_stage_lengths(cfg)
+    if cfg.get("position_features") and cfg["compressor"] != "avgpool":
+        raise ConfigError(
+            f"position_features: only the avgpool adapter takes them; {cfg['compressor']} is built as its "
+            f"reference code builds it, without them: set position_features: false"
+        )
     vision = cfg["vision"]
     if vision["source"] == "tiny":  # a pretrained encoder's depth is checked when the vision stage reads it
         n = vision["num_layers"]
@@ -125,6 +130,7 @@ def check(cfg: dict, data: bool = True) -> dict:
         _check_batches(cfg, llm["name"], f"llms[{i}] ({llm['name']})")
     if data:
         _check_data(cfg)
+    _check_cached_aspect(cfg)
     _check_local_source(vision["source"], "vision.source", allowed=("tiny",))
     _check_grid_fits_law(cfg)
     families = {b["family"] for b in cfg["benchmarks"]}
@@ -225,6 +231,12 @@ def _check_task(cfg: dict, bench: dict, where: str) -> None:
     path = bench.get("dataset_path")
     if path and not Path(path).is_dir():
         raise ConfigError(f"{where}.dataset_path: {path} is not a folder (expected datasets' save_to_disk)")
+    if path and bench["task"].startswith(choices.HUB_BOUND_TASK_PREFIXES):
+        raise ConfigError(
+            f"{where}.dataset_path: task {bench['task']!r} loads its data from the Hugging Face Hub in its own "
+            f"process_docs whatever dataset_path says (lmms-eval 0.7.3); evaluate it where the hub is reachable "
+            f"(drop dataset_path), or give its questions as a benchmark folder (no task)"
+        )
 
 
 def _check_judge(bench: dict, where: str) -> None:
@@ -443,3 +455,24 @@ def benchmark_spec(cfg: dict, name: str) -> dict:
 def as_param(value) -> str:
     """The canonical string Snakemake compares to decide whether params changed."""
     return canonical_json(value)
+
+
+def _check_cached_aspect(cfg: dict) -> None:
+    """Cached features are computed once, padded (LLaVA's fine-tuning and evaluation): a stage that asks
+    for the processor alone (`square`) on real, non-square images would silently get padded features."""
+    from vlmscale.specs import DEFAULT_ASPECT
+
+    if cfg["data"]["source"] != "llava" or not cfg["vision"].get("cache"):
+        return
+    trains = [("train", cfg.get("train") or {})]
+    trains += [(f"llms[{i}].train", m.get("train") or {}) for i, m in enumerate(cfg["llms"])]
+    for where, train in trains:
+        for stage, default in DEFAULT_ASPECT.items():
+            aspect = (train.get(stage) or {}).get("image_aspect_ratio", default if where == "train" else None)
+            if aspect == "square":
+                raise ConfigError(
+                    f"{where}.{stage}.image_aspect_ratio: 'square' (the default for stage1, as LLaVA's "
+                    f"pretraining) needs the encoder run on each image as it is, but vision.cache stores padded "
+                    f"features; set vision.cache: false (the encoder runs in each job, as configs/paper.yaml "
+                    f"does) or {where}.{stage}.image_aspect_ratio: pad"
+                )

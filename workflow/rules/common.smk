@@ -1,4 +1,5 @@
 # Shared definitions: validated config -> cells, canonical params, wildcard constraints, tracking store.
+import os
 import re
 from pathlib import Path
 
@@ -15,7 +16,10 @@ except vcfg.ConfigError as exc:
 # With a GPU declared (plan.gpu), a cell that will not fit its GPUs stops the grid before anything is submitted.
 UNFIT = plan.unfit_cells(config)
 if UNFIT:
-    raise WorkflowError("cells that will not fit their GPUs (see `vlmscale plan --configfile ...`):\n  " + "\n  ".join(UNFIT))
+    raise WorkflowError(
+        "cells that will not fit their GPUs (see `vlmscale plan --configfile ...`):\n  "
+        + "\n  ".join(UNFIT)
+    )
 
 RESULTS = config["results"]
 LLMS = [m["name"] for m in config["llms"]]
@@ -28,24 +32,17 @@ ARCHITECTURES = [c.architecture_id for c in vcfg.architectures(config)]
 LAUNCH = config["launch"]
 
 
-
-wildcard_constraints:
-    llm="|".join(re.escape(m) for m in LLMS),
-    V="|".join(VISUAL_TOKENS),
-    seed="|".join(SEEDS),
-    benchmark="|".join(re.escape(b) for b in BENCHMARKS),
-    family="|".join(re.escape(f) for f in FAMILIES),
-
-
 def code_param(*modules):
-    # The code a rule runs: the module computing its outputs and every vlmscale module it imports
-    # (identity.code_closure), hashed as a param rather than input files: an edit reruns the rule, while
+    # The code behind a rule's outputs, the module computing them and every vlmscale module it imports
+    # (identity.code_closure), hashed as a param rather than input files. An edit reruns the rule, while
     # a project moved or copied elsewhere (other paths, same content) reruns nothing.
     return identity.fingerprint(*modules)
 
 
 def cell_spec(wildcards):
-    return vcfg.as_param(vcfg.cell_spec(config, wildcards.llm, int(wildcards.V), int(wildcards.seed)))
+    return vcfg.as_param(
+        vcfg.cell_spec(config, wildcards.llm, int(wildcards.V), int(wildcards.seed))
+    )
 
 
 def training_priority(wildcards):
@@ -55,7 +52,9 @@ def training_priority(wildcards):
 
 def tracking_param():
     t = config["tracking"]
-    return vcfg.as_param({"uri": t["uri"], "experiment": t["experiment"], "grid": config["grid"]["name"]})
+    return vcfg.as_param(
+        {"uri": t["uri"], "experiment": t["experiment"], "grid": config["grid"]["name"]}
+    )
 
 
 # Operational (when to log and checkpoint; vcfg.OPERATIONAL_TRAIN_KEYS) and tracking settings reach the job
@@ -73,23 +72,49 @@ def launch_resources(wildcards):
 
 
 def single_task_resources(wildcards):
-    return vcfg.as_param(vcfg.launch_resources(config, getattr(wildcards, "llm", None), single_task=True))
+    return vcfg.as_param(
+        vcfg.launch_resources(config, getattr(wildcards, "llm", None), single_task=True)
+    )
 
 
-# Not result-affecting, so passed as plain flags rather than params (changing them reruns nothing).
-LAUNCH_FLAGS = f"--executor {LAUNCH['executor']} --threads {LAUNCH['threads']} --results {RESULTS}"
+# Not result-affecting, so passed as resources rather than params (changing them reruns nothing).
+LAUNCH_FLAGS = (
+    f"--executor {LAUNCH['executor']} --threads {LAUNCH['threads']} --results {RESULTS}"
+)
 
 
-onstart:
-    # Create the MLflow store, experiment and parent run once, before parallel jobs: concurrent first
-    # creation corrupts sqlite. A tracking server that is down only costs the browsing view: cells
-    # still run, and the track_sync rule replays their results once it is back.
-    uri = config["tracking"]["uri"]
-    if not uri.startswith("sqlite:///") or not Path(uri[len("sqlite:///"):]).exists():
-        shell(
-            "vlmscale init-tracking --uri {uri:q} --experiment {exp:q} --grid {grid:q} "
-            "--artifact-root {root:q} > /dev/null || echo 'vlmscale: MLflow store {uri} unreachable; "
-            "results are kept in JSON and replayed by track_sync' >&2",
-            uri=uri, exp=config["tracking"]["experiment"], grid=config["grid"]["name"],
-            root=f"{RESULTS}/mlartifacts",
-        )
+def data_files(wildcards):
+    # Real data: the conversation JSON is tracked, so replacing it re-checks the data (the image folder is
+    # not: hashing every image on each invocation would cost more than it protects).
+    return [config["data"]["train_json"]] if config["data"]["source"] == "llava" else []
+
+
+def eval_spec(wildcards):
+    return vcfg.as_param(
+        {
+            "model": vcfg.cell_spec(
+                config, wildcards.llm, int(wildcards.V), int(wildcards.seed)
+            ),
+            "benchmarks": [vcfg.benchmark_spec(config, b) for b in BENCHMARKS],
+            "max_new_tokens": config["evaluation"]["max_new_tokens"],
+            "max_new_tokens_cap": config["evaluation"]["max_new_tokens_cap"],
+            "dtype": config["evaluation"]["dtype"],
+        }
+    )
+
+
+def evaluation_resources(wildcards):
+    # Its own request (evaluation.resources), not the LLM's training one; a resource, not a param.
+    return vcfg.as_param(vcfg.evaluation_resources(config, wildcards.llm))
+
+
+def flops_spec(wildcards):
+    return vcfg.as_param(
+        {
+            "architecture": vcfg.architecture_spec(
+                config, wildcards.llm, int(wildcards.V)
+            ),
+            "vision": vcfg.vision_spec(config),
+            "text_tokens": config["flops"]["text_tokens"],
+        }
+    )

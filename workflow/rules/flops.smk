@@ -1,11 +1,3 @@
-def flops_spec(wildcards):
-    return vcfg.as_param({
-        "architecture": vcfg.architecture_spec(config, wildcards.llm, int(wildcards.V)),
-        "vision": vcfg.vision_spec(config),
-        "text_tokens": config["flops"]["text_tokens"],
-    })
-
-
 rule flops:
     input:
         manifest=rules.prepare_data.output.manifest,

@@ -6,7 +6,11 @@ rule report:
     output:
         report=f"{RESULTS}/report.md",
         figures=report(
-            expand(f"{RESULTS}/figures/{{family}}_q{{q}}.png", family=FAMILIES, q=config["flops"]["text_tokens"]),
+            expand(
+                f"{RESULTS}/figures/{{family}}_q{{q}}.png",
+                family=FAMILIES,
+                q=config["flops"]["text_tokens"],
+            ),
             caption="../report/frontier.rst",
             category="Scaling law",
         ),
@@ -25,6 +29,7 @@ rule report:
     params:
         code=code_param("analysis.report"),
         text_tokens=" ".join(str(q) for q in config["flops"]["text_tokens"]),
+        out_dir=lambda wildcards, output: os.path.dirname(output.report),
     shell:
         "vlmscale report --grid {input.grid} --laws {input.laws} --frontier {input.frontier} "
-        "--text-tokens {params.text_tokens} --out-dir {RESULTS} > {log} 2>&1"
+        "--text-tokens {params.text_tokens} --out-dir {params.out_dir} > {log} 2>&1"

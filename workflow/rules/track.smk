@@ -9,6 +9,7 @@ rule track_sync:
         f"{RESULTS}/logs/track_sync.log",
     params:
         spec=tracking_param(),
+        results=lambda wildcards, output: os.path.dirname(output[0]),
     shell:
-        "vlmscale track-sync --spec {params.spec:q} --grid {input.grid} --results {RESULTS} "
-        "--report-dir {RESULTS} --out {output} > {log} 2>&1"
+        "vlmscale track-sync --spec {params.spec:q} --grid {input.grid} --results {params.results} "
+        "--report-dir {params.results} --out {output} > {log} 2>&1"

@@ -8,16 +8,20 @@ rule train:
         f"{RESULTS}/logs/train/{{llm}}/v{{V}}/s{{seed}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/train/{{llm}}/v{{V}}/s{{seed}}.tsv"
-    params:
-        code=code_param(identity.TRAINING_MODULE),
-        spec=cell_spec,
-        checkpoints=f"{RESULTS}/checkpoints/{{llm}}/v{{V}}/s{{seed}}",
+    priority: training_priority
     threads: LAUNCH["threads"]
     resources:
         launch=launch_resources,
         ops=train_ops,
-    priority: training_priority
+        tracking=TRACKING,
+        flags=LAUNCH_FLAGS,
+    params:
+        code=code_param(identity.TRAINING_MODULE),
+        spec=cell_spec,
+        checkpoints=f"{RESULTS}/checkpoints/{{llm}}/v{{V}}/s{{seed}}",
+        data_root=lambda wildcards, input: os.path.dirname(input.manifest),
     shell:
-        "vlmscale train --spec {params.spec:q} --tracking {TRACKING:q} --ops {resources.ops:q} --data-root {RESULTS}/data "
+        "vlmscale train --spec {params.spec:q} --tracking {resources.tracking:q} --ops {resources.ops:q} "
+        "--data-root {params.data_root} "
         "--vision {input.vision} --checkpoint-dir {params.checkpoints} --out {output} "
-        "{LAUNCH_FLAGS} --slurm {resources.launch:q} > {log} 2>&1"
+        "{resources.flags} --slurm {resources.launch:q} > {log} 2>&1"

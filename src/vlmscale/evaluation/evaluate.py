@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from vlmscale.choices import EVAL_FOLDER_BATCH
 from vlmscale.data.batching import make_batch
 from vlmscale.data.samples import load_benchmark, with_image_root
 from vlmscale.evaluation import metrics
@@ -20,7 +21,9 @@ from vlmscale.specs import EvalJob
 
 
 @torch.inference_mode()
-def predict(model, tokenizer, samples, features, max_new_tokens: int, device, batch_size: int = 64) -> list[str]:
+def predict(
+    model, tokenizer, samples, features, max_new_tokens: int, device, batch_size: int = EVAL_FOLDER_BATCH
+) -> list[str]:
     """Greedy answers, decoded to text (a one-word vocabulary answers in exactly one token). The model is
     already in its evaluation precision (model.cell.load_trained): no autocast."""
     limit = tokenizer.max_new_tokens or max_new_tokens
@@ -40,11 +43,19 @@ class EvaluationIncomplete(RuntimeError):
     """Some benchmarks failed; the others' results are kept (FinishedResults) and a rerun skips them."""
 
 
+def _content(path: Path) -> str | None:
+    """A file's content hash (None when absent)."""
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16] if path.is_file() else None
+
+
 class FinishedResults:
     """Each benchmark's result as it finishes, in eval/.done/{benchmark}.json. Not a declared output:
     Snakemake deletes a failed job's outputs, and these must survive so a rerun evaluates only what is
     missing. Each is keyed by the benchmark's spec, the cell's run key, the trained weights on disk, the
-    evaluation settings and the evaluation code, so a stale one is never reused."""
+    evaluation settings, the evaluation code and the content of the data's manifest and the tower's summary
+    (data or a tower rebuilt under the same spec), so a stale one is never reused."""
 
     def __init__(self, job: EvalJob):
         from vlmscale.identity import fingerprint, run_key
@@ -56,6 +67,7 @@ class FinishedResults:
             "weights": final.stat().st_mtime_ns if final.exists() else None,
             "settings": [job.max_new_tokens, job.max_new_tokens_cap, job.dtype],
             "code": fingerprint("evaluation.evaluate"),
+            "inputs": [_content(Path(job.data_root) / "manifest.json"), _content(Path(job.vision))],
         }
 
     def key(self, bench: dict) -> str:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from vlmscale.choices import TASK_SCORES
+from vlmscale.choices import EVAL_TASK_BATCH, TASK_SCORES
 from vlmscale.data.batching import make_batch
 from vlmscale.data.samples import Sample
 from vlmscale.fileio import read_json, write_json
@@ -101,7 +101,7 @@ class CellLMM(_lmms_base()):
 
     is_simple = True
 
-    def __init__(self, job=None, batch_size: int | str | None = 16, cell: LoadedCell | None = None, **_):
+    def __init__(self, job=None, batch_size: int | str | None = EVAL_TASK_BATCH, cell: LoadedCell | None = None, **_):
         super().__init__()
         # lmms-eval's command line builds it from `--model_args job=<eval/lmms_job.json>`
         cell = cell or load_cell(job_from_json(job))
@@ -193,11 +193,11 @@ class MultiImageRefused(ValueError):
 
 def batch_size_of(value) -> int:
     """lmms-eval's `--batch_size`: an int, or "auto"/None (lmms-eval's default of 1 would decode one
-    question at a time): 16, the evaluation stage's own batch."""
+    question at a time): EVAL_TASK_BATCH, the evaluation stage's own batch."""
     if value in (None, "auto", ""):
-        return 16
+        return EVAL_TASK_BATCH
     if str(value).startswith("auto"):  # lmms-eval's "auto:N" (retries): no memory probe here
-        return 16
+        return EVAL_TASK_BATCH
     return int(value)
 
 

@@ -91,6 +91,6 @@ def _from_final(spec: dict, checkpoint: Path, vision_dim: int, patch_grid: int |
     if not list((checkpoint / "llm").glob("*.safetensors")):
         raise FileNotFoundError(f"{checkpoint / 'llm'} holds no safetensors")
     llm = AutoModelForCausalLM.from_pretrained(checkpoint / "llm", dtype=dtype, local_files_only=True)
-    model = VLM(llm, vision_dim, spec["visual_tokens"], spec["compressor"], patch_grid)
+    model = vlm_for_spec(spec, llm, vision_dim, patch_grid)  # the adapter exactly as training built it
     load_weights(model, load_file(str(checkpoint / "adapters.safetensors")))
     return model.to(dtype).requires_grad_(False).eval()

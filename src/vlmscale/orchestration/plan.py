@@ -141,7 +141,7 @@ def model_state_bytes(n_total: int, n_trained: int, zero: int | None, world: int
     DeepSpeed's estimators count them (estimate_zero2/zero3_model_states_mem_needs). ZeRO stage 1
     partitions the optimizer's state over the GPUs, 2 the gradients too, 3 the weights too (a layer's
     weights are gathered whole while it runs: 4 bytes per parameter of the largest layer; and ZeRO-3
-    allocates its gradient bucket whole, `jobs.GRADIENT_BUCKET` elements).
+    allocates its gradient bucket whole, `specs.GRADIENT_BUCKET` elements).
     """
     g = max(1, world)
     if precision == "bf16":
@@ -219,7 +219,7 @@ class CellPlan:
 
 # --------------------------------------------------------------------------- evaluation
 
-EVAL_BATCH = 16  # requests decoded together (vlmscale.evaluation.lmms.CellLMM's batch)
+EVAL_BATCH = choices.EVAL_TASK_BATCH  # an lmms-eval task's requests decoded together
 EVAL_PROMPT_TOKENS = 512  # a benchmark prompt's text tokens, generously (ScienceQA's hint + lecture, MMMU)
 DTYPE_BYTES = {"bfloat16": 2, "float16": 2, "float32": 4}
 
@@ -237,13 +237,20 @@ def eval_precision(cfg: dict, bf16: bool) -> str:
 
 
 def evaluation_gb(cfg: dict, cell: dict, total_params: int) -> float:
-    """GB per GPU to evaluate the cell: evaluation_bytes at EVAL_BATCH, V and the decode cap, plus the
-    vision encoder in fp32 beside it."""
+    """GB per GPU to evaluate the cell: evaluation_bytes for the larger KV cache of an lmms-eval task's batch
+    (EVAL_BATCH x prompt + V + the decode cap) and a benchmark folder's (64 short questions + V + answer),
+    plus the vision encoder in fp32 beside it."""
     shape = cell["shape"]
     cap = cfg.get("evaluation", {}).get("max_new_tokens_cap", 512)
     dtype_bytes = DTYPE_BYTES[eval_precision(cfg, cell["settings"].bf16)]
-    tokens = EVAL_PROMPT_TOKENS + cell["V"] + cap
-    model = evaluation_bytes(total_params, shape.layers, shape.hidden, EVAL_BATCH, tokens, dtype_bytes)
+    evaluation = cfg.get("evaluation", {})
+    tasks = EVAL_BATCH * (EVAL_PROMPT_TOKENS + cell["V"] + cap)  # KV-cache tokens of an lmms-eval task's batch
+    folder_tokens = choices.EVAL_FOLDER_PROMPT_TOKENS + cell["V"] + evaluation.get("max_new_tokens", 16)
+    folders = choices.EVAL_FOLDER_BATCH * folder_tokens  # and of a benchmark folder's batch
+    batch, tokens = (
+        (EVAL_BATCH, tasks // EVAL_BATCH) if tasks >= folders else (choices.EVAL_FOLDER_BATCH, folder_tokens)
+    )
+    model = evaluation_bytes(total_params, shape.layers, shape.hidden, batch, tokens, dtype_bytes)
     return (model + 4 * cell["encoder"][0]) / GB
 
 

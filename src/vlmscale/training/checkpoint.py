@@ -1,4 +1,5 @@
-"""A trained cell's weights on disk, sized for a cluster.
+"""A cell's checkpoints: what each holds, and the `Checkpointer` that writes and reads them, sized for a
+cluster.
 
 * While stage 1 trains (LLM frozen), `last.pt` holds what it trains, the compressor and projector (and
   the optimizer's state): the frozen LLM is rebuilt from its source on resume (a pretrained checkpoint,
@@ -17,9 +18,15 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
+import time
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+
+from vlmscale.fileio import atomic_torch_save
+from vlmscale.specs import STAGES
 
 LLM_PREFIX = "llm."
 
@@ -82,3 +89,100 @@ def load_final(model: torch.nn.Module, weights: dict[str, torch.Tensor]) -> None
         raise KeyError(f"final weights do not match the model: missing {missing[:3]}, unexpected {unexpected[:3]}")
     if tied:
         model.llm.tie_weights()
+
+
+@dataclass
+class TrainingState:
+    """Where a cell's training stands: what a checkpoint holds besides the weights."""
+
+    stage: int = 0  # index into STAGES; len(STAGES) once both are done
+    step: int = 0  # optimizer steps done in that stage
+    history: list[dict] = field(default_factory=list)  # one entry per logged window
+    seconds: float = 0.0  # training time so far, earlier attempts included
+    optimizer: dict | None = None  # the optimizer's state at a mid-stage checkpoint (single process)
+    deepspeed_tag: str | None = None  # or, under DeepSpeed, the tag of its checkpoint (every rank's partition)
+    truncated: dict[str, int] = field(default_factory=dict)  # per stage: rows cut at the LLM's maximum length
+
+    @classmethod
+    def from_checkpoint(cls, saved: dict) -> "TrainingState":
+        return cls(**{k: saved[k] for k in cls.__dataclass_fields__ if k in saved})
+
+    @property
+    def optimizer_checkpoint(self) -> dict:
+        return {"optimizer": self.optimizer, "deepspeed_tag": self.deepspeed_tag}
+
+    @property
+    def stage_name(self) -> str:
+        return STAGES[self.stage] if self.stage < len(STAGES) else "done"
+
+
+class Checkpointer:
+    """A cell's checkpoints (`vlmscale.training.checkpoint` says what each holds); refuses ones written for another
+    run key (spec or code)."""
+
+    def __init__(self, folder: str | Path, key: str):
+        self.path = Path(folder) / "last.pt"
+        self.final = Path(folder) / "final"
+        self.deepspeed_dir = Path(folder) / "deepspeed"  # DeepSpeed's checkpoints, one folder per tag
+        self.run_key = key
+
+    def load(self) -> tuple[TrainingState, dict | None]:
+        """The state to resume from and the saved weights (None: start from scratch)."""
+        if not self.path.exists():
+            return TrainingState(), None
+        try:
+            saved = torch.load(self.path, weights_only=False)
+        except Exception as exc:  # a torn or corrupt file must not kill the cell: start over, say why
+            print(f"checkpoint {self.path} is unreadable ({exc}); training from scratch")
+            return TrainingState(), None
+        if saved.get("run_key", saved.get("cell_hash")) != self.run_key:
+            print(f"checkpoint {self.path} belongs to another spec; training from scratch")
+            return TrainingState(), None
+        state = TrainingState.from_checkpoint(saved)
+        if state.stage == len(STAGES) and not self.has_final():
+            print(f"{self.path} says the cell is trained but {self.final} is missing; training from scratch")
+            return TrainingState(), None
+        return state, saved.get("model")
+
+    def has_final(self) -> bool:
+        meta = self.final / "final.json"
+        return meta.is_file() and json.loads(meta.read_text()).get("run_key") == self.run_key
+
+    def save(self, state: TrainingState, model: torch.nn.Module, optimizer: dict | None = None) -> None:
+        """Mid-stage: stage 1 keeps the adapters it trains (the frozen LLM is rebuilt on resume), stage 2
+        every weight; under DeepSpeed its checkpoint (`optimizer["deepspeed_tag"]`) holds the trained
+        weights instead. A finished cell keeps the state alone (its weights are in final/)."""
+        optimizer = optimizer or {}
+        if state.stage >= len(STAGES) or optimizer.get("deepspeed_tag"):
+            weights = None
+        else:
+            weights = model.state_dict() if state.stage > 0 else adapter_state(model)
+        saved = {**asdict(state), **{"optimizer": None, "deepspeed_tag": None, **optimizer}}
+        atomic_torch_save({**saved, "model": weights, "run_key": self.run_key}, self.path)
+        self.prune_deepspeed(keep=saved["deepspeed_tag"])
+
+    def prune_deepspeed(self, keep: str | None) -> None:
+        """Remove DeepSpeed checkpoints that last.pt no longer names (after last.pt names the new one)."""
+        if self.deepspeed_dir.is_dir():
+            for tag in self.deepspeed_dir.iterdir():  # DeepSpeed also leaves its zero_to_fp32.py there
+                if tag.is_dir() and tag.name != keep:
+                    shutil.rmtree(tag, ignore_errors=True)
+
+    def save_final(self, model: torch.nn.Module, dtype: torch.dtype) -> None:
+        save_final(self.final.parent, model, self.run_key, dtype)
+
+    def record_attempt(self, event: str, **fields) -> None:
+        """Append to attempts.jsonl: every start (with the step it resumes from) and every finish, so
+        a cell's history across kills, requeues and reruns can be audited."""
+        line = {
+            "event": event,
+            "time": round(time.time(), 3),
+            "run_key": self.run_key,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+            **fields,
+        }
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path.parent / "attempts.jsonl", "a") as fh:  # one short O_APPEND write per line
+            fh.write(json.dumps(line) + "\n")

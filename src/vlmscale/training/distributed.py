@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import torch
 
@@ -92,6 +93,33 @@ def mean_across(values: torch.Tensor, world: World) -> torch.Tensor:
     values = values.detach().clone()
     dist.all_reduce(values)
     return values / world.size
+
+
+def barrier(world: World) -> None:
+    """Wait for every rank (nothing to wait for in one process)."""
+    if world.size > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+class Stepper(Protocol):
+    """One training stage's optimizer over the model: in one process (TorchStepper) or through a DeepSpeed
+    engine (DeepSpeedStepper). The trainer sees only this."""
+
+    model: torch.nn.Module  # what the forward pass runs: the module, or DeepSpeed's engine around it
+    optimizer: torch.optim.Optimizer
+    casts_weights: bool  # True: the weights themselves are bf16 (no autocast in the loss)
+
+    def accumulate(self, loss: torch.Tensor) -> None: ...
+
+    def step(self) -> None: ...
+
+    def save(self, folder: Path, tag: str) -> dict: ...
+
+    def restore(self, saved: dict, folder: Path) -> None: ...
+
+    def release(self) -> None: ...
 
 
 class TorchStepper:
@@ -176,7 +204,7 @@ class DeepSpeedStepper:
 def deepspeed_config(zero: int, micro_batch: int, accumulation: int, bf16: bool) -> dict:
     """LLaVA's scripts/zero2.json (stage <= 2) or zero3.json. Their "auto" sizes, which Hugging Face's
     Trainer fills from the hidden size, are DeepSpeed's defaults here but for the gradient bucket
-    (`jobs.GRADIENT_BUCKET` says why)."""
+    (`specs.GRADIENT_BUCKET` says why)."""
     zero_optimization = {"stage": zero, "overlap_comm": True, "contiguous_gradients": True, "sub_group_size": 1e9,
                          "reduce_bucket_size": GRADIENT_BUCKET}  # fmt: skip
     if zero == 3:
@@ -226,8 +254,8 @@ def init_process_group() -> None:
         )
 
 
-def make_stepper(model, params, stage, weight_decay: float, world: World, bf16: bool = False):
-    """The stage's update (`stage`: a jobs.StageSettings): plain AdamW in one process unless the stage asks
+def make_stepper(model, params, stage, weight_decay: float, world: World, bf16: bool = False) -> Stepper:
+    """The stage's update (`stage`: a specs.StageSettings): plain AdamW in one process unless the stage asks
     for a ZeRO stage or the job has several processes; each process takes batch_size / world of the batch.
     `bf16` under DeepSpeed is its bf16 mode; in one plain process, autocast (the caller's)."""
     if stage.zero_stage is None and world.size == 1:

@@ -7,30 +7,34 @@ Snakemake's declared outputs) hold everything else, so a killed or requeued job 
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import shutil
-import socket
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import torch
 from torch.nn import functional as F
 
 from vlmscale.data.batching import Batch, TrainingData, batch_indices, check_samples, load_stage_samples
 from vlmscale.data.tokenizer import IGNORE
-from vlmscale.fileio import atomic_torch_save, code_version, read_json
+from vlmscale.fileio import code_version, read_json
 from vlmscale.identity import config_hash, run_key
 from vlmscale.model.cell import build_cell_model
 from vlmscale.model.vision import device_for_job, feature_source
 from vlmscale.model.vlm import VLM, count_llm_params
 from vlmscale.specs import STAGES, StageSettings, TrainJob, TrainSettings
 from vlmscale.training import preemption
-from vlmscale.training.checkpoint import adapter_state, load_weights, save_final
-from vlmscale.training.distributed import World, make_stepper, mean_across, share, world_from_env
+from vlmscale.training.checkpoint import Checkpointer, TrainingState, load_weights
+from vlmscale.training.distributed import (
+    Stepper,
+    World,
+    barrier,
+    make_stepper,
+    mean_across,
+    share,
+    world_from_env,
+)
 
 
 class TrainingDiverged(RuntimeError):
@@ -69,277 +73,209 @@ def trainable_params(model: VLM, stage: str) -> list[torch.nn.Parameter]:
     return [p for p in model.parameters() if p.requires_grad]
 
 
-@dataclass
-class TrainingState:
-    """Where a cell's training stands: what a checkpoint holds besides the weights."""
-
-    stage: int = 0  # index into STAGES; len(STAGES) once both are done
-    step: int = 0  # optimizer steps done in that stage
-    history: list[dict] = field(default_factory=list)  # one entry per logged window
-    seconds: float = 0.0  # training time so far, earlier attempts included
-    optimizer: dict | None = None  # the optimizer's state at a mid-stage checkpoint (single process)
-    deepspeed_tag: str | None = None  # or, under DeepSpeed, the tag of its checkpoint (every rank's partition)
-    truncated: dict[str, int] = field(default_factory=dict)  # per stage: rows cut at the LLM's maximum length
-
-    @classmethod
-    def from_checkpoint(cls, saved: dict) -> "TrainingState":
-        return cls(**{k: saved[k] for k in cls.__dataclass_fields__ if k in saved})
-
-    @property
-    def optimizer_checkpoint(self) -> dict:
-        return {"optimizer": self.optimizer, "deepspeed_tag": self.deepspeed_tag}
-
-    @property
-    def stage_name(self) -> str:
-        return STAGES[self.stage] if self.stage < len(STAGES) else "done"
-
-
-class Checkpointer:
-    """A cell's checkpoints (`vlmscale.training.checkpoint` says what each holds); refuses ones written for another
-    run key (spec or code)."""
-
-    def __init__(self, folder: str | Path, key: str):
-        self.path = Path(folder) / "last.pt"
-        self.final = Path(folder) / "final"
-        self.deepspeed_dir = Path(folder) / "deepspeed"  # DeepSpeed's checkpoints, one folder per tag
-        self.run_key = key
-
-    def load(self) -> tuple[TrainingState, dict | None]:
-        """The state to resume from and the saved weights (None: start from scratch)."""
-        if not self.path.exists():
-            return TrainingState(), None
-        try:
-            saved = torch.load(self.path, weights_only=False)
-        except Exception as exc:  # a torn or corrupt file must not kill the cell: start over, say why
-            print(f"checkpoint {self.path} is unreadable ({exc}); training from scratch")
-            return TrainingState(), None
-        if saved.get("run_key", saved.get("cell_hash")) != self.run_key:
-            print(f"checkpoint {self.path} belongs to another spec; training from scratch")
-            return TrainingState(), None
-        state = TrainingState.from_checkpoint(saved)
-        if state.stage == len(STAGES) and not self.has_final():
-            print(f"{self.path} says the cell is trained but {self.final} is missing; training from scratch")
-            return TrainingState(), None
-        return state, saved.get("model")
-
-    def has_final(self) -> bool:
-        meta = self.final / "final.json"
-        return meta.is_file() and json.loads(meta.read_text()).get("run_key") == self.run_key
-
-    def save(self, state: TrainingState, model: torch.nn.Module, optimizer: dict | None = None) -> None:
-        """Mid-stage: stage 1 keeps the adapters it trains (the frozen LLM is rebuilt on resume), stage 2
-        every weight; under DeepSpeed its checkpoint (`optimizer["deepspeed_tag"]`) holds the trained
-        weights instead. A finished cell keeps the state alone (its weights are in final/)."""
-        optimizer = optimizer or {}
-        if state.stage >= len(STAGES) or optimizer.get("deepspeed_tag"):
-            weights = None
-        else:
-            weights = model.state_dict() if state.stage > 0 else adapter_state(model)
-        saved = {**asdict(state), **{"optimizer": None, "deepspeed_tag": None, **optimizer}}
-        atomic_torch_save({**saved, "model": weights, "run_key": self.run_key}, self.path)
-        self.prune_deepspeed(keep=saved["deepspeed_tag"])
-
-    def prune_deepspeed(self, keep: str | None) -> None:
-        """Remove DeepSpeed checkpoints that last.pt no longer names (after last.pt names the new one)."""
-        if self.deepspeed_dir.is_dir():
-            for tag in self.deepspeed_dir.iterdir():  # DeepSpeed also leaves its zero_to_fp32.py there
-                if tag.is_dir() and tag.name != keep:
-                    shutil.rmtree(tag, ignore_errors=True)
-
-    def save_final(self, model: torch.nn.Module, dtype: torch.dtype) -> None:
-        save_final(self.final.parent, model, self.run_key, dtype)
-
-    def record_attempt(self, event: str, **fields) -> None:
-        """Append to attempts.jsonl: every start (with the step it resumes from) and every finish, so
-        a cell's history across kills, requeues and reruns can be audited."""
-        line = {
-            "event": event,
-            "time": round(time.time(), 3),
-            "run_key": self.run_key,
-            "host": socket.gethostname(),
-            "pid": os.getpid(),
-            "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
-            **fields,
-        }
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path.parent / "attempts.jsonl", "a") as fh:  # one short O_APPEND write per line
-            fh.write(json.dumps(line) + "\n")
-
-
 def _progress(message: str) -> None:
     print(message, flush=True)  # flushed: `vlmscale status` reads the log while the job runs
 
 
-@dataclass
-class Loop:
-    """What every step of a cell's training needs, built once per job."""
+class MetricsSink(Protocol):
+    """Where per-step metrics go besides the log (vlmscale.orchestration.track.CellTracker on rank 0)."""
 
-    cell: str
-    model: VLM
-    data: TrainingData
-    settings: TrainSettings
-    checkpointer: Checkpointer
-    world: World
-    tracker: object | None
-    log: Callable[[str], None]
-    started: float  # the wall-clock time the cell's training time counts from (earlier attempts included)
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None: ...
 
 
-def prepare_loop(job: TrainJob, key: str, tracker, log) -> tuple[Loop, dict[str, int]]:
-    """Model, data and checkpointer for a job; returns the loop and the number of samples per stage."""
-    torch.set_num_threads(job.threads)
-    world = world_from_env()
-    if not world.is_main:  # one voice: rank 0 logs, checkpoints and writes; the others only compute
-        tracker, log = None, (lambda message: None)
-    manifest = read_json(Path(job.data_root) / "manifest.json")
-    device = device_for_job()
-    features, vision = feature_source(job.vision, manifest.get("image_root", job.data_root), device)
-    model, tokenizer = build_cell_model(job.spec, manifest["vocabulary"], vision["hidden_size"], vision["patch_grid"])
-    model.to(device)
-    samples = load_stage_samples(manifest, job.data_root)
-    for stage, items in samples.items():
-        check_samples(items, tokenizer, features, f"{job.cell} {stage}")
-    max_length = job.settings.max_length or getattr(model.llm.config, "max_position_embeddings", None)
-    aspects = {stage.name: stage.image_aspect_ratio for stage in job.settings.stages}
-    data = TrainingData(samples, tokenizer, job.spec["visual_tokens"], features, device, max_length, aspects=aspects)
-    loop = Loop(
-        job.cell,
-        model,
-        data,
-        job.settings.for_data({stage: len(items) for stage, items in samples.items()}),
-        Checkpointer(job.checkpoint_dir, key),
-        world,
-        tracker,
-        log,
-        started=time.time(),
-    )
-    return loop, {stage: len(items) for stage, items in samples.items()}
+class Trainer:
+    """One cell's two-stage training: model, data, settings, checkpoints and where it stands, built once
+    per job (`for_job`); `run` trains what the checkpoint has not, one stage and one step at a time."""
+
+    def __init__(
+        self,
+        *,
+        cell: str,
+        model: VLM,
+        data: TrainingData,
+        settings: TrainSettings,
+        checkpointer: Checkpointer,
+        world: World,
+        tracker: MetricsSink | None,
+        log: Callable[[str], None],
+    ):
+        self.cell, self.model, self.data, self.settings = cell, model, data, settings
+        self.checkpointer, self.world, self.tracker, self.log = checkpointer, world, tracker, log
+        self.state = TrainingState()
+        self.started = time.time()  # the wall-clock time training time counts from (earlier attempts included)
+
+    @classmethod
+    def for_job(cls, job: TrainJob, key: str, tracker: MetricsSink | None, log) -> "Trainer":
+        """Model, data and checkpointer for a job (rank 0 alone logs, tracks and writes)."""
+        torch.set_num_threads(job.threads)
+        world = world_from_env()
+        if not world.is_main:  # one voice: rank 0 logs, checkpoints and writes; the others only compute
+            tracker, log = None, (lambda message: None)
+        manifest = read_json(Path(job.data_root) / "manifest.json")
+        device = device_for_job()
+        features, vision = feature_source(job.vision, manifest.get("image_root", job.data_root), device)
+        model, tokenizer = build_cell_model(
+            job.spec, manifest["vocabulary"], vision["hidden_size"], vision["patch_grid"]
+        )
+        model.to(device)
+        samples = load_stage_samples(manifest, job.data_root)
+        for stage, items in samples.items():
+            check_samples(items, tokenizer, features, f"{job.cell} {stage}")
+        max_length = job.settings.max_length or getattr(model.llm.config, "max_position_embeddings", None)
+        aspects = {stage.name: stage.image_aspect_ratio for stage in job.settings.stages}
+        data = TrainingData(
+            samples, tokenizer, job.spec["visual_tokens"], features, device, max_length, aspects=aspects
+        )
+        settings = job.settings.for_data({stage: len(items) for stage, items in samples.items()})
+        checkpointer = Checkpointer(job.checkpoint_dir, key)
+        return cls(cell=job.cell, model=model, data=data, settings=settings, checkpointer=checkpointer,
+                   world=world, tracker=tracker, log=log)  # fmt: skip
+
+    @property
+    def n_train(self) -> dict[str, int]:
+        return {stage: len(items) for stage, items in self.data.samples.items()}
+
+    def resume(self) -> bool:
+        """Load the last checkpoint, if any, into the model and state; True when the cell was already trained."""
+        state, weights = self.checkpointer.load()
+        if weights is not None:
+            load_weights(self.model, weights)
+            self.model.to(self.data.device)
+        if weights is not None or state.deepspeed_tag:  # DeepSpeed's checkpoint is loaded by the stage's engine
+            self.log(f"resuming {self.cell} at {state.stage_name} step {state.step}")
+        self.state = state
+        self.started = time.time() - state.seconds
+        return state.stage == len(STAGES)  # its final/ is there: nothing to train or save
+
+    def run(self) -> None:
+        """Train the stages the checkpoint has not finished, then save final/ (rank 0)."""
+        trained_before = self.resume()
+        start_at = self.settings.global_step(self.state.stage, self.state.step)
+        if self.world.is_main:
+            self.checkpointer.record_attempt("start", step=start_at, world_size=self.world.size)
+        for stage in self.settings.stages[self.state.stage :]:
+            self.run_stage(stage)
+            self.state.stage, self.state.step = stage.index + 1, 0
+        self.state.seconds = time.time() - self.started
+        total = self.settings.total_steps
+        if self.world.is_main:
+            if not trained_before:
+                self.checkpointer.save_final(self.model, torch.bfloat16 if self.settings.bf16 else torch.float32)
+            self.checkpointer.save(self.state, self.model)
+            self.checkpointer.record_attempt("finished", step=total, steps_run=total - start_at)
+
+    def run_stage(self, stage: StageSettings) -> None:
+        params = trainable_params(self.model, stage.name)
+        stepper = make_stepper(self.model, params, stage, self.settings.weight_decay, self.world, self.settings.bf16)
+        if self.state.step > 0:
+            stepper.restore(self.state.optimizer_checkpoint, self.checkpointer.deepspeed_dir)
+        self.model.train()
+        window: list[tuple[float, float]] = []
+        for step in range(self.state.step, stage.steps):
+            loss, acc, signalled = self.train_step(stage, step, stepper)
+            window.append((loss, acc))
+            if (step + 1) % max(1, self.settings.log_every) == 0 or step + 1 == stage.steps:
+                self.record_progress(stage, step, window)
+                window = []
+            stop = any(flag > 0 for flag in signalled) and step + 1 < stage.steps  # Slurm asked; every rank agrees
+            if stop or ((step + 1) % self.settings.checkpoint_every == 0 and step + 1 < stage.steps):
+                self.save_checkpoint(stage, step + 1, stepper)
+            if stop:
+                if self.world.is_main:
+                    self.checkpointer.record_attempt("signalled", step=self.settings.global_step(stage.index, step + 1))
+                barrier(self.world)  # no rank leaves before rank 0 has written last.pt
+                preemption.leave(torch.stack(signalled), self.world.rank)
+        stepper.release()
+        self.state.optimizer = self.state.deepspeed_tag = None
+
+    def train_step(self, stage: StageSettings, step: int, stepper: Stepper) -> tuple[float, float, list]:
+        """One optimizer step of the whole batch: (loss, accuracy, Slurm's signal flags), agreed across ranks."""
+        for group in stepper.optimizer.param_groups:
+            group["lr"] = lr_at(step, stage.steps, stage.lr, self.settings.warmup_frac)
+        indices = batch_indices(
+            len(self.data.samples[stage.name]), stage.batch_size, self.settings.seed, stage.index + 1, step
+        )
+        parts = share(indices, self.world).chunk(stage.accumulation(self.world.size))
+        loss, acc = self.optimizer_step(stage, step, stepper, parts)
+        cut = torch.tensor(float(self.data.take_truncated()), device=loss.device)
+        stats = torch.cat([torch.stack([loss, acc, cut]), preemption.flags(loss.device)])  # one all-reduce
+        loss, acc, cut, *signalled = mean_across(stats, self.world)
+        truncated = self.state.truncated
+        truncated[stage.name] = truncated.get(stage.name, 0) + round(cut.item() * self.world.size)
+        return loss.item(), acc.item(), signalled
+
+    def optimizer_step(
+        self, stage: StageSettings, step: int, stepper: Stepper, parts
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One optimizer step over this process's share, in micro-batches (`parts`, index chunks). Each
+        micro-batch's loss is weighted by its share of the answer tokens, so the accumulated gradient, and
+        the loss and accuracy returned, are those of the whole share at once."""
+        batches = [self.data.batch(stage.name, part) for part in parts]
+        if len(batches) == 1:  # no accumulation: exactly the one-batch step
+            loss, acc = self.checked_loss(stage, step, stepper, batches[0])
+            stepper.accumulate(loss)
+            stepper.step()
+            return loss.detach(), acc.detach()
+        tokens = [int((b.labels[:, 1:] != IGNORE).sum()) for b in batches]
+        total_loss = total_acc = torch.zeros((), device=self.data.device)
+        for batch, n in zip(batches, tokens):
+            weight = n / sum(tokens)
+            loss, acc = self.checked_loss(stage, step, stepper, batch)
+            stepper.accumulate(loss * weight)
+            total_loss = total_loss + loss.detach() * weight
+            total_acc = total_acc + acc.detach() * weight
+        stepper.step()
+        return total_loss, total_acc
+
+    def checked_loss(self, stage: StageSettings, step: int, stepper: Stepper, batch: Batch):
+        """The step's loss; out of memory and a non-finite loss stop the cell with what to change."""
+        try:
+            loss, acc = step_loss(stepper.model, batch, self.settings.bf16 and not stepper.casts_weights)
+        except (RuntimeError, MemoryError) as exc:
+            if not out_of_memory(exc):
+                raise
+            raise CellOutOfMemory(
+                f"{stage.name} step {step}: out of memory with train.batch_size {stage.batch_size}; lower it for "
+                f"this LLM (llms[].train.batch_size), set a smaller train.micro_batch_size (gradient accumulation "
+                f"keeps the batch), or give the job more memory (launch resources). "
+                f"Last checkpoint kept at {self.checkpointer.path}"
+            ) from exc
+        if not torch.isfinite(loss):
+            raise TrainingDiverged(
+                f"{stage.name} step {step}: loss is {loss.item()}; lower train.{stage.name}.lr (now {stage.lr}). "
+                f"Last good checkpoint kept at {self.checkpointer.path}"
+            )
+        return loss, acc
+
+    def save_checkpoint(self, stage: StageSettings, step: int, stepper: Stepper) -> None:
+        """Mid-stage checkpoint after `step` steps: every rank's DeepSpeed partition, then rank 0's last.pt."""
+        self.state.step, self.state.seconds = step, time.time() - self.started
+        saved = stepper.save(self.checkpointer.deepspeed_dir, f"{stage.name}-step{step}")  # every rank
+        if self.world.is_main:
+            self.checkpointer.save(self.state, self.model, saved)
+
+    def record_progress(self, stage: StageSettings, step: int, window) -> None:
+        loss = sum(w[0] for w in window) / len(window)
+        acc = sum(w[1] for w in window) / len(window)
+        self.state.history.append({"stage": stage.name, "step": step + 1, "loss": loss, "train_accuracy": acc})
+        self.log(f"{stage.name} step {step + 1}/{stage.steps} loss {loss:.4f} train_acc {acc:.3f}")
+        if self.tracker is not None:
+            metrics = {f"{stage.name}/loss": loss, f"{stage.name}/train_accuracy": acc}
+            self.tracker.log_metrics(metrics, step=self.settings.global_step(stage.index, step + 1))
 
 
-def train_cell(job: TrainJob, tracker=None, log=_progress) -> dict:
+def train_cell(job: TrainJob, tracker: MetricsSink | None = None, log=_progress) -> dict:
+    """Train one cell to final/ (resuming from its checkpoint) and return what train.json records."""
     key = run_key(job.spec)
     if job.executor == "slurm":  # Slurm's time-limit and preemption signals checkpoint at the current step
         preemption.install()
-    loop, n_train = prepare_loop(job, key, tracker, log)
-    state, weights = loop.checkpointer.load()
-    trained_before = state.stage == len(STAGES)  # its final/ is there: nothing to train or save
-    if weights is not None:
-        load_weights(loop.model, weights)
-        loop.model.to(loop.data.device)
-    if weights is not None or state.deepspeed_tag:  # DeepSpeed's checkpoint is loaded by the stage's engine
-        loop.log(f"resuming {job.cell} at {state.stage_name} step {state.step}")
-    start_at = loop.settings.global_step(state.stage, state.step)
-    if loop.world.is_main:
-        loop.checkpointer.record_attempt("start", step=start_at, world_size=loop.world.size)
-    loop.started = time.time() - state.seconds
-    for stage in loop.settings.stages[state.stage :]:
-        run_stage(loop, stage, state)
-        state.stage, state.step = stage.index + 1, 0
-    state.seconds = time.time() - loop.started
-    total = loop.settings.total_steps
-    if loop.world.is_main:
-        if not trained_before:
-            loop.checkpointer.save_final(loop.model, torch.bfloat16 if loop.settings.bf16 else torch.float32)
-        loop.checkpointer.save(state, loop.model)
-        loop.checkpointer.record_attempt("finished", step=total, steps_run=total - start_at)
-    return {**summarise(job.spec, key, loop, state, n_train), "world_size": loop.world.size}
+    trainer = Trainer.for_job(job, key, tracker, log)
+    trainer.run()
+    return {**summarise(job.spec, key, trainer), "world_size": trainer.world.size}
 
 
-def run_stage(loop: Loop, stage: StageSettings, state: TrainingState) -> None:
-    params = trainable_params(loop.model, stage.name)
-    stepper = make_stepper(loop.model, params, stage, loop.settings.weight_decay, loop.world, loop.settings.bf16)
-    if state.step > 0:
-        stepper.restore(state.optimizer_checkpoint, loop.checkpointer.deepspeed_dir)
-    loop.model.train()
-    accumulation = stage.accumulation(loop.world.size)
-    window: list[tuple[float, float]] = []
-    for step in range(state.step, stage.steps):
-        for group in stepper.optimizer.param_groups:
-            group["lr"] = lr_at(step, stage.steps, stage.lr, loop.settings.warmup_frac)
-        indices = batch_indices(
-            len(loop.data.samples[stage.name]), stage.batch_size, loop.settings.seed, stage.index + 1, step
-        )
-        loss, acc = optimizer_step(loop, stage, step, stepper, share(indices, loop.world).chunk(accumulation))
-        cut = torch.tensor(float(loop.data.take_truncated()), device=loss.device)
-        stats = torch.cat([torch.stack([loss, acc, cut]), preemption.flags(loss.device)])  # one all-reduce
-        loss, acc, cut, *signalled = mean_across(stats, loop.world)
-        state.truncated[stage.name] = state.truncated.get(stage.name, 0) + round(cut.item() * loop.world.size)
-        window.append((loss.item(), acc.item()))
-        if (step + 1) % max(1, loop.settings.log_every) == 0 or step + 1 == stage.steps:
-            record_progress(loop, state, stage, step, window)
-            window = []
-        stop = any(flag > 0 for flag in signalled) and step + 1 < stage.steps  # Slurm asked; every rank agrees
-        if stop or ((step + 1) % loop.settings.checkpoint_every == 0 and step + 1 < stage.steps):
-            save_checkpoint(loop, state, stage, step + 1, stepper)
-        if stop:
-            loop.checkpointer.record_attempt("signalled", step=loop.settings.global_step(stage.index, step + 1))
-            preemption.leave(torch.stack(signalled), loop.world.rank)
-    stepper.release()
-    state.optimizer = state.deepspeed_tag = None
-
-
-def save_checkpoint(loop: Loop, state: TrainingState, stage: StageSettings, step: int, stepper) -> None:
-    """Mid-stage checkpoint after `step` steps: every rank's DeepSpeed partition, then rank 0's last.pt."""
-    state.step, state.seconds = step, time.time() - loop.started
-    saved = stepper.save(loop.checkpointer.deepspeed_dir, f"{stage.name}-step{step}")  # every rank
-    if loop.world.is_main:
-        loop.checkpointer.save(state, loop.model, saved)
-
-
-def optimizer_step(loop: Loop, stage: StageSettings, step: int, stepper, parts) -> tuple[torch.Tensor, torch.Tensor]:
-    """One optimizer step over this process's share, in micro-batches (`parts`, index chunks). Each
-    micro-batch's loss is weighted by its share of the answer tokens, so the accumulated gradient, and
-    the loss and accuracy returned, are those of the whole share at once."""
-    batches = [loop.data.batch(stage.name, part) for part in parts]
-    if len(batches) == 1:  # no accumulation: exactly the one-batch step
-        loss, acc = checked_loss(loop, stage, step, stepper, batches[0])
-        stepper.accumulate(loss)
-        stepper.step()
-        return loss.detach(), acc.detach()
-    tokens = [int((b.labels[:, 1:] != IGNORE).sum()) for b in batches]
-    total_loss = total_acc = torch.zeros((), device=loop.data.device)
-    for batch, n in zip(batches, tokens):
-        weight = n / sum(tokens)
-        loss, acc = checked_loss(loop, stage, step, stepper, batch)
-        stepper.accumulate(loss * weight)
-        total_loss = total_loss + loss.detach() * weight
-        total_acc = total_acc + acc.detach() * weight
-    stepper.step()
-    return total_loss, total_acc
-
-
-def checked_loss(loop: Loop, stage: StageSettings, step: int, stepper, batch: Batch):
-    """The step's loss; out of memory and a non-finite loss stop the cell with what to change."""
-    try:
-        loss, acc = step_loss(stepper.model, batch, loop.settings.bf16 and not stepper.casts_weights)
-    except (RuntimeError, MemoryError) as exc:
-        if not out_of_memory(exc):
-            raise
-        raise CellOutOfMemory(
-            f"{stage.name} step {step}: out of memory with train.batch_size {stage.batch_size}; lower it for "
-            f"this LLM (llms[].train.batch_size), set a smaller train.micro_batch_size (gradient accumulation "
-            f"keeps the batch), or give the job more memory (launch resources). "
-            f"Last checkpoint kept at {loop.checkpointer.path}"
-        ) from exc
-    if not torch.isfinite(loss):
-        raise TrainingDiverged(
-            f"{stage.name} step {step}: loss is {loss.item()}; lower train.{stage.name}.lr (now {stage.lr}). "
-            f"Last good checkpoint kept at {loop.checkpointer.path}"
-        )
-    return loss, acc
-
-
-def record_progress(loop: Loop, state: TrainingState, stage: StageSettings, step: int, window) -> None:
-    loss = sum(w[0] for w in window) / len(window)
-    acc = sum(w[1] for w in window) / len(window)
-    state.history.append({"stage": stage.name, "step": step + 1, "loss": loss, "train_accuracy": acc})
-    loop.log(f"{stage.name} step {step + 1}/{stage.steps} loss {loss:.4f} train_acc {acc:.3f}")
-    if loop.tracker is not None:
-        metrics = {f"{stage.name}/loss": loss, f"{stage.name}/train_accuracy": acc}
-        loop.tracker.log_metrics(metrics, step=loop.settings.global_step(stage.index, step + 1))
-
-
-def summarise(spec: dict, key: str, loop: Loop, state: TrainingState, n_train: dict[str, int]) -> dict:
+def summarise(spec: dict, key: str, trainer: Trainer) -> dict:
+    state, n_train = trainer.state, trainer.n_train
     last = state.history[-1] if state.history else {}
     return {
         "cell": spec["cell"],
@@ -349,7 +285,7 @@ def summarise(spec: dict, key: str, loop: Loop, state: TrainingState, n_train: d
         "config_hash": config_hash(spec),
         "run_key": key,
         "code_version": code_version(),
-        "llm_params": count_llm_params(loop.model.llm),
+        "llm_params": count_llm_params(trainer.model.llm),
         "n_train_samples": max(n_train.values()),
         "n_train_samples_by_stage": n_train,
         "truncated_rows_by_stage": state.truncated,  # rows (conversations) cut at the LLM's maximum length
@@ -357,5 +293,5 @@ def summarise(spec: dict, key: str, loop: Loop, state: TrainingState, n_train: d
         "final_train_accuracy": last.get("train_accuracy"),
         "train_seconds": round(state.seconds, 2),
         "history": state.history,
-        "checkpoint": str(loop.checkpointer.final),
+        "checkpoint": str(trainer.checkpointer.final),
     }
