@@ -143,3 +143,45 @@ def test_a_benchmark_scored_without_its_judge_is_marked_rule_based_only_beside_i
     assert "mathvista (rule-based only)" in table and "mmbench (rule" not in table and "gqa (rule" not in table
     assert report._rule_based_note(grid)[0].startswith("*rule-based only*: mathvista scored with `judge: none`")
     assert report._rule_based_note(grid.assign(judge="")) == []
+
+
+def test_v_star_is_printed_with_its_bootstrap_interval_in_the_report_the_figures_and_the_mlflow_description():
+    import matplotlib.pyplot as plt
+    import numpy as np
+    import pandas as pd
+    import pytest
+
+    from vlmscale.analysis import law, report
+    from vlmscale.orchestration.track_sync import grid_description
+
+    rng = np.random.default_rng(0)
+    n, v = (a.ravel() for a in np.meshgrid([1e4, 3e4, 1e5, 3e5], [1, 4, 16]))
+    y = 0.05 + 2.0 * n**-0.3 * v**-0.05 + rng.normal(0, 2e-3, n.size)
+    fit = law.fit_with_checks(law.LawData.from_arrays(n, v, y), n_boot=40, seed=0)
+    lo, hi = fit.ci["v_star_q50"]
+    assert lo < hi, "the noisy grid's resamples give V*(Q=50) a spread"
+    v50 = law.optimal_tokens(fit.params["alpha"], fit.params["beta"], 50, 1, 16)
+    expected = f"V*(Q=50) = {v50:.3g} [{lo:.3g}, {hi:.3g}]"
+    frontier = pd.DataFrame(
+        [
+            {
+                "family": "reasoning",
+                "text_tokens": q,
+                "flops": 1e6,
+                "visual_tokens": law.optimal_tokens(fit.params["alpha"], fit.params["beta"], q, 1, 16),
+                "llm_params": 1e4,
+                "error": 0.2,
+                "method": "closed_form",
+            }
+            for q in (0, 50)
+        ]
+    )
+    assert expected in "\n".join(report._frontier_section({"reasoning": fit}, frontier))
+    assert expected in report._frontier_title(fit, "reasoning", 50, (1, 16))
+    description = grid_description({"reasoning": fit.to_dict()}, (1.0, 16.0), [], "1", "p")
+    assert f"{v50:.3g} [{lo:.3g}, {hi:.3g}]" in description
+    fig, ax = plt.subplots()
+    report._v_star_interval_bars(ax, fit, (1.0, 16.0), "k")
+    bars = {round(float(seg[0][0])): (seg[0][1], seg[1][1]) for c in ax.containers for seg in c[2][0].get_segments()}
+    assert bars[50] == pytest.approx((lo, hi)), "the figure's bar at Q = 50 spans the bootstrap interval"
+    plt.close(fig)

@@ -70,12 +70,7 @@ def draw_frontier(
     paper_side = "paper: N nominal; " if reference is not None and convention == sizes_.TOTAL else ""
     ax.set_xlabel(f"inference FLOPs = 2·N·(Q+V), Q = {text_tokens} ({paper_side}cells: N {convention})")
     ax.set_ylabel(f"{family} error (1 − mean accuracy)")
-    untrusted = " — not to be trusted" if law.trust_problems(fit) else ""
-    ax.set_title(
-        f"{family}: α={fit.params.get('alpha', float('nan')):.3f}, β={fit.params.get('beta', float('nan')):.3f} "
-        f"(the table's N), R²={fit.r2:.2f}{untrusted}",
-        fontsize=10,
-    )
+    ax.set_title(_frontier_title(fit, family, text_tokens, (v_min, v_max)), fontsize=10)
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -106,6 +101,20 @@ def _draw_law_frontier(ax, table: pd.DataFrame, fit: FitResult, text_tokens: int
         lw=1.5,
         label="compute-optimal frontier (law)",
     )
+
+
+def _frontier_title(fit: FitResult, family: str, text_tokens: int, v_range) -> str:
+    """α, β, R² and, for a trusted fit, V* at this Q with its bootstrap interval."""
+    title = (
+        f"{family}: α={fit.params.get('alpha', float('nan')):.3f}, β={fit.params.get('beta', float('nan')):.3f} "
+        f"(the table's N), R²={fit.r2:.2f}"
+    )
+    if law.trust_problems(fit):
+        return title + " — not to be trusted"
+    if fit.form == "additive":  # its V* comes from a numeric search, not β·Q/(α−β)
+        return title
+    v = law.optimal_tokens(fit.params["alpha"], fit.params["beta"], text_tokens, *v_range)
+    return title + f"\nV*(Q={text_tokens}) = {v_star_text(v, fit.ci.get(f'v_star_q{text_tokens}'))} (95 % bootstrap)"
 
 
 def _log_axis(ax) -> None:
@@ -144,15 +153,38 @@ def optimal_tokens_figure(fits: dict[str, FitResult], v_range: tuple[float, floa
 
     qs = np.arange(0, 201)
     fig, ax = plt.subplots(figsize=(5.6, 3.6))
-    for family, fit in fits.items():
-        ax.plot(qs, [optimal_tokens(fit.params["alpha"], fit.params["beta"], q, *v_range) for q in qs], label=family)
+    for row, (family, fit) in enumerate(fits.items()):
+        (line,) = ax.plot(
+            qs, [optimal_tokens(fit.params["alpha"], fit.params["beta"], q, *v_range) for q in qs], label=family
+        )
+        _v_star_interval_bars(ax, fit, v_range, line.get_color(), label_row=row)
     ax.set_xlabel("text tokens Q")
     ax.set_ylabel("compute-optimal visual tokens V*")
+    ax.set_title("V* vs Q (bars: 95 % bootstrap interval)", fontsize=10)
     ax.set_yscale("log")
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
     return _save(fig, path)
+
+
+def _v_star_interval_bars(ax, fit: FitResult, v_range: tuple[float, float], colour, label_row: int = 0) -> None:
+    """V*'s 95 % bootstrap interval as a bar at each text-token count the fit bootstrapped it for, labelled
+    with its numbers (one label row per family, so that two families at the same V* do not overprint)."""
+    from vlmscale.analysis.law import optimal_tokens
+
+    for key, (lo, hi) in sorted((k, v) for k, v in fit.ci.items() if k.startswith("v_star_q")):
+        q = int(key.removeprefix("v_star_q"))
+        v = optimal_tokens(fit.params["alpha"], fit.params["beta"], q, *v_range)
+        ax.errorbar([q], [v], yerr=[[v - lo], [hi - v]], fmt="o", color=colour, capsize=4, ms=4)
+        ax.annotate(
+            f"{v:.3g} [{lo:.3g}, {hi:.3g}]",
+            (q, v),
+            textcoords="offset points",
+            xytext=(6, -12 * (label_row + 1)),
+            fontsize=7,
+            color=colour,
+        )
 
 
 def _save(fig, path: Path) -> Path:
@@ -259,12 +291,19 @@ def _frontier_section(fits: dict[str, FitResult], frontier: pd.DataFrame) -> lis
                 "the floor, but the exponents were fitted with it held at 0.",
                 "",
             ]
-    lines += ["V* = β·Q/(α−β) when α > β, otherwise the largest V; N* = C / (2(Q+V*)).", ""]
+    lines += [
+        "V* = β·Q/(α−β) when α > β, otherwise the largest V; N* = C / (2(Q+V*)). In brackets: V*'s 95 % "
+        "bootstrap interval (the same resamples as α's and β's).",
+        "",
+    ]
     for family, fit in fits.items():
         if untrusted[family]:
             lines.append(f"- {family}: not to be trusted as an answer (see the warning); no V* is given.")
             continue
-        v_stars = ", ".join(f"V*(Q={int(q)}) = {v:.3g}" for q, v in _v_star_by_q(frontier, family))
+        v_stars = ", ".join(
+            f"V*(Q={int(q)}) = {v_star_text(v, fit.ci.get(f'v_star_q{int(q)}'))}"
+            for q, v in _v_star_by_q(frontier, family)
+        )
         lines.append(f"- {family}: {v_stars} (α = {fit.params['alpha']:.3f}, β = {fit.params['beta']:.3f}).")
     shown = (
         frontier[~frontier.family.isin([f for f, p in untrusted.items() if p])] if "family" in frontier else frontier
@@ -326,6 +365,11 @@ def _rule_based_note(grid: pd.DataFrame) -> list[str]:
         "error) are not comparable with judged ones.",
         "",
     ]
+
+
+def v_star_text(value: float, interval) -> str:
+    """V* with its bootstrap interval, e.g. `3.02 [1, 16]`; the bare value when the fit has no interval."""
+    return f"{value:.3g} [{interval[0]:.3g}, {interval[1]:.3g}]" if interval else f"{value:.3g}"
 
 
 def _ci(value: float, interval) -> str:

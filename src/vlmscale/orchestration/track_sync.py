@@ -85,7 +85,8 @@ def grid_description(
     lines = [
         "### Y(N, V) = K·N^-α·V^-β + D",
         "",
-        "| family | α [95 % CI] | β [95 % CI] | R² | V*(Q=0) | V*(Q=50) | held-out largest LLM: mean abs. error |",
+        "| family | α [95 % CI] | β [95 % CI] | R² | V*(Q=0) [95 % CI] | V*(Q=50) [95 % CI] "
+        "| held-out largest LLM: mean abs. error |",
         "|---|---|---|---|---|---|---|",
     ]
     notes = []
@@ -93,8 +94,8 @@ def grid_description(
         p, ci = fit["params"], fit.get("ci", {})
         result = law.FitResult.from_dict(fit)
         problems = law.trust_problems(result)
-        stars = [law.optimal_tokens(p["alpha"], p["beta"], q, *v_range) for q in (0, 50)]
-        star_text = ["not to be trusted"] * 2 if problems else [f"{v:.3g}" for v in stars]
+        stars = [(law.optimal_tokens(p["alpha"], p["beta"], q, *v_range), ci.get(f"v_star_q{q}")) for q in (0, 50)]
+        star_text = ["not to be trusted"] * 2 if problems else [_v_star_with_ci(v, i) for v, i in stars]
         lines.append(
             f"| {family} | {_with_ci(p['alpha'], ci.get('alpha'))} | {_with_ci(p['beta'], ci.get('beta'))} | "
             f"{fit['r2']:.3f} | {star_text[0]} | {star_text[1]} | "
@@ -115,6 +116,11 @@ def grid_description(
         ]
     )
     return "\n".join(lines)
+
+
+def _v_star_with_ci(value: float, interval) -> str:
+    """V* to 3 significant digits (it spans 1 to hundreds), with its bootstrap interval when there is one."""
+    return f"{value:.3g} [{interval[0]:.3g}, {interval[1]:.3g}]" if interval else f"{value:.3g}"
 
 
 def _with_ci(value: float, interval) -> str:
