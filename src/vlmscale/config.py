@@ -7,6 +7,7 @@ rerun must stay fast.
 from __future__ import annotations
 
 import copy
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -126,6 +127,8 @@ def check(cfg: dict, data: bool = True) -> dict:
     if data:
         _check_data(cfg)
     _check_local_source(vision["source"], "vision.source", allowed=("tiny",))
+    if data:  # `vlmscale plan` runs before the download
+        _check_models_downloaded(cfg)
     _check_grid_fits_law(cfg)
     families = {b["family"] for b in cfg["benchmarks"]}
     if cfg["law"]["families"]:
@@ -294,6 +297,43 @@ def _check_local_source(source: str, key: str, allowed: tuple = ()) -> None:
         raise ConfigError(f"{key}: local model folder {source!r} does not exist")
     if not (folder / "config.json").is_file():
         raise ConfigError(f"{key}: {source!r} has no config.json (save the model with save_pretrained)")
+
+
+def _check_models_downloaded(cfg: dict) -> None:
+    """Every Hugging Face id a job loads is in the local cache now: jobs run offline (HF_HUB_OFFLINE=1,
+    set by launch.Stage), so a missing model would fail every cell's job on its compute node, after the
+    wait in the queue. HF_HUB_OFFLINE=0 in this environment (which jobs inherit) lets them download."""
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("0", "false", "no", "off"):
+        return
+    wanted = [("vision.source", cfg["vision"]["source"], "config.json")]
+    for i, llm in enumerate(cfg["llms"]):
+        if llm["source"] != "config":
+            where = f"llms[{i}] ({llm['name']})"
+            wanted.append((f"{where}.source", llm["source"], "config.json"))
+            wanted.append((f"{where}.tokenizer", llm.get("tokenizer") or "", "tokenizer_config.json"))
+    for key, source, marker in wanted:
+        if is_hub_id(source) and not in_hub_cache(source, marker):
+            raise ConfigError(
+                f"{key}: model {source!r} is not in the local Hugging Face cache and jobs run offline; "
+                f"download it first on a node with internet: `hf download {source}` "
+                f"(or give a local folder; HF_HOME / HF_HUB_CACHE must be the same on the compute nodes)"
+            )
+
+
+def is_hub_id(source: str) -> bool:
+    """'org/name' or 'name' from the Hub; not a local path, not 'config'/'tiny' (built here)."""
+    return bool(source) and source not in ("config", "tiny") and not source.startswith((".", "/", "~"))
+
+
+def in_hub_cache(repo_id: str, filename: str) -> bool:
+    """What an offline `from_pretrained(repo_id)` would find: the file in the cache's snapshot of main."""
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        found = try_to_load_from_cache(repo_id, filename)
+    except ValueError:  # not a valid repo id at all
+        return False
+    return isinstance(found, str)
 
 
 def load_file(path: str | Path, schema: str | Path, data: bool = True) -> dict:
