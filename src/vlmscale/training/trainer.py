@@ -80,6 +80,9 @@ class TrainingState:
     optimizer: dict | None = None  # the optimizer's state at a mid-stage checkpoint (single process)
     deepspeed_tag: str | None = None  # or, under DeepSpeed, the tag of its checkpoint (every rank's partition)
     truncated: dict[str, int] = field(default_factory=dict)  # per stage: rows cut at the LLM's maximum length
+    # (loss, accuracy) of the steps since the last logged window: a checkpoint taken between two logs (on
+    # Slurm's signal) keeps them, so the resumed run logs the same averages as an uninterrupted one
+    window: list = field(default_factory=list)
 
     @classmethod
     def from_checkpoint(cls, saved: dict) -> "TrainingState":
@@ -252,7 +255,8 @@ def run_stage(loop: Loop, stage: StageSettings, state: TrainingState) -> None:
         stepper.restore(state.optimizer_checkpoint, loop.checkpointer.deepspeed_dir)
     loop.model.train()
     accumulation = stage.accumulation(loop.world.size)
-    window: list[tuple[float, float]] = []
+    if state.step == 0:
+        state.window = []
     for step in range(state.step, stage.steps):
         for group in stepper.optimizer.param_groups:
             group["lr"] = lr_at(step, stage.steps, stage.lr, loop.settings.warmup_frac)
@@ -264,10 +268,10 @@ def run_stage(loop: Loop, stage: StageSettings, state: TrainingState) -> None:
         stats = torch.cat([torch.stack([loss, acc, cut]), preemption.flags(loss.device)])  # one all-reduce
         loss, acc, cut, *signalled = mean_across(stats, loop.world)
         state.truncated[stage.name] = state.truncated.get(stage.name, 0) + round(cut.item() * loop.world.size)
-        window.append((loss.item(), acc.item()))
+        state.window.append((loss.item(), acc.item()))
         if (step + 1) % max(1, loop.settings.log_every) == 0 or step + 1 == stage.steps:
-            record_progress(loop, state, stage, step, window)
-            window = []
+            record_progress(loop, state, stage, step, state.window)
+            state.window = []
         stop = any(flag > 0 for flag in signalled) and step + 1 < stage.steps  # Slurm asked; every rank agrees
         if stop or ((step + 1) % loop.settings.checkpoint_every == 0 and step + 1 < stage.steps):
             save_checkpoint(loop, state, stage, step + 1, stepper)
