@@ -3,12 +3,15 @@ are what `launch.reattach` reads)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import sys
+from pathlib import Path
 
 import pytest
 from submitit.core.utils import cloudpickle_dump
 
-from vlmscale.orchestration import launch
+from vlmscale.orchestration import launch, preflight
 
 
 @pytest.mark.parametrize(
@@ -48,3 +51,57 @@ def test_slurm_jobs_ask_for_requeue_no_wckey_and_srun_cpus_unless_configured():
         command="x", folder="/tmp/f", **{k[6:]: v for k, v in params.items() if k.startswith("slurm_")}
     )
     assert "#SBATCH --requeue" in script and "--wckey" not in script and "--cpus-per-task=8" in script
+
+
+def test_gres_replaces_gpus_per_node_when_the_site_asks_for_it():
+    import submitit
+
+    params = launch.submitit_parameters({"gpus_per_node": 4, "gpu_request": "gres"}, "slurm", "cell")
+    assert params["slurm_gres"] == "gpu:4" and "gpus_per_node" not in params
+    script = submitit.slurm.slurm._make_sbatch_string(
+        command="x", folder="/tmp/f", **{k[6:]: v for k, v in params.items() if k.startswith("slurm_")}
+    )
+    assert "#SBATCH --gres=gpu:4" in script and "--gpus-per-node" not in script
+    default = launch.submitit_parameters({"gpus_per_node": 4}, "slurm", "cell")
+    assert default["gpus_per_node"] == 4 and "slurm_gres" not in default
+
+
+@pytest.mark.parametrize(
+    "resources, gpus",
+    [({"gpus_per_node": 8}, 8), ({"gres": "gpu:a100:2"}, 2), ({"gres": "gpu:3"}, 3), ({"cpus_per_task": 4}, 0)],
+)
+def test_the_gpus_a_job_asks_for_are_read_from_either_request(resources, gpus):
+    assert preflight.requested_gpus(resources) == gpus
+
+
+@dataclasses.dataclass(frozen=True)
+class MarkerJob:
+    marker: str
+    executor: str = "inline"
+
+
+def writes_marker(job: MarkerJob) -> dict:
+    Path(job.marker).write_text("the stage ran")
+    return {"ok": True}
+
+
+def test_a_job_asking_for_gpus_it_cannot_see_fails_at_start_with_the_reason(tmp_path):
+    """On a CPU machine (or any with fewer GPUs than asked): the job fails before the stage runs."""
+    import cloudpickle
+    import torch
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the job cannot import this test module
+    more = torch.cuda.device_count() + 1
+    with pytest.raises(
+        launch.JobFailed, match=rf"GPUUnavailableError: {more} GPU\(s\) per node requested, but "
+    ) as failed:
+        launch.run(
+            writes_marker,
+            MarkerJob(str(tmp_path / "marker")),
+            executor="local",
+            log_dir=tmp_path / "jobs",
+            name="gpu-cell",
+            resources={"gpus_per_node": more},
+        )
+    assert ("CPU-only build" in str(failed.value)) == (torch.version.cuda is None)
+    assert not (tmp_path / "marker").exists()  # failed before the stage started

@@ -27,6 +27,7 @@ import submitit
 
 from vlmscale.choices import EXECUTORS
 from vlmscale.fileio import canonical_json, spec_hash, write_json
+from vlmscale.orchestration import preflight
 
 # config key -> submitit parameter (AutoExecutor names; slurm_* are Slurm-only)
 RESOURCE_KEYS = {
@@ -61,14 +62,16 @@ class Stage(submitit.helpers.Checkpointable):
     """A stage callable that Slurm may preempt: on requeue it is called again with the same cfg and
     resumes from the checkpoints it wrote itself (training keeps last.pt every checkpoint_every steps)."""
 
-    def __init__(self, fn: Callable):
+    def __init__(self, fn: Callable, gpus: int = 0):
         self.fn = fn
+        self.gpus = gpus  # per node, as the job's resources ask: checked before anything loads
 
     def __call__(self, cfg) -> dict:
         # Compute nodes are often offline, and every rank contacting the Hub at start is load the Hub
         # rate-limits: models are resolved on the login node beforehand (`hf download`, README).
         for key in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
             os.environ.setdefault(key, "1")
+        preflight.check_gpus(getattr(self, "gpus", 0))  # getattr: a job pickled before this field existed
         return self.fn(cfg)
 
 
@@ -88,10 +91,14 @@ def current_job() -> dict:
 def submitit_parameters(resources: dict | None, executor: str, name: str) -> dict:
     resources = dict(resources or {})
     params = {"name": name, "timeout_min": resources.pop("time_min", 60)}
+    gpu_request = resources.pop("gpu_request", "gpus_per_node")
     unknown = sorted(set(resources) - set(RESOURCE_KEYS))
     if unknown:
         raise LaunchError(f"launch resources: unknown keys {unknown}; known: {sorted(RESOURCE_KEYS)}")
     if executor == "slurm":
+        if gpu_request == "gres" and resources.get("gpus_per_node"):
+            # Sites without cons_tres (or that count GPUs per gres) take `--gres=gpu:N`, not --gpus-per-node
+            params["slurm_gres"] = f"gpu:{resources.pop('gpus_per_node')}"
         params.update(slurm_defaults(resources))
         params.update({RESOURCE_KEYS[k]: v for k, v in resources.items() if v is not None and k != "sbatch"})
     return params
@@ -173,7 +180,7 @@ def submit(fn, cfg, executor: str, log_dir, name: str, resources: dict | None):
     ex = submitit.AutoExecutor(folder=str(log_dir), cluster=executor, **executor_arguments(params))
     ex.update_parameters(**params)
     try:
-        return ex.submit(Stage(fn), cfg)
+        return ex.submit(Stage(fn, gpus=preflight.requested_gpus(resources)), cfg)
     except subprocess.CalledProcessError as exc:  # sbatch refused: show Slurm's own words
         said = (exc.output or b"").decode(errors="replace") if isinstance(exc.output, bytes) else (exc.output or "")
         raise LaunchError(f"{name}: Slurm refused the job: {said.strip() or exc}") from None
