@@ -34,9 +34,21 @@ def test_reattach_reuses_a_live_or_successful_job_and_never_a_failed_one(
     if outcome:
         cloudpickle_dump((outcome, "the result or its traceback"), tmp_path / "7_0_result.pkl")
     monkeypatch.setattr(launch, "slurm_state", lambda job_id: state)
-    job = launch.reattach(record, "k", "slurm")
-    assert (job is not None) == reattached
-    assert launch.reattach(record, "another key", "slurm") is None  # other settings: never the old job
+    cancelled = []
+    monkeypatch.setattr(launch, "cancel", cancelled.append)
+    job = launch.reattach(record, "k", "slurm", {"time_min": 30})  # edited resources: the same job
+    assert (job is not None) == reattached and not cancelled
+    assert launch.reattach(record, "another key", "slurm") is None  # other inputs: never the old job...
+    assert cancelled == (["7"] if state in launch.ACTIVE_STATES else [])  # ...and never both running
+
+
+def test_the_job_key_is_the_stage_inputs_without_operational_fields(tmp_path):
+    from vlmscale.specs import TrainJob
+
+    job = TrainJob({"cell": "a/v1/s0"}, "data", "tower.json", "ckpt", ops={"checkpoint_every": 100})
+    operational = dataclasses.replace(job, ops={"checkpoint_every": 7}, tracking={"uri": "x"}, threads=4)
+    assert launch.job_key(operational) == launch.job_key(job)
+    assert launch.job_key(dataclasses.replace(job, spec={"cell": "a/v1/s1"})) != launch.job_key(job)
 
 
 def test_slurm_jobs_ask_for_requeue_no_wckey_and_srun_cpus_unless_configured():

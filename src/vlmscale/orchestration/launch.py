@@ -142,8 +142,8 @@ def run(
     if executor == "inline":
         return fn(cfg)
     record = Path(log_dir) / f"{safe_name(name)}.job.json"
-    key = spec_hash({"cfg": canonical_json(dataclasses.asdict(cfg)), "resources": resources or {}})
-    job = reattach(record, key, executor)
+    key = job_key(cfg)
+    job = reattach(record, key, executor, resources)
     if job is None:
         job = submit(fn, cfg, executor, log_dir, name, resources)
         write_json(
@@ -154,6 +154,7 @@ def run(
                 "folder": str(log_dir),
                 "key": key,
                 "name": name,
+                "resources": resources or {},
                 "tasks": len(job._sub_jobs) or 1,
             },
         )
@@ -196,27 +197,53 @@ def sbatch_error(text: str) -> str:
     return " ".join(lines) if lines else text.strip()
 
 
-def reattach(record: Path, key: str, executor: str):
-    """The job this stage submitted before the driver died, if it has the same settings and is still
-    queued, running, or finished with a result; None means submit afresh."""
+# Job fields that say how a stage runs, not what it computes: a job differing only in them is the same job.
+OPERATIONAL_FIELDS = ("ops", "tracking", "threads", "executor")
+
+
+def job_key(cfg) -> str:
+    """The stage's identity in its job record: its job input without the operational fields. Resources
+    are not in it either: a driver restarted after editing them finds the job it submitted before."""
+    fields = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in OPERATIONAL_FIELDS}
+    return spec_hash(canonical_json(fields))
+
+
+def reattach(record: Path, key: str, executor: str, resources: dict | None = None):
+    """The job this stage submitted before the driver died, if it is still queued, running, or finished
+    with a result; None means submit afresh. Never two jobs for one stage (they would write the same
+    checkpoints): a live job submitted for other inputs (an edited spec) is cancelled first."""
     if executor != "slurm" or not record.exists():
         return None
     previous = json.loads(record.read_text())
-    if previous.get("key") != key:
-        return None
     job = submitit.SlurmJob(
         folder=previous["folder"], job_id=previous["job_id"], tasks=tuple(range(previous.get("tasks", 1)))
     )
+    live = slurm_state(previous["job_id"]) in ACTIVE_STATES
+    if previous.get("key") != key:
+        if live:
+            say(previous["name"], f"cancelling job {job.job_id}: it was submitted for other inputs")
+            cancel(job.job_id)
+        return None
     if failed(job):  # even while squeue still shows it COMPLETING: a retry must not replay the failure
         return None
-    if (finished(job) and succeeded(job)) or slurm_state(previous["job_id"]) in ACTIVE_STATES:
-        print(
-            f"[vlmscale] {previous['name']}: re-attached to job {job.job_id} submitted by an earlier run",
-            file=sys.stderr,
-            flush=True,
-        )
+    if (finished(job) and succeeded(job)) or live:
+        say(previous["name"], f"re-attached to job {job.job_id} submitted by an earlier run")
+        if live and previous.get("resources", resources or {}) != (resources or {}):
+            say(
+                previous["name"],
+                f"job {job.job_id} keeps its old resources; `scancel {job.job_id}` to resubmit with the new ones",
+            )
         return job
     return None
+
+
+def say(name: str, message: str) -> None:
+    print(f"[vlmscale] {name}: {message}", file=sys.stderr, flush=True)
+
+
+def cancel(job_id: str) -> None:
+    """scancel: Slurm sends SIGTERM first, so a training job checkpoints at its current step before it ends."""
+    subprocess.run(["scancel", str(job_id)], capture_output=True)
 
 
 def slurm_state(job_id: str) -> str:
