@@ -178,3 +178,19 @@ def test_online_jobs_may_download_and_plan_runs_before_the_download(offline_cach
     assert vcfg.check(copy.deepcopy(cfg), data=False)  # `vlmscale plan`: before anything is downloaded
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")  # jobs inherit it and download (launch.Stage keeps a set value)
     assert vcfg.check(cfg)
+
+
+def test_an_llms_setup_and_sbatch_add_to_the_global_ones():
+    cfg = default_config()
+    cfg["launch"] = {
+        "executor": "slurm",
+        "slurm": {"setup": ["module load cuda/12.1"], "sbatch": {"mail-type": "FAIL", "exclude": "n1"}, "mem_gb": 8},
+    }
+    name = cfg["llms"][0]["name"]
+    cfg["llms"][0]["resources"] = {"setup": ["source ~/venv/bin/activate"], "sbatch": {"exclude": "n2"}, "mem_gb": 64}
+    cfg["evaluation"] = {"resources": {"setup": ["export EVAL=1"]}}
+    cfg = load(cfg)
+    trains = vcfg.launch_resources(cfg, name)
+    assert trains["setup"] == ["module load cuda/12.1", "source ~/venv/bin/activate"]
+    assert trains["sbatch"] == {"mail-type": "FAIL", "exclude": "n2"} and trains["mem_gb"] == 64  # same key: the LLM's
+    assert vcfg.evaluation_resources(cfg, name)["setup"] == ["module load cuda/12.1", "export EVAL=1"]

@@ -256,7 +256,18 @@ def evaluation_resources(cfg: dict, llm: str) -> dict:
     if resources.get("gpus_per_node") or trained.get("gpus_per_node"):
         resources["gpus_per_node"] = 1
         resources |= {k: v for k, v in EVAL_RESOURCE_DEFAULTS.items() if k not in (cfg["launch"].get("slurm") or {})}
-    return resources | (cfg.get("evaluation", {}).get("resources") or {})
+    return merge_resources(resources, cfg.get("evaluation", {}).get("resources") or {})
+
+
+def merge_resources(base: dict, top: dict) -> dict:
+    """`top`'s keys over `base`'s, except the two that add up: `setup` lines run after the global ones
+    (a global `module load` stays), `sbatch` options join the global ones (the same option: `top` wins)."""
+    merged = {**base, **top}
+    if base.get("setup") and top.get("setup"):
+        merged["setup"] = list(base["setup"]) + [line for line in top["setup"] if line not in base["setup"]]
+    if base.get("sbatch") and top.get("sbatch"):
+        merged["sbatch"] = {**base["sbatch"], **top["sbatch"]}
+    return merged
 
 
 # A GPU evaluation job's host memory and time where launch.slurm names none: 14B in bf16 is 28 GB, loaded
@@ -407,7 +418,7 @@ def launch_resources(cfg: dict, llm: str | None = None, single_task: bool = Fals
     several tasks would run it several times over)."""
     resources = dict(cfg["launch"].get("slurm") or {})
     if llm is not None:
-        resources.update(llm_by_name(cfg, llm).get("resources") or {})
+        resources = merge_resources(resources, llm_by_name(cfg, llm).get("resources") or {})
     if single_task:
         resources.update(nodes=1, tasks_per_node=1)
         if resources.get("gpus_per_node"):
