@@ -117,3 +117,18 @@ def test_a_job_asking_for_gpus_it_cannot_see_fails_at_start_with_the_reason(tmp_
         )
     assert ("CPU-only build" in str(failed.value)) == (torch.version.cuda is None)
     assert not (tmp_path / "marker").exists()  # failed before the stage started
+
+
+def test_a_job_held_by_a_qos_limit_is_reported_and_cancelled_after_the_configured_wait(monkeypatch, capsys):
+    """squeue's answer as a cluster with accounting gives it (the CI Slurm has no QOS limits to hit)."""
+    answers = iter([("PENDING", "Priority")] + [("PENDING", "QOSMaxJobsPerUserLimit")] * 100)
+    monkeypatch.setattr(launch, "slurm_state_and_reason", lambda job_id: next(answers))
+    monkeypatch.setattr(launch, "finished", lambda job: False)
+    cancelled = []
+    monkeypatch.setattr(launch, "cancel", cancelled.append)
+    job = type("Job", (), {"job_id": "42"})()
+    with pytest.raises(launch.LaunchError, match=r"held by a QOS/association limit \(QOSMaxJobsPerUserLimit\)"):
+        launch.wait_while_schedulable(job, "train:a/v1/s0", poll_s=0.01, max_poll_s=0.01, max_held_min=0.005)
+    assert cancelled == ["42"]
+    assert "job 42 PENDING QOSMaxJobsPerUserLimit" in capsys.readouterr().err  # reported when it began
+    assert "max_held_min" not in str(launch.submitit_parameters({"max_held_min": 30}, "slurm", "x"))

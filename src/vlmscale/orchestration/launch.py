@@ -92,6 +92,7 @@ def submitit_parameters(resources: dict | None, executor: str, name: str) -> dic
     resources = dict(resources or {})
     params = {"name": name, "timeout_min": resources.pop("time_min", 60)}
     gpu_request = resources.pop("gpu_request", "gpus_per_node")
+    resources.pop("max_held_min", None)  # the driver's, not the job's (wait_while_schedulable)
     unknown = sorted(set(resources) - set(RESOURCE_KEYS))
     if unknown:
         raise LaunchError(f"launch resources: unknown keys {unknown}; known: {sorted(RESOURCE_KEYS)}")
@@ -165,7 +166,7 @@ def run(
     )
     try:
         if executor == "slurm":
-            wait_while_schedulable(job, name)
+            wait_while_schedulable(job, name, max_held_min=(resources or {}).get("max_held_min"))
         return job.results()[0]  # a multi-task (one per GPU) job: rank 0 speaks for the cell
     except submitit.core.utils.UncompletedJobError as exc:
         raise JobFailed(
@@ -290,12 +291,39 @@ def failed(job) -> bool:
     return (job._sub_jobs or [job])[0].paths.result_pickle.exists() and not succeeded(job)
 
 
-def wait_while_schedulable(job, name: str, poll_s: float = 0.5, max_poll_s: float = 10.0) -> None:
+# Pending reasons that clear when the user's or account's other jobs end (QOS and association limits):
+# worth waiting for, up to `max_held_min`.
+HELD_BY_LIMITS = ("QOS", "Assoc")
+
+
+def held_too_long(job, name: str, reason: str, held_since: float | None, max_held_min: float | None) -> float | None:
+    """When the job started being held by a QOS/association limit (None: it is not); past `max_held_min`
+    the job is cancelled with the reason."""
+    import time
+
+    if not reason.startswith(HELD_BY_LIMITS):
+        return None
+    held_since = held_since or time.time()
+    if max_held_min is not None and time.time() - held_since > max_held_min * 60:
+        cancel(job.job_id)
+        raise LaunchError(
+            f"{name}: job {job.job_id} was held by a QOS/association limit ({reason}) for over {max_held_min} min "
+            f"(launch resources max_held_min); cancelled. `sacctmgr show assoc user=$USER` / `sacctmgr show qos` "
+            f"show the limits; fewer or smaller jobs at once (snakemake --jobs), or another qos/account, fit them"
+        )
+    return held_since
+
+
+def wait_while_schedulable(
+    job, name: str, poll_s: float = 0.5, max_poll_s: float = 10.0, max_held_min: float | None = None
+) -> None:
     """Wait for the job to finish, printing its state changes; cancel it with Slurm's reason when it
-    is pending for a reason that never clears (more CPUs/GPUs/memory/time than the partition has)."""
+    is pending for a reason that never clears (more CPUs/GPUs/memory/time than the partition has), or
+    has been held by a QOS/association limit for longer than `max_held_min`."""
     import time
 
     last = None
+    held_since = None
     while not finished(job):
         state, reason = slurm_state_and_reason(job.job_id)
         if (state, reason) != last:
@@ -306,11 +334,13 @@ def wait_while_schedulable(job, name: str, poll_s: float = 0.5, max_poll_s: floa
             )
             last = (state, reason)
         if state == "PENDING" and reason in NEVER_SCHEDULED:
-            subprocess.run(["scancel", str(job.job_id)], capture_output=True)
+            cancel(job.job_id)
             raise LaunchError(
                 f"{name}: Slurm cannot run job {job.job_id} as requested (pending reason: {reason}); "
                 f"check the partition's limits (`scontrol show partition`) against launch.slurm / llms[].resources"
             )
+        pending = state == "PENDING"
+        held_since = held_too_long(job, name, reason, held_since, max_held_min) if pending else None
         if not state and not finished(job):
             time.sleep(poll_s)  # between squeue forgetting the job and the result appearing on a shared FS
             if not finished(job):
