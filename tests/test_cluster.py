@@ -185,7 +185,7 @@ def steps_for(seconds: float, grid: Path, workdir: Path) -> int:
 
 def test_a_time_limit_far_shorter_than_training_finishes_over_requeues_with_the_same_weights(slurm_grid, tmp_path):
     """A one-minute job limit, USR2 45 s before it: each attempt trains 10-20 s (Slurm checks time limits
-    every few seconds), checkpoints at the step it is on when the signal comes and requeues; ~50 s of
+    every few seconds), checkpoints at the step it is on when the signal comes and requeues; ~60 s of
     training finishes over several attempts with the uninterrupted weights."""
     import submitit
 
@@ -193,7 +193,9 @@ def test_a_time_limit_far_shorter_than_training_finishes_over_requeues_with_the_
     from vlmscale.training import trainer as train
     from vlmscale.training.checkpoint import read_final
 
-    steps = steps_for(50, slurm_grid, tmp_path / "calibration")
+    steps = steps_for(60, slurm_grid, tmp_path / "calibration")
+    # The uninterrupted run first: beside the job it would slow the job's start to most of an attempt
+    train.train_cell(long_cell(train_cfg(tmp_path / "reference", slurm_grid), steps), log=lambda m: None)
     cfg = long_cell(train_cfg(tmp_path / "limited", slurm_grid), steps)
     track.init_store(cfg.tracking["uri"], "preempt", "preempt")
     limits = {"account": ACCOUNT, "cpus_per_task": 1, "mem_gb": 2, "time_min": 1, "signal_delay_s": 45}
@@ -203,8 +205,6 @@ def test_a_time_limit_far_shorter_than_training_finishes_over_requeues_with_the_
     )
     executor.update_parameters(**params)
     job = executor.submit(launch.Stage(track.train_main), dataclasses.replace(cfg, executor="slurm"))
-    # The uninterrupted run, here while the job trains and waits out its requeues
-    train.train_cell(long_cell(train_cfg(tmp_path / "reference", slurm_grid), steps), log=lambda m: None)
     job.result()
     events = read_attempts(tmp_path / "limited/ckpt")
     signalled = [e["step"] for e in events if e["event"] == "signalled"]

@@ -371,6 +371,13 @@ def load_file(path: str | Path, schema: str | Path, data: bool = True) -> dict:
     return check(cfg, data)
 
 
+def checkpoints_root(cfg: dict) -> str:
+    """Where cells' checkpoints go: `checkpoints` ($VARS and ~ expanded, e.g. $SCRATCH/vlmscale), or
+    {results}/checkpoints."""
+    folder = cfg.get("checkpoints") or ""
+    return os.path.expanduser(os.path.expandvars(folder)) if folder else f"{cfg['results']}/checkpoints"
+
+
 def seeds(cfg: dict) -> list[int]:
     """grid.seeds, or the one training seed (train.seed) when the grid names none."""
     return list(cfg["grid"].get("seeds") or [cfg["train"]["seed"]])

@@ -18,6 +18,8 @@ if UNFIT:
     raise WorkflowError("cells that will not fit their GPUs (see `vlmscale plan --configfile ...`):\n  " + "\n  ".join(UNFIT))
 
 RESULTS = config["results"]
+# Not a param: where the checkpoints live (scratch) decides nothing they hold; moving the folder retrains nothing.
+CHECKPOINTS = vcfg.checkpoints_root(config)
 LLMS = [m["name"] for m in config["llms"]]
 VISUAL_TOKENS = [str(v) for v in config["grid"]["visual_tokens"]]
 BENCHMARKS = [b["name"] for b in config["benchmarks"]]

@@ -11,7 +11,6 @@ rule train:
     params:
         code=code_param(identity.TRAINING_MODULE),
         spec=cell_spec,
-        checkpoints=f"{RESULTS}/checkpoints/{{llm}}/v{{V}}/s{{seed}}",
     threads: LAUNCH["threads"]
     resources:
         launch=launch_resources,
@@ -19,5 +18,5 @@ rule train:
     priority: training_priority
     shell:
         "vlmscale train --spec {params.spec:q} --tracking {TRACKING:q} --ops {resources.ops:q} --data-root {RESULTS}/data "
-        "--vision {input.vision} --checkpoint-dir {params.checkpoints} --out {output} "
+        "--vision {input.vision} --checkpoint-dir {CHECKPOINTS}/{wildcards.llm}/v{wildcards.V}/s{wildcards.seed} --out {output} "
         "{LAUNCH_FLAGS} --slurm {resources.launch:q} > {log} 2>&1"
