@@ -20,7 +20,14 @@ from pathlib import Path
 import torch
 from torch.nn import functional as F
 
-from vlmscale.data.batching import Batch, TrainingData, batch_indices, check_samples, load_stage_samples
+from vlmscale.data.batching import (
+    Batch,
+    TrainingData,
+    batch_indices,
+    check_samples,
+    load_stage_samples,
+    verified_images,
+)
 from vlmscale.data.tokenizer import IGNORE
 from vlmscale.fileio import atomic_torch_save, code_version, read_json
 from vlmscale.identity import config_hash, run_key
@@ -201,7 +208,7 @@ def prepare_loop(job: TrainJob, key: str, tracker, log) -> tuple[Loop, dict[str,
     model.to(device)
     samples = load_stage_samples(manifest, job.data_root)
     for stage, items in samples.items():
-        check_samples(items, tokenizer, features, f"{job.cell} {stage}")
+        check_samples(items, tokenizer, features, f"{job.cell} {stage}", verified_images(manifest))
     max_length = job.settings.max_length or getattr(model.llm.config, "max_position_embeddings", None)
     aspects = {stage.name: stage.image_aspect_ratio for stage in job.settings.stages}
     data = TrainingData(samples, tokenizer, job.spec["visual_tokens"], features, device, max_length, aspects=aspects)
