@@ -185,7 +185,7 @@ def steps_for(seconds: float, grid: Path, workdir: Path) -> int:
 
 def test_a_time_limit_far_shorter_than_training_finishes_over_requeues_with_the_same_weights(slurm_grid, tmp_path):
     """A one-minute job limit, USR2 45 s before it: each attempt trains 10-20 s (Slurm checks time limits
-    every few seconds), checkpoints at the step it is on when the signal comes and requeues; ~60 s of
+    every few seconds), checkpoints at the step it is on when the signal comes and requeues; ~50 s of
     training finishes over several attempts with the uninterrupted weights."""
     import submitit
 
@@ -193,7 +193,7 @@ def test_a_time_limit_far_shorter_than_training_finishes_over_requeues_with_the_
     from vlmscale.training import trainer as train
     from vlmscale.training.checkpoint import read_final
 
-    steps = steps_for(60, slurm_grid, tmp_path / "calibration")
+    steps = steps_for(50, slurm_grid, tmp_path / "calibration")
     # The uninterrupted run first: beside the job it would slow the job's start to most of an attempt
     train.train_cell(long_cell(train_cfg(tmp_path / "reference", slurm_grid), steps), log=lambda m: None)
     cfg = long_cell(train_cfg(tmp_path / "limited", slurm_grid), steps)
