@@ -257,3 +257,37 @@ def test_out_of_memory_names_the_setting(tmp_path, small_data, small_vision, mon
     monkeypatch.setattr(train, "step_loss", exhausted)
     with pytest.raises(train.CellOutOfMemory, match="out of memory with train.batch_size 8; lower it"):
         train.train_cell(cell_cfg(small_data, small_vision, tmp_path / "ckpt"), log=lambda m: None)
+
+
+class LookedUp:
+    """Features that record which images a job would look up on the file system."""
+
+    def __init__(self):
+        self.asked: list[str] = []
+
+    def missing(self, paths) -> list[str]:
+        self.asked += list(paths)
+        return []
+
+
+def test_the_data_stage_records_what_it_verified_and_jobs_trust_it(tmp_path, llava_data):
+    from PIL import Image
+
+    from vlmscale.data import llava
+    from vlmscale.data.batching import check_samples, load_stage_samples, verified_images
+
+    manifest = llava.prepare(llava_config(llava_data)["data"], tmp_path / "prepared")
+    verified = manifest["verified"]
+    assert verified["images"] == len(manifest["images"]) > 0 and len(verified["images_sha256"]) == 64
+    samples = load_stage_samples(manifest, tmp_path / "prepared")["stage2"]
+    trusted, unchecked = LookedUp(), LookedUp()
+    check_samples(samples, None, trusted, "cell stage2", verified_images(manifest))
+    check_samples(samples, None, unchecked, "cell stage2")
+    assert trusted.asked == [] and len(unchecked.asked) == len(samples)  # no lookup per image, per rank
+    image = llava_data / samples[0].image.split(str(llava_data) + "/", 1)[1]
+    Image.new("RGB", (40, 40), "red").save(image)  # rewritten at another size: the hash says so
+    again = llava.prepare(llava_config(llava_data)["data"], tmp_path / "again")["verified"]
+    assert again["images"] == verified["images"] and again["images_sha256"] != verified["images_sha256"]
+    unverified = {**manifest, "verified": None}  # a manifest from before: every image is looked up again
+    check_samples(samples, None, (old := LookedUp()), "cell stage2", verified_images(unverified))
+    assert len(old.asked) == len(samples)

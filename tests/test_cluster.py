@@ -114,7 +114,25 @@ def train_cfg(workdir: Path, grid: Path) -> dict:
     )
 
 
-def test_preempted_training_is_requeued_and_resumes_to_the_same_result(slurm_grid, tmp_path):
+def read_attempts(ckpt: Path) -> list[dict]:
+    path = ckpt / "attempts.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def preempt(job, how: str) -> None:
+    """USR2: the time-limit warning, as submitit's handler reads it (checkpoint, then `scontrol requeue`).
+    SIGTERM: what Slurm's PreemptMode=REQUEUE does to a running job (and `scontrol requeue`, used here,
+    does exactly that): SIGTERM to every task, SIGKILL after KillWait (5 s on the test cluster), the job
+    requeued by Slurm itself. Not `job._interrupt()` for USR2: its SIGTERM, sent a moment before, can land
+    on the `scontrol requeue` that the handler starts and kill it (seen once in CI)."""
+    if how == "USR2":
+        job._interrupt(timeout=True)
+    else:
+        subprocess.run(["scontrol", "requeue", str(job.job_id)], check=True, capture_output=True)
+
+
+@pytest.mark.parametrize("signal_name", ["USR2", "SIGTERM"])
+def test_preempted_training_is_requeued_and_resumes_to_the_same_result(slurm_grid, tmp_path, signal_name):
     import submitit
 
     from vlmscale.orchestration import launch, track
@@ -124,26 +142,24 @@ def test_preempted_training_is_requeued_and_resumes_to_the_same_result(slurm_gri
     expected = train.train_cell(reference, log=lambda m: None)
 
     cfg = train_cfg(tmp_path / "preempted", slurm_grid)
+    cfg = dataclasses.replace(cfg, ops={"checkpoint_every": 100_000})  # only the signal saves
     track.init_store(cfg.tracking["uri"], "preempt", "preempt")
     executor = submitit.AutoExecutor(folder=str(tmp_path / "jobs"), cluster="slurm")
     executor.update_parameters(
         **launch.submitit_parameters({"account": ACCOUNT, "cpus_per_task": 1, "mem_gb": 2}, "slurm", "preempt")
     )
     job = executor.submit(launch.Stage(track.train_main), dataclasses.replace(cfg, executor="slurm"))
-    ckpt_log = tmp_path / "preempted/ckpt/attempts.jsonl"
     deadline = time.time() + 300
-    while not (tmp_path / "preempted/ckpt/last.pt").exists():  # a checkpoint exists: preempt now
+    while not read_attempts(tmp_path / "preempted/ckpt"):  # training has started (handlers installed)
         assert time.time() < deadline and not job.done(), job.stderr()
-        time.sleep(0.5)
-    # Preempt: the USR2 that submitit's handler reads as preemption (the job is far from its time limit), so it
-    # checkpoints and requeues. Not `job._interrupt()`: its SIGTERM, sent a moment before, can land on the
-    # `scontrol requeue` that the handler starts and kill it (seen once in CI); submitit ignores SIGTERM anyway.
-    job._interrupt(timeout=True)
+        time.sleep(0.2)
+    preempt(job, signal_name)
     result = job.result()
 
-    events = [json.loads(line) for line in ckpt_log.read_text().splitlines()]
-    starts = [e for e in events if e["event"] == "start"]
-    assert len(starts) == 2 and starts[1]["step"] > 0, events  # the requeued job resumed, did not restart
+    events = read_attempts(tmp_path / "preempted/ckpt")
+    starts = [e["step"] for e in events if e["event"] == "start"]
+    signalled = [e["step"] for e in events if e["event"] == "signalled"]
+    assert starts[0] == 0 and starts[1:] == signalled and len(signalled) == 1, events  # saved on the signal, resumed
     assert {e["slurm_job_id"] for e in events} == {job.job_id}  # same job id, requeued
     assert result["history"] == expected["history"] and result["final_loss"] == expected["final_loss"]
     con = sqlite3.connect(tmp_path / "preempted/mlflow.db")
@@ -152,27 +168,37 @@ def test_preempted_training_is_requeued_and_resumes_to_the_same_result(slurm_gri
     assert len(runs) == 1 and runs[0][1] == "FINISHED"
 
 
-def long_cell(cfg):
+def long_cell(cfg, steps: int):
     spec = copy.deepcopy(cfg.spec)
-    spec["train"]["stage2"]["steps"] = 30_000
+    spec["train"]["stage2"]["steps"] = steps
     return dataclasses.replace(cfg, spec=spec, ops={"checkpoint_every": 100_000})  # only the signal saves
 
 
+def steps_for(seconds: float, grid: Path, workdir: Path) -> int:
+    """Stage-2 steps that train for about `seconds` on this machine (a fixed count is minutes too long on
+    a busy CI runner or finishes inside one attempt on a fast one)."""
+    from vlmscale.training import trainer as train
+
+    calibration = train.train_cell(long_cell(train_cfg(workdir, grid), 400), log=lambda m: None)
+    return max(1000, int(round(400 * seconds / calibration["train_seconds"], -2)))
+
+
 def test_a_time_limit_far_shorter_than_training_finishes_over_requeues_with_the_same_weights(slurm_grid, tmp_path):
-    """A one-minute job limit, USR2 45 s before it: each attempt checkpoints at the step it is on when the
-    signal comes and requeues; the cell finishes over several attempts with the uninterrupted weights."""
+    """A one-minute job limit, USR2 40 s before it: each attempt trains a few seconds (~6 s measured here,
+    after a ~25 s wait to be requeued), checkpoints at the step it is on when the signal comes and
+    requeues; ~35 s of training finishes over several attempts with the uninterrupted weights."""
     import submitit
 
     from vlmscale.orchestration import launch, track
     from vlmscale.training import trainer as train
     from vlmscale.training.checkpoint import read_final
 
-    # 600 stage-2 steps train in ~5 s here: 30,000 run for minutes, several one-minute attempts.
-    reference = long_cell(train_cfg(tmp_path / "reference", slurm_grid))
-    train.train_cell(reference, log=lambda m: None)
-    cfg = long_cell(train_cfg(tmp_path / "limited", slurm_grid))
+    steps = steps_for(35, slurm_grid, tmp_path / "calibration")
+    # The uninterrupted run first: beside the job it would slow the job's start to most of an attempt
+    train.train_cell(long_cell(train_cfg(tmp_path / "reference", slurm_grid), steps), log=lambda m: None)
+    cfg = long_cell(train_cfg(tmp_path / "limited", slurm_grid), steps)
     track.init_store(cfg.tracking["uri"], "preempt", "preempt")
-    limits = {"account": ACCOUNT, "cpus_per_task": 1, "mem_gb": 2, "time_min": 1, "signal_delay_s": 45}
+    limits = {"account": ACCOUNT, "cpus_per_task": 1, "mem_gb": 2, "time_min": 1, "signal_delay_s": 40}
     params = launch.submitit_parameters({**limits, "max_requeues": 30}, "slurm", "limited")
     executor = submitit.AutoExecutor(
         folder=str(tmp_path / "jobs"), cluster="slurm", **launch.executor_arguments(params)
@@ -180,7 +206,7 @@ def test_a_time_limit_far_shorter_than_training_finishes_over_requeues_with_the_
     executor.update_parameters(**params)
     job = executor.submit(launch.Stage(track.train_main), dataclasses.replace(cfg, executor="slurm"))
     job.result()
-    events = [json.loads(line) for line in (tmp_path / "limited/ckpt/attempts.jsonl").read_text().splitlines()]
+    events = read_attempts(tmp_path / "limited/ckpt")
     signalled = [e["step"] for e in events if e["event"] == "signalled"]
     starts = [e["step"] for e in events if e["event"] == "start"]
     assert len(signalled) >= 2 and starts[1:] == signalled, events  # each attempt resumed where the last saved

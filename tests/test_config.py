@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 from helpers import default_config, load
+from snakemake.utils import validate
 
 from vlmscale import config as vcfg
 
@@ -139,3 +140,74 @@ def test_position_features_are_refused_for_a_reference_adapter():
         load(cfg)
     cfg["position_features"] = False
     load(cfg)
+
+
+def hub_cache_with(cache: Path, repo_id: str, save) -> None:
+    """A Hugging Face cache holding `repo_id` as `hf download` leaves it: refs/main names a snapshot."""
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs/main").write_text("0" * 40)
+    save(repo / "snapshots" / ("0" * 40))
+
+
+@pytest.fixture
+def offline_cache(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+    from tiny_models import save_tiny_qwen2
+
+    cache = tmp_path / "hub"
+    hub_cache_with(cache, "tiny-org/tiny-qwen", lambda folder: save_tiny_qwen2(folder, ["a red square"]))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    save_tiny_qwen2(tmp_path / "local-qwen", ["a red square"])
+    return tmp_path
+
+
+def with_llm_source(source: str) -> dict:
+    cfg = default_config()
+    cfg["llms"] = [cfg["llms"][0] | {"source": source}] + cfg["llms"][1:]
+    for key in ("arch", "hidden_size", "intermediate_size", "num_layers", "num_heads"):
+        cfg["llms"][0].pop(key, None)
+    return cfg
+
+
+def test_a_model_id_missing_from_the_local_cache_is_refused_with_the_download_command(offline_cache):
+    name = default_config()["llms"][0]["name"]
+    with pytest.raises(vcfg.ConfigError) as refused:
+        load(with_llm_source("nobody/no-such-model"))
+    message = str(refused.value)
+    assert message.startswith(f"llms[0] ({name}).source: model 'nobody/no-such-model' is not in the local")
+    assert "`hf download nobody/no-such-model`" in message
+    cfg = with_llm_source("tiny-org/tiny-qwen")
+    cfg["llms"][0]["tokenizer"] = "nobody/no-tokenizer"
+    with pytest.raises(vcfg.ConfigError, match=rf"llms\[0\] \({name}\).tokenizer: model 'nobody/no-tokenizer'"):
+        load(cfg)
+
+
+def test_a_model_in_the_cache_or_a_local_folder_passes_offline(offline_cache):
+    assert load(with_llm_source("tiny-org/tiny-qwen"))["llms"][0]["source"] == "tiny-org/tiny-qwen"
+    assert load(with_llm_source(str(offline_cache / "local-qwen")))
+
+
+def test_online_jobs_may_download_and_plan_runs_before_the_download(offline_cache, monkeypatch):
+    cfg = with_llm_source("nobody/no-such-model")
+    validate(cfg, SCHEMA, set_default=True)
+    assert vcfg.check(copy.deepcopy(cfg), data=False)  # `vlmscale plan`: before anything is downloaded
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")  # jobs inherit it and download (launch.Stage keeps a set value)
+    assert vcfg.check(cfg)
+
+
+def test_an_llms_setup_and_sbatch_add_to_the_global_ones():
+    cfg = default_config()
+    cfg["launch"] = {
+        "executor": "slurm",
+        "slurm": {"setup": ["module load cuda/12.1"], "sbatch": {"mail-type": "FAIL", "exclude": "n1"}, "mem_gb": 8},
+    }
+    name = cfg["llms"][0]["name"]
+    cfg["llms"][0]["resources"] = {"setup": ["source ~/venv/bin/activate"], "sbatch": {"exclude": "n2"}, "mem_gb": 64}
+    cfg["evaluation"] = {"resources": {"setup": ["export EVAL=1"]}}
+    cfg = load(cfg)
+    trains = vcfg.launch_resources(cfg, name)
+    assert trains["setup"] == ["module load cuda/12.1", "source ~/venv/bin/activate"]
+    assert trains["sbatch"] == {"mail-type": "FAIL", "exclude": "n2"} and trains["mem_gb"] == 64  # same key: the LLM's
+    assert vcfg.evaluation_resources(cfg, name)["setup"] == ["module load cuda/12.1", "export EVAL=1"]

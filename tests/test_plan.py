@@ -154,3 +154,17 @@ def test_encoder_parameters_match_the_clip_model(d, ff, layers, image, patch):
     with torch.device("meta"):
         built = sum(p.numel() for p in CLIPVisionModel(config).parameters())
     assert plan.vit_params(d, ff, layers, patch, (image // patch) ** 2 + 1) == built
+
+
+def test_the_plan_names_where_checkpoints_and_results_go_and_what_each_needs(tmp_path, monkeypatch):
+    cfg = vcfg.load_file(REPO / "configs/paper.yaml", SCHEMA, data=False)
+    assert vcfg.checkpoints_root(cfg) == f"{cfg['results']}/checkpoints"
+    monkeypatch.setenv("SCRATCH", str(tmp_path / "scratch"))
+    cfg["checkpoints"] = "$SCRATCH/vlmscale"
+    cfg["plan"]["gpu"] = "h100"
+    text = plan.table(cfg, plan.plan_grid(cfg))
+    line = next(line for line in text.splitlines() if line.strip().startswith("checkpoints ("))
+    kept = sum(p.checkpoint_gb for p in plan.plan_grid(cfg) if isinstance(p, plan.CellPlan))
+    assert line.strip().startswith(f"checkpoints ({tmp_path}/scratch/vlmscale): {kept:,.0f} GB kept")
+    assert line.endswith("GB free there now")  # the filesystem that will hold it, though the folder is not made yet
+    assert f"results ({cfg['results']}):" in text

@@ -73,7 +73,7 @@ def test_a_signal_checkpoints_at_the_current_step_and_resumes_to_identical_weigh
 
     from vlmscale.training import preemption
 
-    train.train_cell(cell_cfg(small_data, small_vision, tmp_path / "a"), log=lambda m: None)
+    uninterrupted = train.train_cell(cell_cfg(small_data, small_vision, tmp_path / "a"), log=lambda m: None)
 
     def optimizer_step(trainer, stage, step, stepper, parts):
         if stage.name == "stage2" and step == 12:  # arrives during step 13; seen at its boundary
@@ -94,8 +94,10 @@ def test_a_signal_checkpoints_at_the_current_step_and_resumes_to_identical_weigh
     monkeypatch.setattr(train.Trainer, "optimizer_step", step_original)
     assert torch.load(tmp_path / "b/last.pt", weights_only=False)["step"] == 13  # not the periodic step 10
     messages = []
-    train.train_cell(cell_cfg(small_data, small_vision, tmp_path / "b"), log=messages.append)
+    resumed = train.train_cell(cell_cfg(small_data, small_vision, tmp_path / "b"), log=messages.append)
     assert any("resuming t/v4 at stage2 step 13" in m for m in messages)
+    # Step 13 is inside a logged window: the steps before the signal count in its average as they would have
+    assert resumed["history"] == uninterrupted["history"]
     _, a = read_final(tmp_path / "a/final")
     _, b = read_final(tmp_path / "b/final")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -209,15 +209,18 @@ def test_an_edit_to_any_module_reruns_exactly_the_rules_that_import_it(grid, tmp
 
 
 def test_operational_settings_plan_no_training(grid):
-    """Checkpoint and log frequency, launch resources and the tracking server decide when a job saves,
-    where it runs and where it reports, never the weights: changing them on a finished grid trains and
-    evaluates nothing (the tracking server's change replays the MLflow view alone)."""
+    """Checkpoint and log frequency and folder, launch resources and the tracking server decide when and
+    where a job saves, where it runs and where it reports, never the weights: changing them on a finished
+    grid trains and evaluates nothing (the tracking server's change replays the MLflow view alone)."""
     cfg = copy.deepcopy(MINI)
     cfg["train"].update(checkpoint_every=7, log_every=3)
     cfg["llms"][1]["train"] = {"checkpoint_every": 11}
     cfg["launch"] = {**MINI["launch"], "threads": 2, "slurm": {"time_min": 30, "partition": "gpu"}}
-    cfg["llms"][0]["resources"] = {"mem_gb": 8}
+    cfg["llms"][0]["resources"] = {"mem_gb": 8, "gpu_request": "gres", "max_held_min": 60}
+    cfg["checkpoints"] = str(grid / "scratch")  # where the checkpoints go: the job is told, nothing retrains
     assert rules_planned(grid, "operational.yaml", cfg) == {}
+    forced = snakemake(grid, "operational.yaml", "-n", "-p", "--forcerun", "train", "--until", "train").stdout
+    assert f"--checkpoint-dir {grid}/scratch/a/v1/s0 " in forced, forced[-2000:]
     cfg["tracking"] = {"experiment": "mini", "uri": "http://127.0.0.1:5999"}
     assert rules_planned(grid, "tracking.yaml", cfg) == {"track_sync": 1, "all": 1}
 

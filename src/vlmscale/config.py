@@ -7,6 +7,7 @@ rerun must stay fast.
 from __future__ import annotations
 
 import copy
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -132,6 +133,8 @@ def check(cfg: dict, data: bool = True) -> dict:
         _check_data(cfg)
     _check_cached_aspect(cfg)
     _check_local_source(vision["source"], "vision.source", allowed=("tiny",))
+    if data:  # `vlmscale plan` runs before the download
+        _check_models_downloaded(cfg)
     _check_grid_fits_law(cfg)
     families = {b["family"] for b in cfg["benchmarks"]}
     if cfg["law"]["families"]:
@@ -265,7 +268,18 @@ def evaluation_resources(cfg: dict, llm: str) -> dict:
     if resources.get("gpus_per_node") or trained.get("gpus_per_node"):
         resources["gpus_per_node"] = 1
         resources |= {k: v for k, v in EVAL_RESOURCE_DEFAULTS.items() if k not in (cfg["launch"].get("slurm") or {})}
-    return resources | (cfg.get("evaluation", {}).get("resources") or {})
+    return merge_resources(resources, cfg.get("evaluation", {}).get("resources") or {})
+
+
+def merge_resources(base: dict, top: dict) -> dict:
+    """`top`'s keys over `base`'s, except the two that add up: `setup` lines run after the global ones
+    (a global `module load` stays), `sbatch` options join the global ones (the same option: `top` wins)."""
+    merged = {**base, **top}
+    if base.get("setup") and top.get("setup"):
+        merged["setup"] = list(base["setup"]) + [line for line in top["setup"] if line not in base["setup"]]
+    if base.get("sbatch") and top.get("sbatch"):
+        merged["sbatch"] = {**base["sbatch"], **top["sbatch"]}
+    return merged
 
 
 # A GPU evaluation job's host memory and time where launch.slurm names none: 14B in bf16 is 28 GB, loaded
@@ -308,6 +322,43 @@ def _check_local_source(source: str, key: str, allowed: tuple = ()) -> None:
         raise ConfigError(f"{key}: {source!r} has no config.json (save the model with save_pretrained)")
 
 
+def _check_models_downloaded(cfg: dict) -> None:
+    """Every Hugging Face id a job loads is in the local cache now: jobs run offline (HF_HUB_OFFLINE=1,
+    set by launch.Stage), so a missing model would fail every cell's job on its compute node, after the
+    wait in the queue. HF_HUB_OFFLINE=0 in this environment (which jobs inherit) lets them download."""
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("0", "false", "no", "off"):
+        return
+    wanted = [("vision.source", cfg["vision"]["source"], "config.json")]
+    for i, llm in enumerate(cfg["llms"]):
+        if llm["source"] != "config":
+            where = f"llms[{i}] ({llm['name']})"
+            wanted.append((f"{where}.source", llm["source"], "config.json"))
+            wanted.append((f"{where}.tokenizer", llm.get("tokenizer") or "", "tokenizer_config.json"))
+    for key, source, marker in wanted:
+        if is_hub_id(source) and not in_hub_cache(source, marker):
+            raise ConfigError(
+                f"{key}: model {source!r} is not in the local Hugging Face cache and jobs run offline; "
+                f"download it first on a node with internet: `hf download {source}` "
+                f"(or give a local folder; HF_HOME / HF_HUB_CACHE must be the same on the compute nodes)"
+            )
+
+
+def is_hub_id(source: str) -> bool:
+    """'org/name' or 'name' from the Hub; not a local path, not 'config'/'tiny' (built here)."""
+    return bool(source) and source not in ("config", "tiny") and not source.startswith((".", "/", "~"))
+
+
+def in_hub_cache(repo_id: str, filename: str) -> bool:
+    """What an offline `from_pretrained(repo_id)` would find: the file in the cache's snapshot of main."""
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        found = try_to_load_from_cache(repo_id, filename)
+    except ValueError:  # not a valid repo id at all
+        return False
+    return isinstance(found, str)
+
+
 def load_file(path: str | Path, schema: str | Path, data: bool = True) -> dict:
     """Read, schema-validate (defaults filled) and check a config file; every failure is a ConfigError
     naming the file and the line or key. Snakemake's own message for unparsable YAML names neither."""
@@ -330,6 +381,13 @@ def load_file(path: str | Path, schema: str | Path, data: bool = True) -> dict:
     except Exception as exc:  # snakemake's WorkflowError wraps jsonschema's message
         raise ConfigError(f"{path}: {str(exc).strip()}") from None
     return check(cfg, data)
+
+
+def checkpoints_root(cfg: dict) -> str:
+    """Where cells' checkpoints go: `checkpoints` ($VARS and ~ expanded, e.g. $SCRATCH/vlmscale), or
+    {results}/checkpoints."""
+    folder = cfg.get("checkpoints") or ""
+    return os.path.expanduser(os.path.expandvars(folder)) if folder else f"{cfg['results']}/checkpoints"
 
 
 def seeds(cfg: dict) -> list[int]:
@@ -379,7 +437,7 @@ def launch_resources(cfg: dict, llm: str | None = None, single_task: bool = Fals
     several tasks would run it several times over)."""
     resources = dict(cfg["launch"].get("slurm") or {})
     if llm is not None:
-        resources.update(llm_by_name(cfg, llm).get("resources") or {})
+        resources = merge_resources(resources, llm_by_name(cfg, llm).get("resources") or {})
     if single_task:
         resources.update(nodes=1, tasks_per_node=1)
         if resources.get("gpus_per_node"):

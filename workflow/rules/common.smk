@@ -22,6 +22,8 @@ if UNFIT:
     )
 
 RESULTS = config["results"]
+# Not a param: where the checkpoints live (scratch) decides nothing they hold; moving the folder retrains nothing.
+CHECKPOINTS = vcfg.checkpoints_root(config)
 LLMS = [m["name"] for m in config["llms"]]
 VISUAL_TOKENS = [str(v) for v in config["grid"]["visual_tokens"]]
 BENCHMARKS = [b["name"] for b in config["benchmarks"]]
@@ -43,6 +45,11 @@ def cell_spec(wildcards):
     return vcfg.as_param(
         vcfg.cell_spec(config, wildcards.llm, int(wildcards.V), int(wildcards.seed))
     )
+
+
+def checkpoint_dir(wildcards):
+    # A cell's checkpoints under the checkpoints root (`checkpoints:`, scratch; not a declared output).
+    return f"{CHECKPOINTS}/{wildcards.llm}/v{wildcards.V}/s{wildcards.seed}"
 
 
 def training_priority(wildcards):

@@ -15,13 +15,13 @@ rule train:
         ops=train_ops,
         tracking=TRACKING,
         flags=LAUNCH_FLAGS,
+        # a resource, not a param: moving the checkpoints (to scratch) retrains nothing
+        checkpoints=checkpoint_dir,
     params:
         code=code_param(identity.TRAINING_MODULE),
         spec=cell_spec,
-        checkpoints=f"{RESULTS}/checkpoints/{{llm}}/v{{V}}/s{{seed}}",
         data_root=lambda wildcards, input: os.path.dirname(input.manifest),
     shell:
         "vlmscale train --spec {params.spec:q} --tracking {resources.tracking:q} --ops {resources.ops:q} "
-        "--data-root {params.data_root} "
-        "--vision {input.vision} --checkpoint-dir {params.checkpoints} --out {output} "
-        "{resources.flags} --slurm {resources.launch:q} > {log} 2>&1"
+        "--data-root {params.data_root} --vision {input.vision} --checkpoint-dir {resources.checkpoints} "
+        "--out {output} {resources.flags} --slurm {resources.launch:q} > {log} 2>&1"

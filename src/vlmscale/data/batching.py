@@ -99,9 +99,15 @@ def make_batch(samples: list[Sample], tokenizer, visual_tokens: int, features, m
     )
 
 
-def check_samples(samples: list[Sample], tokenizer, features, what: str) -> None:
-    """Before the first step: every image has features (or exists) and every answer can be encoded."""
-    missing = features.missing(path for s in samples for path in s.images)
+def verified_images(manifest: dict) -> frozenset[str]:
+    """The images the data stage verified (manifest `verified`), which jobs need not look up again."""
+    return frozenset(manifest.get("images", ())) if manifest.get("verified") else frozenset()
+
+
+def check_samples(samples: list[Sample], tokenizer, features, what: str, verified: frozenset = frozenset()) -> None:
+    """Before the first step: every image has features (or exists) and every answer can be encoded.
+    Images the data stage verified are trusted (in memory, no file system lookup); others are looked up."""
+    missing = features.missing(path for s in samples for path in s.images if path not in verified)
     if missing:
         raise FileNotFoundError(f"{what}: {len(missing)} images have no tower features (first: {missing[0]})")
     if isinstance(tokenizer, WordTokenizer):

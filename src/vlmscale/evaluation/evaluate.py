@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from vlmscale.choices import EVAL_FOLDER_BATCH
-from vlmscale.data.batching import make_batch
+from vlmscale.data.batching import make_batch, verified_images
 from vlmscale.data.samples import load_benchmark, with_image_root
 from vlmscale.evaluation import metrics
 from vlmscale.fileio import code_version, read_json, spec_hash, write_json
@@ -146,7 +146,8 @@ def benchmark_samples(name: str, manifest: dict, data_root: str, image_root: str
     if name not in manifest["benchmarks"]:
         raise FileNotFoundError(f"benchmark {name!r} is not in the data set ({sorted(manifest['benchmarks'])})")
     samples = with_image_root(load_benchmark(Path(data_root) / manifest["benchmarks"][name]["path"]), image_root)
-    missing = features.missing(s.image for s in samples)
+    verified = verified_images(manifest)  # checked once by the data stage: no lookup per image here
+    missing = features.missing(s.image for s in samples if s.image not in verified)
     if missing:
         raise FileNotFoundError(f"benchmark {name}: {len(missing)} images have no features (first: {missing[0]})")
     return samples

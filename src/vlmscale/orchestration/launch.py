@@ -27,6 +27,7 @@ import submitit
 
 from vlmscale.choices import EXECUTORS
 from vlmscale.fileio import canonical_json, spec_hash, write_json
+from vlmscale.orchestration import preflight
 
 # config key -> submitit parameter (AutoExecutor names; slurm_* are Slurm-only)
 RESOURCE_KEYS = {
@@ -61,14 +62,16 @@ class Stage(submitit.helpers.Checkpointable):
     """A stage callable that Slurm may preempt: on requeue it is called again with the same cfg and
     resumes from the checkpoints it wrote itself (training keeps last.pt every checkpoint_every steps)."""
 
-    def __init__(self, fn: Callable):
+    def __init__(self, fn: Callable, gpus: int = 0):
         self.fn = fn
+        self.gpus = gpus  # per node, as the job's resources ask: checked before anything loads
 
     def __call__(self, cfg) -> dict:
         # Compute nodes are often offline, and every rank contacting the Hub at start is load the Hub
         # rate-limits: models are resolved on the login node beforehand (`hf download`, README).
         for key in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
             os.environ.setdefault(key, "1")
+        preflight.check_gpus(getattr(self, "gpus", 0))  # getattr: a job pickled before this field existed
         return self.fn(cfg)
 
 
@@ -88,10 +91,15 @@ def current_job() -> dict:
 def submitit_parameters(resources: dict | None, executor: str, name: str) -> dict:
     resources = dict(resources or {})
     params = {"name": name, "timeout_min": resources.pop("time_min", 60)}
+    gpu_request = resources.pop("gpu_request", "gpus_per_node")
+    resources.pop("max_held_min", None)  # the driver's, not the job's (wait_while_schedulable)
     unknown = sorted(set(resources) - set(RESOURCE_KEYS))
     if unknown:
         raise LaunchError(f"launch resources: unknown keys {unknown}; known: {sorted(RESOURCE_KEYS)}")
     if executor == "slurm":
+        if gpu_request == "gres" and resources.get("gpus_per_node"):
+            # Sites without cons_tres (or that count GPUs per gres) take `--gres=gpu:N`, not --gpus-per-node
+            params["slurm_gres"] = f"gpu:{resources.pop('gpus_per_node')}"
         params.update(slurm_defaults(resources))
         params.update({RESOURCE_KEYS[k]: v for k, v in resources.items() if v is not None and k != "sbatch"})
     return params
@@ -135,8 +143,8 @@ def run(
     if executor == "inline":
         return fn(cfg)
     record = Path(log_dir) / f"{safe_name(name)}.job.json"
-    key = spec_hash({"cfg": canonical_json(dataclasses.asdict(cfg)), "resources": resources or {}})
-    job = reattach(record, key, executor)
+    key = job_key(cfg)
+    job = reattach(record, key, executor, resources)
     if job is None:
         job = submit(fn, cfg, executor, log_dir, name, resources)
         write_json(
@@ -147,6 +155,7 @@ def run(
                 "folder": str(log_dir),
                 "key": key,
                 "name": name,
+                "resources": resources or {},
                 "tasks": len(job._sub_jobs) or 1,
             },
         )
@@ -157,7 +166,7 @@ def run(
     )
     try:
         if executor == "slurm":
-            wait_while_schedulable(job, name)
+            wait_while_schedulable(job, name, max_held_min=(resources or {}).get("max_held_min"))
         return job.results()[0]  # a multi-task (one per GPU) job: rank 0 speaks for the cell
     except submitit.core.utils.UncompletedJobError as exc:
         raise JobFailed(
@@ -173,7 +182,7 @@ def submit(fn, cfg, executor: str, log_dir, name: str, resources: dict | None):
     ex = submitit.AutoExecutor(folder=str(log_dir), cluster=executor, **executor_arguments(params))
     ex.update_parameters(**params)
     try:
-        return ex.submit(Stage(fn), cfg)
+        return ex.submit(Stage(fn, gpus=preflight.requested_gpus(resources)), cfg)
     except subprocess.CalledProcessError as exc:  # sbatch refused: show Slurm's own words
         said = (exc.output or b"").decode(errors="replace") if isinstance(exc.output, bytes) else (exc.output or "")
         raise LaunchError(f"{name}: Slurm refused the job: {said.strip() or exc}") from None
@@ -189,27 +198,53 @@ def sbatch_error(text: str) -> str:
     return " ".join(lines) if lines else text.strip()
 
 
-def reattach(record: Path, key: str, executor: str):
-    """The job this stage submitted before the driver died, if it has the same settings and is still
-    queued, running, or finished with a result; None means submit afresh."""
+# Job fields that say how a stage runs, not what it computes: a job differing only in them is the same job.
+OPERATIONAL_FIELDS = ("ops", "tracking", "threads", "executor")
+
+
+def job_key(cfg) -> str:
+    """The stage's identity in its job record: its job input without the operational fields. Resources
+    are not in it either: a driver restarted after editing them finds the job it submitted before."""
+    fields = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in OPERATIONAL_FIELDS}
+    return spec_hash(canonical_json(fields))
+
+
+def reattach(record: Path, key: str, executor: str, resources: dict | None = None):
+    """The job this stage submitted before the driver died, if it is still queued, running, or finished
+    with a result; None means submit afresh. Never two jobs for one stage (they would write the same
+    checkpoints): a live job submitted for other inputs (an edited spec) is cancelled first."""
     if executor != "slurm" or not record.exists():
         return None
     previous = json.loads(record.read_text())
-    if previous.get("key") != key:
-        return None
     job = submitit.SlurmJob(
         folder=previous["folder"], job_id=previous["job_id"], tasks=tuple(range(previous.get("tasks", 1)))
     )
+    live = slurm_state(previous["job_id"]) in ACTIVE_STATES
+    if previous.get("key") != key:
+        if live:
+            say(previous["name"], f"cancelling job {job.job_id}: it was submitted for other inputs")
+            cancel(job.job_id)
+        return None
     if failed(job):  # even while squeue still shows it COMPLETING: a retry must not replay the failure
         return None
-    if (finished(job) and succeeded(job)) or slurm_state(previous["job_id"]) in ACTIVE_STATES:
-        print(
-            f"[vlmscale] {previous['name']}: re-attached to job {job.job_id} submitted by an earlier run",
-            file=sys.stderr,
-            flush=True,
-        )
+    if (finished(job) and succeeded(job)) or live:
+        say(previous["name"], f"re-attached to job {job.job_id} submitted by an earlier run")
+        if live and previous.get("resources", resources or {}) != (resources or {}):
+            say(
+                previous["name"],
+                f"job {job.job_id} keeps its old resources; `scancel {job.job_id}` to resubmit with the new ones",
+            )
         return job
     return None
+
+
+def say(name: str, message: str) -> None:
+    print(f"[vlmscale] {name}: {message}", file=sys.stderr, flush=True)
+
+
+def cancel(job_id: str) -> None:
+    """scancel: Slurm sends SIGTERM first, so a training job checkpoints at its current step before it ends."""
+    subprocess.run(["scancel", str(job_id)], capture_output=True)
 
 
 def slurm_state(job_id: str) -> str:
@@ -256,12 +291,39 @@ def failed(job) -> bool:
     return (job._sub_jobs or [job])[0].paths.result_pickle.exists() and not succeeded(job)
 
 
-def wait_while_schedulable(job, name: str, poll_s: float = 0.5, max_poll_s: float = 10.0) -> None:
+# Pending reasons that clear when the user's or account's other jobs end (QOS and association limits):
+# worth waiting for, up to `max_held_min`.
+HELD_BY_LIMITS = ("QOS", "Assoc")
+
+
+def held_too_long(job, name: str, reason: str, held_since: float | None, max_held_min: float | None) -> float | None:
+    """When the job started being held by a QOS/association limit (None: it is not); past `max_held_min`
+    the job is cancelled with the reason."""
+    import time
+
+    if not reason.startswith(HELD_BY_LIMITS):
+        return None
+    held_since = held_since or time.time()
+    if max_held_min is not None and time.time() - held_since > max_held_min * 60:
+        cancel(job.job_id)
+        raise LaunchError(
+            f"{name}: job {job.job_id} was held by a QOS/association limit ({reason}) for over {max_held_min} min "
+            f"(launch resources max_held_min); cancelled. `sacctmgr show assoc user=$USER` / `sacctmgr show qos` "
+            f"show the limits; fewer or smaller jobs at once (snakemake --jobs), or another qos/account, fit them"
+        )
+    return held_since
+
+
+def wait_while_schedulable(
+    job, name: str, poll_s: float = 0.5, max_poll_s: float = 10.0, max_held_min: float | None = None
+) -> None:
     """Wait for the job to finish, printing its state changes; cancel it with Slurm's reason when it
-    is pending for a reason that never clears (more CPUs/GPUs/memory/time than the partition has)."""
+    is pending for a reason that never clears (more CPUs/GPUs/memory/time than the partition has), or
+    has been held by a QOS/association limit for longer than `max_held_min`."""
     import time
 
     last = None
+    held_since = None
     while not finished(job):
         state, reason = slurm_state_and_reason(job.job_id)
         if (state, reason) != last:
@@ -272,11 +334,13 @@ def wait_while_schedulable(job, name: str, poll_s: float = 0.5, max_poll_s: floa
             )
             last = (state, reason)
         if state == "PENDING" and reason in NEVER_SCHEDULED:
-            subprocess.run(["scancel", str(job.job_id)], capture_output=True)
+            cancel(job.job_id)
             raise LaunchError(
                 f"{name}: Slurm cannot run job {job.job_id} as requested (pending reason: {reason}); "
                 f"check the partition's limits (`scontrol show partition`) against launch.slurm / llms[].resources"
             )
+        pending = state == "PENDING"
+        held_since = held_too_long(job, name, reason, held_since, max_held_min) if pending else None
         if not state and not finished(job):
             time.sleep(poll_s)  # between squeue forgetting the job and the result appearing on a shared FS
             if not finished(job):

@@ -26,10 +26,12 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from vlmscale import choices
+from vlmscale.config import checkpoints_root
 from vlmscale.specs import GRADIENT_BUCKET, STAGES, TrainSettings
 
 REFERENCE = Path(__file__).parents[1] / "reference"
@@ -489,14 +491,25 @@ def _summary(cfg: dict, plans: list[CellPlan], gpu: GPU | None) -> list[str]:
     disk = seeds * sum(p.checkpoint_gb for p in plans)
     where = f"{gpu.name}, MFU {cfg['plan']['mfu']:.0%}" if gpu else "no plan.gpu declared: no GPU-hours or fit"
     peak = max((p.checkpoint_peak_gb for p in plans), default=0.0)
-    lines = ["", f"{len(plans)} cells x {seeds} seed(s) on {where}:",
-             f"  training GPU-hours {hours:,.0f}; checkpoints kept {disk:,.0f} GB (final/ per cell), plus up to "
-             f"{peak:,.0f} GB per cell while its stage 2 trains (its mid-stage checkpoint)"]  # fmt: skip
+    ckpt = checkpoints_root(cfg)
+    lines = ["", f"{len(plans)} cells x {seeds} seed(s) on {where}:", f"  training GPU-hours {hours:,.0f}",
+             f"  checkpoints ({ckpt}): {disk:,.0f} GB kept (final/ per cell), plus up to {peak:,.0f} GB "
+             f"per cell while its stage 2 trains (its mid-stage checkpoint){free_space(ckpt)}",
+             f"  results ({cfg['results']}): JSON, logs, job logs and the tracking store (small), plus the encoded "
+             f"features when vision.cache{free_space(cfg['results'])}"]  # fmt: skip
     evaluation = seeds * sum(p.eval_gpu_hours for p in plans)
     lines.append(f"  evaluation GPU-hours {evaluation:,.0f} (one GPU per cell; README: Planning a grid); evaluation "
                  f"needs up to {max((p.eval_gb for p in plans), default=0.0):.1f} GB per GPU")  # fmt: skip
     lines += [f"  {p.cell}: {p.advice}" for p in plans if not p.fits]
     return lines
+
+
+def free_space(folder: str) -> str:
+    """'; N GB free there now' for the filesystem that will hold `folder` (its nearest existing parent)."""
+    path = Path(folder).absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return f"; {shutil.disk_usage(path).free / 1e9:,.0f} GB free there now"
 
 
 def main(cfg: dict) -> str:

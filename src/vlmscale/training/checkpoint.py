@@ -102,6 +102,9 @@ class TrainingState:
     optimizer: dict | None = None  # the optimizer's state at a mid-stage checkpoint (single process)
     deepspeed_tag: str | None = None  # or, under DeepSpeed, the tag of its checkpoint (every rank's partition)
     truncated: dict[str, int] = field(default_factory=dict)  # per stage: rows cut at the LLM's maximum length
+    # (loss, accuracy) of the steps since the last logged window: a checkpoint taken between two logs (on
+    # Slurm's signal) keeps them, so the resumed run logs the same averages as an uninterrupted one
+    window: list = field(default_factory=list)
 
     @classmethod
     def from_checkpoint(cls, saved: dict) -> "TrainingState":

@@ -16,7 +16,14 @@ from typing import Protocol
 import torch
 from torch.nn import functional as F
 
-from vlmscale.data.batching import Batch, TrainingData, batch_indices, check_samples, load_stage_samples
+from vlmscale.data.batching import (
+    Batch,
+    TrainingData,
+    batch_indices,
+    check_samples,
+    load_stage_samples,
+    verified_images,
+)
 from vlmscale.data.tokenizer import IGNORE
 from vlmscale.fileio import code_version, read_json
 from vlmscale.identity import config_hash, run_key
@@ -120,7 +127,7 @@ class Trainer:
         model.to(device)
         samples = load_stage_samples(manifest, job.data_root)
         for stage, items in samples.items():
-            check_samples(items, tokenizer, features, f"{job.cell} {stage}")
+            check_samples(items, tokenizer, features, f"{job.cell} {stage}", verified_images(manifest))
         max_length = job.settings.max_length or getattr(model.llm.config, "max_position_embeddings", None)
         aspects = {stage.name: stage.image_aspect_ratio for stage in job.settings.stages}
         data = TrainingData(
@@ -170,13 +177,14 @@ class Trainer:
         if self.state.step > 0:
             stepper.restore(self.state.optimizer_checkpoint, self.checkpointer.deepspeed_dir)
         self.model.train()
-        window: list[tuple[float, float]] = []
+        if self.state.step == 0:
+            self.state.window = []
         for step in range(self.state.step, stage.steps):
             loss, acc, signalled = self.train_step(stage, step, stepper)
-            window.append((loss, acc))
+            self.state.window.append((loss, acc))
             if (step + 1) % max(1, self.settings.log_every) == 0 or step + 1 == stage.steps:
-                self.record_progress(stage, step, window)
-                window = []
+                self.record_progress(stage, step, self.state.window)
+                self.state.window = []
             stop = any(flag > 0 for flag in signalled) and step + 1 < stage.steps  # Slurm asked; every rank agrees
             if stop or ((step + 1) % self.settings.checkpoint_every == 0 and step + 1 < stage.steps):
                 self.save_checkpoint(stage, step + 1, stepper)
