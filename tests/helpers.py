@@ -17,6 +17,7 @@ from vlmscale.specs import TrainJob
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = Path(__file__).resolve().parent / "configs"
+RENDEZVOUS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 LLM = {"name": "t", "source": "config", "arch": "qwen2", "hidden_size": 16, "intermediate_size": 32,
        "num_layers": 1, "num_heads": 2}  # fmt: skip
 
@@ -31,6 +32,8 @@ def snakemake(workdir: Path, configfile: str, *args: str, env: dict | None = Non
     """Run the workflow in `workdir` on a config file there: to the end (a CompletedProcess, output captured),
     or in the background (a Popen writing driver.log: a file, not a pipe, so a killed reader cannot block it)."""
     env = {**(env or os.environ), "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "MPLBACKEND": "Agg"}
+    for key in RENDEZVOUS:  # a rendezvous an in-process training left here is no job's: two jobs would share its port
+        env.pop(key, None)
     cmd = ["snakemake", "-s", str(REPO / "Snakefile"), "--configfile", configfile]
     cmd += ["--profile", str(REPO / "profiles" / profile)] if profile else ["--cores", "2"]
     cmd += list(args)
