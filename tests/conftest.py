@@ -35,23 +35,6 @@ SMALL_VISION = {
 }
 
 
-RENDEZVOUS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
-
-
-@pytest.fixture(autouse=True)
-def no_leftover_rendezvous():
-    """A test that trains in this process exports a one-process rendezvous (training.distributed.world_from_env,
-    a port free at that moment); a later test's workflow would hand it to its jobs, where lmms-eval's
-    Accelerator builds a process group on that port, long since taken by someone else."""
-    saved = {key: os.environ.get(key) for key in RENDEZVOUS}
-    yield
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
-
-
 @pytest.fixture(scope="session")
 def small_data(tmp_path_factory) -> Path:
     from vlmscale.data import synthetic as data
