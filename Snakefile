@@ -18,6 +18,7 @@ wildcard_constraints:
     llm="|".join(re.escape(m) for m in LLMS),
     V="|".join(VISUAL_TOKENS),
     seed="|".join(SEEDS),
+    compressor="|".join(COMPRESSORS),
     benchmark="|".join(re.escape(b) for b in BENCHMARKS),
     family="|".join(re.escape(f) for f in FAMILIES),
 

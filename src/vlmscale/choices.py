@@ -9,6 +9,7 @@ from __future__ import annotations
 
 LAW_FORMS = {"paper": 4, "paper-qv": 4, "additive": 5}  # each law form and its number of free parameters
 COMPRESSORS = ("avgpool", "tokenpacker", "quecc")
+MULTI_LEVEL_COMPRESSORS = ("tokenpacker", "quecc")  # read the encoder's multi-level features too
 METRICS = ("exact", "exact_match", "vqa", "multiple_choice", "multiple_choice_lenient", "yes_no")
 EXECUTORS = ("inline", "debug", "local", "slurm")
 # task: (the metric the law uses, its maximum). Tasks that are groups report their metric under the group.

@@ -117,10 +117,10 @@ def cmd_aggregate(args) -> dict:
 
 def cmd_fit(args) -> dict:
     from vlmscale.analysis import law
-    from vlmscale.analysis.tables import cell_rows, seed_rows
+    from vlmscale.analysis.tables import cell_rows, compressors_of, read_rows, seed_rows
     from vlmscale.fileio import write_json
 
-    cells = cell_rows(seed_rows(args.table, args.family))  # the table is read once
+    cells = cell_rows(seed_rows(args.table, args.family, args.compressor))
     data = law.LawData.from_arrays(
         [c.llm_params for c in cells],
         [c.visual_tokens for c in cells],
@@ -130,6 +130,7 @@ def cmd_fit(args) -> dict:
     )
     result = law.fit_with_checks(data, args.form, args.bootstrap, args.seed, args.huber, tuple(args.v_star_q)).to_dict()
     result["family"] = args.family or "all"
+    result["compressor"] = args.compressor or "".join(compressors_of(read_rows(args.table))) or "all"
     result["table"] = str(args.table)
     if args.out:
         write_json(args.out, result)
@@ -140,20 +141,23 @@ def cmd_frontier(args) -> dict:
     from vlmscale.analysis import law
     from vlmscale.fileio import atomic_write_text, read_json
 
-    rows = []
+    rows, trusted = [], {}
     for fit_path in args.fits:
         saved = read_json(fit_path)
         fit = law.FitResult.from_dict(saved)
         cells = _trained_cells(saved)
+        named = {"family": saved.get("family", Path(fit_path).stem), "compressor": saved.get("compressor", "all")}
+        trusted[tuple(named.values())] = not law.trust_problems(fit)
         for q in args.text_tokens:
             budgets = args.flops or _default_budgets(cells, q)
             for row in law.frontier(fit, q, budgets, (args.v_min, args.v_max)) + law.best_trained_cells(
                 cells, q, budgets
             ):
-                rows.append({"family": Path(fit_path).stem, **row})
+                rows.append({**named, **row})
+    rows = law.mark_optimal(rows, trusted)
     if args.out:
         atomic_write_text(args.out, _csv_text(rows))
-    return {"rows": len(rows), "frontier": args.out or rows}
+    return {"rows": len(rows), "optimal": [r for r in rows if r["optimal"]], "frontier": args.out or rows}
 
 
 def _csv_text(rows: list[dict]) -> str:
@@ -175,8 +179,10 @@ def _trained_cells(fit: dict) -> list[dict]:
         return []
     from vlmscale.analysis.tables import cell_rows, seed_rows
 
-    family = fit.get("family")
-    cells = cell_rows(seed_rows(table, None if family in (None, "all") else family))
+    family, compressor = fit.get("family"), fit.get("compressor")
+    cells = cell_rows(
+        seed_rows(table, None if family in (None, "all") else family, None if compressor in (None, "all") else compressor)
+    )
     return [
         {"llm": c.llm, "llm_params": c.llm_params, "visual_tokens": c.visual_tokens, "error": c.error} for c in cells
     ]
@@ -335,6 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("table")
     p.add_argument("--form", default="paper", choices=list(LAW_FORMS))
     p.add_argument("--family", default=None)
+    p.add_argument("--compressor", default=None, help="the compressor's cells (needed when the table has several)")
     p.add_argument("--bootstrap", type=int, default=0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--text-tokens", type=int, default=0, help="Q, used by the paper-qv form")

@@ -25,20 +25,21 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class Cell:
-    """One trained model of the grid: an LLM, a visual-token count and a training seed."""
+    """One trained model of the grid: an LLM, a visual-token count, a training seed and a compressor."""
 
     llm: str
     visual_tokens: int
     seed: int = 0
+    compressor: str = "avgpool"
 
     @property
     def id(self) -> str:
-        return f"{self.llm}/v{self.visual_tokens}/s{self.seed}"
+        return f"{self.llm}/{self.compressor}/v{self.visual_tokens}/s{self.seed}"
 
     @property
     def architecture_id(self) -> str:
-        """The (LLM, V) pair alone: what inference cost depends on, shared by every seed."""
-        return f"{self.llm}/v{self.visual_tokens}"
+        """(LLM, compressor, V) alone: what inference cost depends on, shared by every seed."""
+        return f"{self.llm}/{self.compressor}/v{self.visual_tokens}"
 
 
 def deep_merge(base: dict, override: dict) -> dict:
@@ -55,10 +56,17 @@ def patch_grid(cfg: dict) -> int:
 CLIP_MULTI_LEVEL_LAYERS = (12, 16, 22, 23)  # both references' feature_select layers for CLIP-L
 
 
-def multi_level_layers(cfg: dict) -> list[int]:
-    """The encoder hidden_states the multi-level features concatenate; [] when the adapter reads the single
-    level only (avgpool). Unset: the references' layers for CLIP, every block's output for the tiny tower."""
-    if cfg["compressor"] == "avgpool":
+def compressors(cfg: dict) -> list[str]:
+    """The grid's compressors: grid.compressors, or the one `compressor` (avgpool when neither is given)."""
+    return list(cfg["grid"].get("compressors") or [cfg.get("compressor") or "avgpool"])
+
+
+def multi_level_layers(cfg: dict, compressor: str | None = None) -> list[int]:
+    """The encoder hidden_states the multi-level features concatenate. With a compressor: [] when it reads
+    the single level only (avgpool). Without: the layers the vision stage encodes for every compressor of
+    any grid on this tower, so adding a compressor to the grid leaves the tower (and the other cells)
+    alone. Unset: the references' layers for CLIP, every block's output for the tiny tower."""
+    if compressor is not None and compressor not in choices.MULTI_LEVEL_COMPRESSORS:
         return []
     vision = cfg["vision"]
     if vision.get("multi_level_layers"):
@@ -68,9 +76,9 @@ def multi_level_layers(cfg: dict) -> list[int]:
     return list(CLIP_MULTI_LEVEL_LAYERS)
 
 
-def position_features(cfg: dict) -> bool:
+def position_features(cfg: dict, compressor: str) -> bool:
     """avgpool's optional position features; tokenpacker and quecc are built as their references (none)."""
-    return bool(cfg.get("position_features")) and cfg["compressor"] == "avgpool"
+    return bool(cfg.get("position_features")) and compressor == "avgpool"
 
 
 def _check_stage_lengths(cfg: dict) -> None:
@@ -85,10 +93,15 @@ def _check_stage_lengths(cfg: dict) -> None:
 
 def _check_adapter(cfg: dict) -> None:
     _check_stage_lengths(cfg)
-    if cfg.get("position_features") and cfg["compressor"] != "avgpool":
+    if cfg.get("compressor") and cfg["grid"].get("compressors"):
         raise ConfigError(
-            f"position_features: only the avgpool adapter takes them; {cfg['compressor']} is built as its "
-            f"reference code builds it, without them: set position_features: false"
+            "compressor and grid.compressors: give one of them (grid.compressors: [a, b] trains every cell "
+            "once per compressor; compressor: a is the same as grid.compressors: [a])"
+        )
+    if cfg.get("position_features") and "avgpool" not in compressors(cfg):
+        raise ConfigError(
+            f"position_features: only the avgpool adapter takes them; {compressors(cfg)} are built as their "
+            f"reference code builds them, without them: set position_features: false"
         )
     vision = cfg["vision"]
     if vision["source"] == "tiny":  # a pretrained encoder's depth is checked when the vision stage reads it
@@ -98,10 +111,10 @@ def _check_adapter(cfg: dict) -> None:
             raise ConfigError(f"vision.multi_level_layers: {bad} outside the tiny tower's hidden states 0..{n}")
 
 
-def producible_token_counts(cfg: dict) -> list[int]:
+def producible_token_counts(cfg: dict, compressor: str) -> list[int]:
     """avgpool pools to any k x k <= the grid; tokenpacker and quecc need k to divide the grid (equal regions)."""
     side = patch_grid(cfg)
-    if cfg["compressor"] == "avgpool":
+    if compressor == "avgpool":
         return [k * k for k in range(1, side + 1)]
     return [k * k for k in range(1, side + 1) if side % k == 0]
 
@@ -112,6 +125,7 @@ def check(cfg: dict, data: bool = True) -> dict:
     _check_unique([m["name"] for m in cfg["llms"]], "llms[].name")
     _check_unique([b["name"] for b in cfg["benchmarks"]], "benchmarks[].name")
     _check_unique(cfg["grid"]["visual_tokens"], "grid.visual_tokens")
+    _check_unique(compressors(cfg), "grid.compressors")
     _check_choices(cfg)
     _check_adapter(cfg)
     vision = cfg["vision"]
@@ -119,13 +133,14 @@ def check(cfg: dict, data: bool = True) -> dict:
         raise ConfigError(
             f"vision.patch_size ({vision['patch_size']}) must divide vision.image_size ({vision['image_size']})"
         )
-    allowed = producible_token_counts(cfg)
-    for v in cfg["grid"]["visual_tokens"]:
-        if v not in allowed:
-            raise ConfigError(
-                f"grid.visual_tokens: the {cfg['compressor']} compressor cannot make V={v} tokens from a "
-                f"{patch_grid(cfg)}x{patch_grid(cfg)} patch grid; choose from {allowed}"
-            )
+    for compressor in compressors(cfg):
+        allowed = producible_token_counts(cfg, compressor)
+        for v in cfg["grid"]["visual_tokens"]:
+            if v not in allowed:
+                raise ConfigError(
+                    f"grid.visual_tokens: the {compressor} compressor cannot make V={v} tokens from a "
+                    f"{patch_grid(cfg)}x{patch_grid(cfg)} patch grid; choose from {allowed}"
+                )
     for i, llm in enumerate(cfg["llms"]):
         _check_llm(llm, f"llms[{i}] ({llm['name']})")
         _check_batches(cfg, llm["name"], f"llms[{i}] ({llm['name']})")
@@ -147,7 +162,7 @@ def check(cfg: dict, data: bool = True) -> dict:
 def _check_choices(cfg: dict) -> None:
     values = {
         "law.form": [cfg["law"]["form"]],
-        "compressor": [cfg["compressor"]],
+        "compressor": compressors(cfg),
         "launch.executor": [cfg["launch"]["executor"]],
         "benchmarks[].metric": [b.get("metric", "exact") for b in cfg["benchmarks"]],
     }
@@ -174,7 +189,7 @@ def _check_batches(cfg: dict, llm: str, where: str) -> None:
 
 def _check_grid_fits_law(cfg: dict) -> None:
     """A grid too small for its law would train every cell and only fail at the fit: refuse it now."""
-    form, n_cells = cfg["law"]["form"], len(cells(cfg))
+    form, n_cells = cfg["law"]["form"], len(architectures(cfg)) // len(compressors(cfg))  # one law per compressor
     if len(cfg["llms"]) < 2:
         raise ConfigError("llms: the law's N exponent needs at least 2 LLM sizes")
     if len(cfg["grid"]["visual_tokens"]) < 2:
@@ -396,12 +411,18 @@ def seeds(cfg: dict) -> list[int]:
 
 
 def cells(cfg: dict) -> list[Cell]:
-    return [Cell(m["name"], v, s) for m in cfg["llms"] for v in cfg["grid"]["visual_tokens"] for s in seeds(cfg)]
+    return [
+        Cell(m["name"], v, s, c)
+        for c in compressors(cfg)
+        for m in cfg["llms"]
+        for v in cfg["grid"]["visual_tokens"]
+        for s in seeds(cfg)
+    ]
 
 
 def architectures(cfg: dict) -> list[Cell]:
-    """One cell per (LLM, V): the FLOP count does not depend on the seed."""
-    return [Cell(m["name"], v) for m in cfg["llms"] for v in cfg["grid"]["visual_tokens"]]
+    """One cell per (LLM, compressor, V): the FLOP count does not depend on the seed."""
+    return [Cell(m["name"], v, 0, c) for c in compressors(cfg) for m in cfg["llms"] for v in cfg["grid"]["visual_tokens"]]
 
 
 def llm_by_name(cfg: dict, name: str) -> dict:
@@ -422,12 +443,10 @@ def data_spec(cfg: dict) -> dict:
 
 
 def vision_spec(cfg: dict) -> dict:
-    """The vision stage's settings; the multi-level layers resolved, and only when an adapter reads them
-    (an avgpool grid's tower does not change with them)."""
+    """The vision stage's settings, the multi-level layers resolved: every grid's tower encodes them (a
+    single-level adapter reads the first channels alone), so the tower does not change with the compressors."""
     vision = {k: v for k, v in cfg["vision"].items() if k != "multi_level_layers"}
-    if multi_level_layers(cfg):
-        vision["multi_level_layers"] = multi_level_layers(cfg)
-    return {**vision, "data": spec_hash(data_spec(cfg))}
+    return {**vision, "multi_level_layers": multi_level_layers(cfg), "data": spec_hash(data_spec(cfg))}
 
 
 def launch_resources(cfg: dict, llm: str | None = None, single_task: bool = False) -> dict:
@@ -463,10 +482,12 @@ def operational_spec(cfg: dict, llm: str) -> dict:
     return {k: train[k] for k in OPERATIONAL_TRAIN_KEYS if k in train}
 
 
-def cell_spec(cfg: dict, llm: str, visual_tokens: int, seed: int | None = None) -> dict:
+def cell_spec(cfg: dict, llm: str, visual_tokens: int, seed: int | None = None, compressor: str | None = None) -> dict:
     """Everything that decides a cell's trained weights, resolved (LLM-level train overrides merged).
     seed: the grid seed of this cell (grid.seeds); it sets train.seed, which seeds the LLM's
-    initialisation and the batch order. None: the configured train.seed."""
+    initialisation and the batch order. None: the configured train.seed. compressor: one of the grid's
+    (grid.compressors); None: the first."""
+    compressor = compressor or compressors(cfg)[0]
     model = llm_by_name(cfg, llm)
     arch = {k: v for k, v in model.items() if k not in ("train", "resources")}
     train = deep_merge(cfg["train"], model.get("train", {}))
@@ -474,12 +495,12 @@ def cell_spec(cfg: dict, llm: str, visual_tokens: int, seed: int | None = None) 
     if seed is not None:
         train["seed"] = int(seed)
     return {
-        "cell": Cell(llm, int(visual_tokens), train["seed"]).id,
+        "cell": Cell(llm, int(visual_tokens), train["seed"], compressor).id,
         "llm": arch,
         "visual_tokens": int(visual_tokens),
-        "compressor": cfg["compressor"],
-        "multi_level_layers": multi_level_layers(cfg),
-        "position_features": position_features(cfg),
+        "compressor": compressor,
+        "multi_level_layers": multi_level_layers(cfg, compressor),
+        "position_features": position_features(cfg, compressor),
         "train": train,
         "upstream": {"data": spec_hash(data_spec(cfg)), "vision": spec_hash(vision_spec(cfg))},
     }
@@ -494,11 +515,11 @@ def training_cost(cfg: dict, llm: str, visual_tokens: int) -> float:
     return float(shape * (int(visual_tokens) + 8))
 
 
-def architecture_spec(cfg: dict, llm: str, visual_tokens: int) -> dict:
+def architecture_spec(cfg: dict, llm: str, visual_tokens: int, compressor: str | None = None) -> dict:
     """What decides a cell's inference cost: the model's shape, not how it was trained (nor its seed)."""
-    spec = cell_spec(cfg, llm, visual_tokens)
+    spec = cell_spec(cfg, llm, visual_tokens, compressor=compressor)
     return {
-        "cell": Cell(llm, int(visual_tokens)).architecture_id,
+        "cell": Cell(llm, int(visual_tokens), 0, spec["compressor"]).architecture_id,
         **{k: spec[k] for k in ("llm", "visual_tokens", "compressor", "multi_level_layers", "position_features")},
     }
 

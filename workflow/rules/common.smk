@@ -29,8 +29,11 @@ VISUAL_TOKENS = [str(v) for v in config["grid"]["visual_tokens"]]
 BENCHMARKS = [b["name"] for b in config["benchmarks"]]
 FAMILIES = sorted({b["family"] for b in config["benchmarks"]})
 SEEDS = [str(s) for s in vcfg.seeds(config)]
+COMPRESSORS = vcfg.compressors(config)
 CELLS = [c.id for c in vcfg.cells(config)]
 ARCHITECTURES = [c.architecture_id for c in vcfg.architectures(config)]
+# One law per (family, compressor)
+LAWS = [f"{RESULTS}/law/{family}/{c}.json" for family in FAMILIES for c in COMPRESSORS]
 LAUNCH = config["launch"]
 
 
@@ -43,13 +46,19 @@ def code_param(*modules):
 
 def cell_spec(wildcards):
     return vcfg.as_param(
-        vcfg.cell_spec(config, wildcards.llm, int(wildcards.V), int(wildcards.seed))
+        vcfg.cell_spec(
+            config,
+            wildcards.llm,
+            int(wildcards.V),
+            int(wildcards.seed),
+            wildcards.compressor,
+        )
     )
 
 
 def checkpoint_dir(wildcards):
     # A cell's checkpoints under the checkpoints root (`checkpoints:`, scratch; not a declared output).
-    return f"{CHECKPOINTS}/{wildcards.llm}/v{wildcards.V}/s{wildcards.seed}"
+    return f"{CHECKPOINTS}/{wildcards.llm}/{wildcards.compressor}/v{wildcards.V}/s{wildcards.seed}"
 
 
 def training_priority(wildcards):
@@ -100,7 +109,11 @@ def eval_spec(wildcards):
     return vcfg.as_param(
         {
             "model": vcfg.cell_spec(
-                config, wildcards.llm, int(wildcards.V), int(wildcards.seed)
+                config,
+                wildcards.llm,
+                int(wildcards.V),
+                int(wildcards.seed),
+                wildcards.compressor,
             ),
             "benchmarks": [vcfg.benchmark_spec(config, b) for b in BENCHMARKS],
             "max_new_tokens": config["evaluation"]["max_new_tokens"],
@@ -119,7 +132,7 @@ def flops_spec(wildcards):
     return vcfg.as_param(
         {
             "architecture": vcfg.architecture_spec(
-                config, wildcards.llm, int(wildcards.V)
+                config, wildcards.llm, int(wildcards.V), wildcards.compressor
             ),
             "vision": vcfg.vision_spec(config),
             "text_tokens": config["flops"]["text_tokens"],

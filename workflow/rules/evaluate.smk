@@ -6,11 +6,11 @@ rule evaluate:
         vision=rules.pretrain_vision.output.summary,
     output:
         expand(
-            f"{RESULTS}/cells/{{{{llm}}}}/v{{{{V}}}}/s{{{{seed}}}}/eval/{{benchmark}}.json",
+            f"{RESULTS}/cells/{{{{llm}}}}/{{{{compressor}}}}/v{{{{V}}}}/s{{{{seed}}}}/eval/{{benchmark}}.json",
             benchmark=BENCHMARKS,
         ),
     log:
-        f"{RESULTS}/logs/evaluate/{{llm}}/v{{V}}/s{{seed}}.log",
+        f"{RESULTS}/logs/evaluate/{{llm}}/{{compressor}}/v{{V}}/s{{seed}}.log",
     threads: LAUNCH["threads"]
     resources:
         launch=evaluation_resources,

@@ -2,9 +2,9 @@ rule flops:
     input:
         manifest=rules.prepare_data.output.manifest,
     output:
-        f"{RESULTS}/cells/{{llm}}/v{{V}}/flops.json",
+        f"{RESULTS}/cells/{{llm}}/{{compressor}}/v{{V}}/flops.json",
     log:
-        f"{RESULTS}/logs/flops/{{llm}}/v{{V}}.log",
+        f"{RESULTS}/logs/flops/{{llm}}/{{compressor}}/v{{V}}.log",
     params:
         code=code_param("analysis.flops"),
         spec=flops_spec,

@@ -1,10 +1,11 @@
+# One law per (family, compressor): the compressors' frontiers are compared, never mixed in one fit.
 rule fit_law:
     input:
         grid=rules.aggregate.output.parquet,
     output:
-        f"{RESULTS}/law/{{family}}.json",
+        f"{RESULTS}/law/{{family}}/{{compressor}}.json",
     log:
-        f"{RESULTS}/logs/fit_law/{{family}}.log",
+        f"{RESULTS}/logs/fit_law/{{family}}/{{compressor}}.log",
     params:
         code=code_param("analysis.law", "analysis.tables"),
         form=config["law"]["form"],
@@ -12,13 +13,14 @@ rule fit_law:
         seed=config["law"]["seed"],
         v_star_q=" ".join(str(q) for q in config["flops"]["text_tokens"]),
     shell:
-        "vlmscale fit {input.grid} --family {wildcards.family} --form {params.form} "
-        "--bootstrap {params.bootstrap} --seed {params.seed} --v-star-q {params.v_star_q} --out {output} > {log} 2>&1"
+        "vlmscale fit {input.grid} --family {wildcards.family} --compressor {wildcards.compressor} "
+        "--form {params.form} --bootstrap {params.bootstrap} --seed {params.seed} "
+        "--v-star-q {params.v_star_q} --out {output} > {log} 2>&1"
 
 
 rule frontier:
     input:
-        laws=expand(f"{RESULTS}/law/{{family}}.json", family=FAMILIES),
+        laws=LAWS,
     output:
         f"{RESULTS}/law/frontier.csv",
     log:

@@ -1,23 +1,33 @@
 rule report:
     input:
         grid=rules.aggregate.output.parquet,
-        laws=expand(f"{RESULTS}/law/{{family}}.json", family=FAMILIES),
+        laws=LAWS,
         frontier=rules.frontier.output[0],
     output:
         report=f"{RESULTS}/report.md",
         figures=report(
             expand(
-                f"{RESULTS}/figures/{{family}}_q{{q}}.png",
+                f"{RESULTS}/figures/{{family}}_{{compressor}}_q{{q}}.png",
                 family=FAMILIES,
+                compressor=COMPRESSORS,
                 q=config["flops"]["text_tokens"],
             ),
             caption="../report/frontier.rst",
             category="Scaling law",
         ),
         residuals=report(
-            expand(f"{RESULTS}/figures/{{family}}_residuals.png", family=FAMILIES),
+            expand(
+                f"{RESULTS}/figures/{{family}}_{{compressor}}_residuals.png",
+                family=FAMILIES,
+                compressor=COMPRESSORS,
+            ),
             caption="../report/residuals.rst",
             category="Fit diagnostics",
+        ),
+        compressors=report(
+            expand(f"{RESULTS}/figures/{{family}}_compressors.png", family=FAMILIES),
+            caption="../report/compressors.rst",
+            category="Compressors",
         ),
         optimal_tokens=report(
             f"{RESULTS}/figures/optimal_tokens.png",

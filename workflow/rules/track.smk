@@ -2,7 +2,7 @@ rule track_sync:
     input:
         grid=rules.aggregate.output.parquet,
         report=rules.report.output.report,
-        laws=expand(f"{RESULTS}/law/{{family}}.json", family=FAMILIES),
+        laws=LAWS,
     output:
         f"{RESULTS}/mlflow_synced.json",
     log:

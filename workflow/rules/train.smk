@@ -3,11 +3,11 @@ rule train:
         manifest=rules.prepare_data.output.manifest,
         vision=rules.pretrain_vision.output.summary,
     output:
-        f"{RESULTS}/cells/{{llm}}/v{{V}}/s{{seed}}/train.json",
+        f"{RESULTS}/cells/{{llm}}/{{compressor}}/v{{V}}/s{{seed}}/train.json",
     log:
-        f"{RESULTS}/logs/train/{{llm}}/v{{V}}/s{{seed}}.log",
+        f"{RESULTS}/logs/train/{{llm}}/{{compressor}}/v{{V}}/s{{seed}}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/train/{{llm}}/v{{V}}/s{{seed}}.tsv"
+        f"{RESULTS}/benchmarks/train/{{llm}}/{{compressor}}/v{{V}}/s{{seed}}.tsv"
     priority: training_priority
     threads: LAUNCH["threads"]
     resources:

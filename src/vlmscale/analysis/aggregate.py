@@ -17,12 +17,12 @@ from vlmscale.analysis.sizes import nominal_or_nan
 from vlmscale.fileio import read_json
 
 FAMILY_QUERY = """
-SELECT family, llm, llm_params, visual_tokens,
+SELECT family, compressor, llm, llm_params, visual_tokens,
        1 - avg(accuracy) AS error, count(*) AS n_benchmarks
 FROM {source}
 {where}
-GROUP BY family, llm, llm_params, visual_tokens
-ORDER BY family, llm_params, visual_tokens
+GROUP BY family, compressor, llm, llm_params, visual_tokens
+ORDER BY family, compressor, llm_params, visual_tokens
 """
 
 
@@ -31,7 +31,8 @@ class IncompleteGrid(RuntimeError):
 
 
 def cell_rows(cell_dir: Path, benchmarks: list[str]) -> list[dict]:
-    """Rows of one trained cell (cells/{llm}/v{V}/s{seed}); its FLOPs are its (LLM, V) pair's, one folder up."""
+    """Rows of one trained cell (cells/{llm}/{compressor}/v{V}/s{seed}); its FLOPs are its (LLM, compressor,
+    V) architecture's, one folder up."""
     train = read_json(cell_dir / "train.json")
     flops = read_json(cell_dir.parent / "flops.json")
     flop_cols = {}
@@ -51,6 +52,7 @@ def cell_rows(cell_dir: Path, benchmarks: list[str]) -> list[dict]:
                 "llm_params_nominal": nominal_or_nan(train["llm_params"]["total"]),
                 "visual_tokens": train["visual_tokens"],
                 "seed": train.get("seed", 0),
+                "compressor": train.get("compressor", "avgpool"),
                 "benchmark": bench,
                 "family": ev["family"],
                 "accuracy": ev["accuracy"],
@@ -112,15 +114,16 @@ def write_tables(df: pd.DataFrame, parquet: Path, database: Path) -> None:
     os.replace(tmp_db, database)
 
 
-def family_table(path: str | Path, family: str | None = None) -> pd.DataFrame:
-    """Per-(LLM, V) error of a family from a grid parquet or any CSV with llm_params, visual_tokens, error
-    (vlmscale.analysis.tables): `error` is the mean over seeds of the per-seed mean over the family's benchmarks,
-    `error_sd` the spread across seeds, `n_seeds` how many."""
+def family_table(path: str | Path, family: str | None = None, compressor: str | None = None) -> pd.DataFrame:
+    """Per-(LLM, V) error of a family (and compressor: one of them, where the table has several) from a grid
+    parquet or any CSV with llm_params, visual_tokens, error (vlmscale.analysis.tables): `error` is the mean
+    over seeds of the per-seed mean over the family's benchmarks, `error_sd` the spread across seeds,
+    `n_seeds` how many."""
     from dataclasses import asdict
 
     from vlmscale.analysis.tables import cell_rows, seed_rows
 
-    rows = [asdict(c) for c in cell_rows(seed_rows(path, family))]
+    rows = [asdict(c) for c in cell_rows(seed_rows(path, family, compressor))]
     return pd.DataFrame(rows).drop(columns="replicates")
 
 

@@ -415,6 +415,21 @@ def _numeric_frontier(result, text_tokens, budgets, v_range) -> list[dict]:
     return rows
 
 
+def mark_optimal(rows: list[dict], trusted: dict[tuple[str, str], bool]) -> list[dict]:
+    """Each row with `optimal`: True on the law-frontier row (not a trained cell's) of the compressor whose
+    law predicts the lowest error at that family, Q and budget, among the compressors whose fit can be
+    trusted (`trusted[(family, compressor)]`; law.trust_problems): which compressor, V and N to train."""
+    best: dict[tuple, int] = {}
+    for i, row in enumerate(rows):
+        if row["method"] == "best_trained_cell" or not trusted.get((row["family"], row["compressor"]), False):
+            continue
+        key = (row["family"], row["text_tokens"], row["flops"])
+        if key not in best or row["error"] < rows[best[key]]["error"]:
+            best[key] = i
+    chosen = set(best.values())
+    return [{**row, "optimal": i in chosen} for i, row in enumerate(rows)]
+
+
 def best_trained_cells(table, text_tokens: int, budgets) -> list[dict]:
     """Among trained cells (rows with llm_params, visual_tokens, error), the best one within each budget."""
     rows = []

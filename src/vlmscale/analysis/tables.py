@@ -1,7 +1,7 @@
 """The grid table as the law reads it: each (LLM, V) cell's family error, per seed and averaged over seeds.
 
 Reads a grid parquet (written by `vlmscale aggregate`) or any CSV with llm_params, visual_tokens, error
-[, family, llm, seed]. Light on purpose (the csv module; DuckDB only to open a parquet; no pandas), so
+[, family, compressor, llm, seed]. Light on purpose (the csv module; DuckDB only to open a parquet; no pandas), so
 `vlmscale fit` and `vlmscale frontier` start in a fraction of a second. `vlmscale.analysis.aggregate` wraps the same
 rows in data frames for the report.
 """
@@ -66,9 +66,10 @@ def _number(value) -> float | int:
     return int(number) if number.is_integer() else number
 
 
-def seed_rows(path: str | Path, family: str | None = None) -> list[SeedRow]:
-    """Per-(LLM, V, seed) error of a family (every row when family is None), ordered by N, V, seed."""
-    rows = read_rows(path)
+def seed_rows(path: str | Path, family: str | None = None, compressor: str | None = None) -> list[SeedRow]:
+    """Per-(LLM, V, seed) error of a family (every row when family is None) and compressor, ordered by N, V,
+    seed. A table of several compressors needs `compressor`: one law per compressor, never a mixture."""
+    rows = _of_compressor(read_rows(path), path, compressor)
     columns = set(rows[0]) if rows else set()
     missing = sorted(set(REQUIRED) - columns)
     if rows and missing:
@@ -87,6 +88,22 @@ def seed_rows(path: str | Path, family: str | None = None) -> list[SeedRow]:
         raise ValueError(f"{path}: no rows" + (f" for family {family!r}" if family else ""))
     out = [SeedRow(*key, sum(errors) / len(errors), len(errors)) for key, errors in groups.items()]
     return sorted(out, key=lambda s: (s.llm_params, s.visual_tokens, s.seed))
+
+
+def compressors_of(rows: list[dict]) -> list[str]:
+    """The compressors a table's rows name (none: a table without the column)."""
+    return sorted({str(r["compressor"]) for r in rows if r.get("compressor") not in (None, "")})
+
+
+def _of_compressor(rows: list[dict], path, compressor: str | None) -> list[dict]:
+    named = compressors_of(rows)
+    if compressor is None:
+        if len(named) > 1:
+            raise ValueError(f"{path}: the table holds the compressors {named}; name one (--compressor)")
+        return rows
+    if compressor not in named:
+        raise ValueError(f"{path}: no rows of compressor {compressor!r} (the table has {named or 'no compressor column'})")
+    return [r for r in rows if r.get("compressor") == compressor]
 
 
 def cell_rows(per_seed: list[SeedRow]) -> list[CellRow]:

@@ -197,7 +197,7 @@ def projector_of(adapter: nn.Module) -> nn.Module:
     return adapter.mlp if isinstance(adapter, TokenPacker) else adapter.projector
 
 
-MULTI_LEVEL = frozenset({"tokenpacker", "quecc"})  # the adapters that read the multi-level features
+MULTI_LEVEL = frozenset(choices.MULTI_LEVEL_COMPRESSORS)  # the adapters that read the multi-level features
 assert set(choices.COMPRESSORS) == {"avgpool", *MULTI_LEVEL}, "vlmscale.choices.COMPRESSORS lists the adapters"
 
 

@@ -126,7 +126,10 @@ class VLM(nn.Module):
     def split_features(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(single, multi) from a row's feature tensor (layout in the class docstring)."""
         d = self.vision_dim
-        if features.shape[-1] != d * (1 + self.levels):
+        # The tower encodes its multi-level layers for every grid (config.vision_spec); a single-level
+        # adapter (levels = 0) reads the first d channels whatever follows them.
+        wide_enough = features.shape[-1] >= d if not self.multi_level else features.shape[-1] == d * (1 + self.levels)
+        if not wide_enough:
             raise ValueError(
                 f"features are {features.shape[-1]} wide; the adapter expects {d} single-level + "
                 f"{self.levels} x {d} multi-level channels (vision.multi_level_layers and the tower disagree)"

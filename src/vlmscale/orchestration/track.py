@@ -129,6 +129,7 @@ class CellTracker:
             "llm": spec["llm"]["name"],
             "visual_tokens": str(spec["visual_tokens"]),
             "seed": str(spec["train"]["seed"]),
+            "compressor": spec["compressor"],
             "code_version": code_version(),
             "executor": executor,
             "slurm_job_id": os.environ.get("SLURM_JOB_ID", ""),

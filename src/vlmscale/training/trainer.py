@@ -290,6 +290,7 @@ def summarise(spec: dict, key: str, trainer: Trainer) -> dict:
         "llm": spec["llm"]["name"],
         "visual_tokens": spec["visual_tokens"],
         "seed": spec["train"]["seed"],
+        "compressor": spec["compressor"],
         "config_hash": config_hash(spec),
         "run_key": key,
         "code_version": code_version(),
