@@ -79,13 +79,13 @@ def slurm_grid(tmp_path_factory) -> Path:
 
 def test_grid_on_slurm_gives_the_local_executors_results(local_grid, slurm_grid):
     assert results(slurm_grid) == results(local_grid)
-    trained = json.loads((slurm_grid / "results/cells/a/v4/s0/train.json").read_text())
+    trained = json.loads((slurm_grid / "results/cells/a/avgpool/v4/s0/train.json").read_text())
     assert trained["job"]["executor"] == "slurm" and Path(trained["job"]["stdout"]).exists()
     assert "stage2 step 150/150" in Path(trained["job"]["stdout"]).read_text()  # the log a user opens
     con = sqlite3.connect(slurm_grid / "results/mlflow.db")
     job_tags = dict(
         con.execute("""SELECT t.key, t.value FROM tags t JOIN runs r ON r.run_uuid = t.run_uuid
-                                  WHERE r.name = 'a/v4/s0' AND t.key IN ('slurm_job_id', 'job_log')""").fetchall()
+                                  WHERE r.name = 'a/avgpool/v4/s0' AND t.key IN ('slurm_job_id', 'job_log')""").fetchall()
     )
     con.close()
     assert job_tags["slurm_job_id"] == trained["job"]["job_id"] and job_tags["job_log"] == trained["job"]["stdout"]
@@ -163,7 +163,7 @@ def test_preempted_training_is_requeued_and_resumes_to_the_same_result(slurm_gri
     assert {e["slurm_job_id"] for e in events} == {job.job_id}  # same job id, requeued
     assert result["history"] == expected["history"] and result["final_loss"] == expected["final_loss"]
     con = sqlite3.connect(tmp_path / "preempted/mlflow.db")
-    runs = con.execute("SELECT run_uuid, status FROM runs WHERE name = 'b/v16/s0'").fetchall()
+    runs = con.execute("SELECT run_uuid, status FROM runs WHERE name = 'b/avgpool/v16/s0'").fetchall()
     con.close()
     assert len(runs) == 1 and runs[0][1] == "FINISHED"
 

@@ -99,7 +99,7 @@ def test_cell_spec_merges_llm_overrides_and_changes_hash_only_for_that_llm():
     cfg["llms"][1]["train"] = {"stage2": {"lr": 0.0005}}
     after = {c.id: vcfg.as_param(vcfg.cell_spec(cfg, c.llm, c.visual_tokens)) for c in vcfg.cells(cfg)}
     changed = {cell for cell in before if before[cell] != after[cell]}
-    assert changed == {f"lm-s/v{v}/s0" for v in cfg["grid"]["visual_tokens"]}
+    assert changed == {f"lm-s/avgpool/v{v}/s0" for v in cfg["grid"]["visual_tokens"]}
     assert vcfg.cell_spec(cfg, "lm-s", 4)["train"]["stage2"] == {"steps": cfg["train"]["stage2"]["steps"], "lr": 0.0005}
 
 
@@ -108,12 +108,46 @@ def test_grid_seeds_make_one_cell_per_seed_that_differs_only_in_its_seed():
     ids = [c.id for c in vcfg.cells(cfg)]
     assert len(ids) == 3 * len(cfg["llms"]) * len(cfg["grid"]["visual_tokens"]) == len(set(ids))
     specs = [vcfg.cell_spec(cfg, "lm-s", 4, seed) for seed in (0, 1, 2)]
-    assert [s["cell"] for s in specs] == ["lm-s/v4/s0", "lm-s/v4/s1", "lm-s/v4/s2"]
+    assert [s["cell"] for s in specs] == ["lm-s/avgpool/v4/s0", "lm-s/avgpool/v4/s1", "lm-s/avgpool/v4/s2"]
     assert [s["train"]["seed"] for s in specs] == [0, 1, 2]
     assert len({vcfg.as_param(s) for s in specs}) == 3  # three identities, three checkpoints and MLflow runs
     strip = [{**s, "cell": None, "train": {**s["train"], "seed": None}} for s in specs]
     assert strip[0] == strip[1] == strip[2]  # nothing else differs
-    assert vcfg.architecture_spec(cfg, "lm-s", 4)["cell"] == "lm-s/v4"  # FLOPs are shared by the seeds
+    assert vcfg.architecture_spec(cfg, "lm-s", 4)["cell"] == "lm-s/avgpool/v4"  # FLOPs are shared by the seeds
+
+
+def test_grid_compressors_make_one_cell_per_compressor_and_leave_the_tower_alone():
+    base = load(default_config())
+    cfg = load({**default_config(), "grid": {**default_config()["grid"], "compressors": ["avgpool", "tokenpacker", "quecc"]}})
+    ids = [c.id for c in vcfg.cells(cfg)]
+    assert len(ids) == 3 * len(cfg["llms"]) * len(cfg["grid"]["visual_tokens"]) == len(set(ids))
+    specs = {c: vcfg.cell_spec(cfg, "lm-s", 4, compressor=c) for c in ("avgpool", "tokenpacker", "quecc")}
+    assert [s["cell"] for s in specs.values()] == ["lm-s/avgpool/v4/s0", "lm-s/tokenpacker/v4/s0", "lm-s/quecc/v4/s0"]
+    levels = list(range(1, cfg["vision"]["num_layers"] + 1))  # the tiny tower: every block's output
+    assert [s["multi_level_layers"] for s in specs.values()] == [[], levels, levels]
+    assert [s["position_features"] for s in specs.values()] == [True, False, False]  # avgpool's alone
+    # avgpool's cells are the one-compressor grid's cells, and the tower is the same: adding compressors
+    # trains only theirs
+    assert specs["avgpool"] == vcfg.cell_spec(base, "lm-s", 4)
+    assert vcfg.vision_spec(cfg) == vcfg.vision_spec(base) and vcfg.vision_spec(cfg)["multi_level_layers"] == levels
+    assert vcfg.architecture_spec(cfg, "lm-s", 4, "quecc")["cell"] == "lm-s/quecc/v4"
+
+
+@pytest.mark.parametrize(
+    "grid, top, message",
+    [
+        ({"compressors": ["avgpool", "avgpool"]}, {}, "grid.compressors: duplicate value 'avgpool'"),
+        ({"compressors": ["avgpool", "perceiver"]}, {}, "compressor: 'perceiver' is not one of"),
+        ({"compressors": ["tokenpacker"]}, {"compressor": "quecc"}, "compressor and grid.compressors: give one"),
+        ({"compressors": ["avgpool", "quecc"], "visual_tokens": [1, 9]}, {}, "the quecc compressor cannot make V=9"),
+        ({"compressors": ["tokenpacker", "quecc"]}, {}, "position_features: only the avgpool adapter"),
+    ],
+)
+def test_bad_compressor_lists_are_refused_naming_the_key(grid, top, message):
+    cfg = {**default_config(), **top}
+    cfg["grid"] = {**cfg["grid"], **grid}
+    with pytest.raises(vcfg.ConfigError, match=message):
+        load(cfg)
 
 
 def test_cached_features_are_refused_for_a_square_stage_on_real_images():

@@ -263,7 +263,7 @@ def test_the_paper_config_runs_end_to_end_on_tiny_checkpoints(paper_like):
     metrics = {b["name"]: b["metric"] for b in BUILTIN_BENCHMARKS}
     for llm in ("qwen-a", "qwen-b"):
         for v in (1, 4, 36):
-            cell = results / f"cells/{llm}/v{v}/s0"
+            cell = results / f"cells/{llm}/tokenpacker/v{v}/s0"
             trained = read_json(cell / "train.json")
             assert [h["step"] for h in trained["history"]] == [5, 10] + list(range(5, 151, 5))
             assert all(h["loss"] == h["loss"] for h in trained["history"])  # finite, not NaN
@@ -282,11 +282,11 @@ def test_the_paper_config_runs_end_to_end_on_tiny_checkpoints(paper_like):
             assert counted["llm_params"]["total"] > counted["llm_params"]["non_embedding"] > 0
     # The chat format was learned: answers come back as words of the answer set, ended by the end-of-turn token.
     said = {
-        e["prediction"] for cell in results.glob("cells/*/v*/s*") for e in read_json(cell / "eval/gqa.json")["examples"]
+        e["prediction"] for cell in results.glob("cells/*/*/v*/s*") for e in read_json(cell / "eval/gqa.json")["examples"]
     }
     assert said and said <= set(synthetic.COLOURS)
     for family in ("reasoning", "ocr"):
-        assert "status" in read_json(results / f"law/{family}.json")
+        assert "status" in read_json(results / f"law/{family}/tokenpacker.json")
     assert (results / "report.md").exists()
 
 
@@ -319,21 +319,21 @@ def test_quecc_runs_the_paper_path_end_to_end_on_tiny_checkpoints(paper_like):
     (paper_like / "paper-quecc.yaml").write_text(yaml.safe_dump(cfg))
     cells = [("qwen-a", 1), ("qwen-b", 4)]
     targets = [
-        f"results-quecc/cells/{llm}/v{v}/{name}" for llm, v in cells for name in ("s0/eval/gqa.json", "flops.json")
+        f"results-quecc/cells/{llm}/quecc/v{v}/{name}" for llm, v in cells for name in ("s0/eval/gqa.json", "flops.json")
     ]
     run = snakemake(paper_like, "paper-quecc.yaml", *targets)
     assert run.returncode == 0, run.stderr[-4000:]
     results = paper_like / "results-quecc"
     assert read_json(results / "data/data_report.json")["text_only_records"] == 1
     for llm, v in cells:
-        trained = read_json(results / f"cells/{llm}/v{v}/s0/train.json")
+        trained = read_json(results / f"cells/{llm}/quecc/v{v}/s0/train.json")
         assert [h["step"] for h in trained["history"]] == [4, 5, 10]
         assert all(h["loss"] == h["loss"] for h in trained["history"])  # finite, not NaN
-        [adapters] = results.glob(f"checkpoints/{llm}/v{v}/s0/**/final/adapters.safetensors")
+        [adapters] = results.glob(f"checkpoints/{llm}/quecc/v{v}/s0/**/final/adapters.safetensors")
         keys = set(load_file(str(adapters)))
         # the paper's builder: Sequential(QueCC, Linear, GELU, Linear), QueCC with its question projection
         assert {"adapter.0.text_projection.0.weight", "adapter.0.q_downsample.weight", "adapter.1.weight"} <= keys
         assert "adapter.3.weight" in keys and not any(k.startswith("adapter.2.") for k in keys)
         for name in ("gqa", "pope", "textvqa"):
-            assert 0.0 <= read_json(results / f"cells/{llm}/v{v}/s0/eval/{name}.json")["accuracy"] <= 1.0
-        assert read_json(results / f"cells/{llm}/v{v}/flops.json")["rows"][0]["flops_compressor"] > 0
+            assert 0.0 <= read_json(results / f"cells/{llm}/quecc/v{v}/s0/eval/{name}.json")["accuracy"] <= 1.0
+        assert read_json(results / f"cells/{llm}/quecc/v{v}/flops.json")["rows"][0]["flops_compressor"] > 0

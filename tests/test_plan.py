@@ -104,7 +104,7 @@ def test_the_paper_grid_is_planned_and_fits_its_gpus():
     plans = plan.plan_grid(paper_config("a100"))
     assert len(plans) == 35 and all(isinstance(p, plan.CellPlan) and p.fits for p in plans)
     text = plan.table(paper_config("a100"), plans)
-    assert "qwen1.5-14b/v576" in text and "training GPU-hours" in text and "DOES NOT FIT" not in text
+    assert "qwen1.5-14b/tokenpacker/v576" in text and "training GPU-hours" in text and "DOES NOT FIT" not in text
 
 
 def test_a_cell_that_will_not_fit_names_what_to_change():
@@ -125,7 +125,7 @@ def test_the_workflow_refuses_a_grid_with_a_cell_that_will_not_fit(tmp_path):
     cfg = default_config()
     cfg["plan"] = {"gpu": {"name": "a 1 MB GPU", "peak_tflops": 1, "memory_gb": 0.001}}
     out = snakemake_dry_run(tmp_path, cfg)
-    assert "cells that will not fit their GPUs" in out and "lm-l/v16: stage" in out
+    assert "cells that will not fit their GPUs" in out and "lm-l/avgpool/v16: stage" in out
 
 
 def test_plan_command_runs_before_any_data_exists(tmp_path):
@@ -133,7 +133,7 @@ def test_plan_command_runs_before_any_data_exists(tmp_path):
     (tmp_path / "paper.yaml").write_text(yaml.safe_dump(cfg))
     code, out = run([*VLMSCALE, "plan", "--configfile", "paper.yaml", "--gpu", "h100"], tmp_path)
     assert code == 0, out
-    assert "qwen1.5-0.5b/v1 " in out and "H100" in out and not (tmp_path / "data").exists()
+    assert "qwen1.5-0.5b/tokenpacker/v1 " in out and "H100" in out and not (tmp_path / "data").exists()
 
 
 def test_no_gpu_declared_plans_without_hours_or_fit():

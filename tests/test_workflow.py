@@ -43,10 +43,12 @@ def grid(tmp_path_factory) -> Path:
 def test_full_run_leaves_report_table_laws_and_figures(grid):
     results = grid / "results"
     assert (results / "report.md").read_text().startswith("# vlmscale report")
-    assert {p.name for p in (results / "law").glob("*.json")} == {"reasoning.json", "ocr.json"}
+    laws = {str(p.relative_to(results / "law")) for p in (results / "law").glob("*/*.json")}
+    assert laws == {"reasoning/avgpool.json", "ocr/avgpool.json"}  # one law per (family, compressor)
     assert (results / "law/frontier.csv").exists()
     assert len(list((results / "figures").glob("*_q*.png"))) == 4  # 2 families x Q in {0, 50}
     assert (results / "figures/optimal_tokens.png").exists()
+    assert len(list((results / "figures").glob("*_compressors.png"))) == 2  # one comparison per family
     import pandas as pd
 
     table = pd.read_parquet(results / "grid.parquet")
@@ -68,7 +70,7 @@ def test_every_cell_is_one_mlflow_run_under_one_parent(grid):
     parents = {r for r, k, v in tags if k == "vlmscale.parent"}
     cells = {v for r, k, v in tags if k == "vlmscale.cell"}
     assert len(parents) == 1
-    assert cells == {f"{m}/v{v}/s0" for m in "ab" for v in (1, 4, 16)}
+    assert cells == {f"{m}/avgpool/v{v}/s0" for m in "ab" for v in (1, 4, 16)}
     assert len(runs) == 1 + 6 and all(status == "FINISHED" for _, _, status in runs)
     child_parents = {v for r, k, v in tags if k == "mlflow.parentRunId"}
     assert child_parents == parents
@@ -106,7 +108,7 @@ def test_changing_one_llms_training_reruns_exactly_its_cells(grid):
     (grid / "edited.yaml").write_text(yaml.safe_dump(cfg))
     jobs = planned_jobs(grid, "edited.yaml")
     trained = {w for rule, w in jobs if rule == "train"}
-    assert trained == {f"llm=b, V={v}, seed=0" for v in (1, 4, 16)}
+    assert trained == {f"llm=b, compressor=avgpool, V={v}, seed=0" for v in (1, 4, 16)}
     evaluated = {w for rule, w in jobs if rule == "evaluate"}
     assert evaluated == trained
     assert not any(rule in {"prepare_data", "pretrain_vision", "flops"} for rule, _ in jobs)
@@ -119,9 +121,52 @@ def test_adding_seeds_trains_only_the_new_seeds_cells(grid):
     (grid / "seeds.yaml").write_text(yaml.safe_dump(cfg))
     jobs = planned_jobs(grid, "seeds.yaml")
     trained = {w for rule, w in jobs if rule == "train"}
-    assert trained == {f"llm={m}, V={v}, seed=1" for m in "ab" for v in (1, 4, 16)}
+    assert trained == {f"llm={m}, compressor=avgpool, V={v}, seed=1" for m in "ab" for v in (1, 4, 16)}
     assert {w for rule, w in jobs if rule == "evaluate"} == trained
     assert not any(rule in {"prepare_data", "pretrain_vision", "flops"} for rule, _ in jobs)  # FLOPs are per (LLM, V)
+
+
+def test_adding_a_compressor_trains_only_its_cells_and_compares_the_frontiers(grid, tmp_path):
+    """grid.compressors: [avgpool, tokenpacker] on the finished avgpool grid (a copy of it): the dry run
+    plans tokenpacker's cells alone (training, evaluation and FLOPs; no data, tower or avgpool cell), and
+    the finished run fits one law per (family, compressor) and compares them."""
+    cfg = copy.deepcopy(MINI)
+    cfg["grid"]["compressors"] = ["avgpool", "tokenpacker"]
+    both = tmp_path / "both"
+    subprocess.run(["cp", "-a", str(grid), str(both)], check=True)
+    (both / "compressors.yaml").write_text(yaml.safe_dump(cfg))
+    jobs = planned_jobs(both, "compressors.yaml")
+    new = {f"llm={m}, compressor=tokenpacker, V={v}, seed=0" for m in "ab" for v in (1, 4, 16)}
+    assert {w for rule, w in jobs if rule == "train"} == new
+    assert {w for rule, w in jobs if rule == "evaluate"} == new
+    assert {w for rule, w in jobs if rule == "flops"} == {w.replace(", seed=0", "") for w in new}
+    assert not any(rule in {"prepare_data", "pretrain_vision"} for rule, _ in jobs)
+    proc = snakemake(both, "compressors.yaml")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    results = both / "results"
+    import pandas as pd
+
+    table = pd.read_parquet(results / "grid.parquet")
+    assert table.groupby("compressor").cell.nunique().to_dict() == {"avgpool": 6, "tokenpacker": 6}
+    from vlmscale.analysis import law
+
+    trusted = set()
+    for family in ("reasoning", "ocr"):
+        for compressor in ("avgpool", "tokenpacker"):
+            fitted = yaml.safe_load((results / f"law/{family}/{compressor}.json").read_text())
+            assert (fitted["family"], fitted["compressor"]) == (family, compressor)
+            if not law.trust_problems(law.FitResult.from_dict(fitted)):
+                trusted.add((family, compressor))
+    frontier = pd.read_csv(results / "law/frontier.csv")
+    assert set(frontier.compressor) == {"avgpool", "tokenpacker"}
+    laws = frontier[frontier.method != "best_trained_cell"]
+    for (family, _, _), budget in laws.groupby(["family", "text_tokens", "flops"]):
+        candidates = budget[[(family, c) in trusted for c in budget.compressor]]
+        # the optimal row: the trusted compressor whose law predicts the lowest error; none without one
+        assert budget.optimal.sum() == (1 if len(candidates) else 0)
+        if len(candidates):
+            assert budget[budget.optimal].error.iloc[0] == candidates.error.min()
+    assert "## Compressors compared" in (results / "report.md").read_text()
 
 
 def rules_planned(grid: Path, name: str, cfg: dict, header: str = "") -> dict[str, int]:
@@ -220,7 +265,7 @@ def test_operational_settings_plan_no_training(grid):
     cfg["checkpoints"] = str(grid / "scratch")  # where the checkpoints go: the job is told, nothing retrains
     assert rules_planned(grid, "operational.yaml", cfg) == {}
     forced = snakemake(grid, "operational.yaml", "-n", "-p", "--forcerun", "train", "--until", "train").stdout
-    assert f"--checkpoint-dir {grid}/scratch/a/v1/s0 " in forced, forced[-2000:]
+    assert f"--checkpoint-dir {grid}/scratch/a/avgpool/v1/s0 " in forced, forced[-2000:]
     cfg["tracking"] = {"experiment": "mini", "uri": "http://127.0.0.1:5999"}
     assert rules_planned(grid, "tracking.yaml", cfg) == {"track_sync": 1, "all": 1}
 
@@ -248,10 +293,10 @@ def test_status_matrix_shows_done_stale_and_running(grid):
     # A cell whose training log is still growing shows its last step and job.
     cfg["grid"]["visual_tokens"] = [1, 4, 16, 64]
     (grid / "bigger.yaml").write_text(yaml.safe_dump(cfg))
-    log = grid / "results/logs/train/a/v64/s0.log"
+    log = grid / "results/logs/train/a/avgpool/v64/s0.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     log.write_text(
-        "[vlmscale] train:a/v64: submitted job 4242 (local); logs: /nonexistent\n"
+        "[vlmscale] train:a/avgpool/v64: submitted job 4242 (local); logs: /nonexistent\n"
         "stage2 step 20/40 loss 1.0 train_acc 0.5\n"
     )
     out = vlmscale_status(grid, "bigger.yaml")
@@ -274,5 +319,5 @@ def test_rerun_after_a_change_supersedes_exactly_that_llms_runs(grid):
     for name, _, superseded in rows:
         by_cell.setdefault(name, []).append(superseded)
     for v in (1, 4, 16):
-        assert sorted(by_cell[f"a/v{v}/s0"], key=str) == [None]  # untouched: one run, not superseded
-        assert sorted(by_cell[f"b/v{v}/s0"], key=str) == [None, "true"]  # a new run; the old one superseded
+        assert sorted(by_cell[f"a/avgpool/v{v}/s0"], key=str) == [None]  # untouched: one run, not superseded
+        assert sorted(by_cell[f"b/avgpool/v{v}/s0"], key=str) == [None, "true"]  # a new run; the old one superseded

@@ -350,11 +350,14 @@ def training_checkpoint_bytes(cell: dict, total: int, trained: int) -> float:
 
 
 def plan_cell(
-    cfg: dict, llm: str, visual_tokens: int, vocab_hint: int = 1000, tokens: dict | None = None
+    cfg: dict, llm: str, visual_tokens: int, vocab_hint: int = 1000, tokens: dict | None = None,
+    compressor: str | None = None,
 ) -> CellPlan | str:
     """The cell's plan, or a sentence saying why it cannot be planned. tokens: text_tokens(cfg), when a
-    grid's cells share it."""
-    from vlmscale.config import Cell, cell_spec, llm_by_name, multi_level_layers, patch_grid, world_size
+    grid's cells share it. compressor: one of the grid's (None: the first)."""
+    from vlmscale.config import Cell, cell_spec, compressors, llm_by_name, multi_level_layers, patch_grid, world_size
+
+    compressor = compressor or compressors(cfg)[0]
 
     shape = llm_shape(llm_by_name(cfg, llm), vocab_hint)
     if shape is None:
@@ -363,8 +366,9 @@ def plan_cell(
     encoder = encoder_shape(cfg["vision"])
     if encoder is None:
         return f"{llm}: no shape known for vision.source {cfg['vision']['source']!r} (reference/encoders.json)"
-    adapter = adapter_params(cfg["compressor"], encoder[1], shape.hidden, visual_tokens, patch_grid(cfg),
-                             len(multi_level_layers(cfg)), bool(cfg.get("position_features")))  # fmt: skip
+    adapter = adapter_params(compressor, encoder[1], shape.hidden, visual_tokens, patch_grid(cfg),
+                             len(multi_level_layers(cfg, compressor)),
+                             bool(cfg.get("position_features")) and compressor == "avgpool")  # fmt: skip
     cell = {"shape": shape, "encoder": encoder, "adapter": adapter, "V": visual_tokens, "world": world_size(cfg, llm),
             "settings": TrainSettings.from_spec(cell_spec(cfg, llm, visual_tokens)["train"]).for_data(records(cfg)),
             "tokens": tokens or text_tokens(cfg)}  # fmt: skip
@@ -375,7 +379,7 @@ def plan_cell(
     # kept: final/ (the LLM in the cell's training dtype, the adapters in fp32)
     checkpoint = ((2 if cell["settings"].bf16 else 4) * shape.params + 4 * adapter) / GB
     peak = training_checkpoint_bytes(cell, total, stages[-1].trained_params) / GB
-    plan = CellPlan(Cell(llm, visual_tokens).architecture_id, shape.params, total, cell["world"], stages, checkpoint,
+    plan = CellPlan(Cell(llm, visual_tokens, 0, compressor).architecture_id, shape.params, total, cell["world"], stages, checkpoint,
                     peak, limit, "", evaluation_gb(cfg, cell, total),
                     evaluation_gpu_hours(cfg, shape.params, visual_tokens, gpu))  # fmt: skip
     return plan if plan.fits else _with_advice(cfg, plan, cell)
@@ -432,7 +436,7 @@ def plan_grid(cfg: dict) -> list[CellPlan | str]:
     from vlmscale.config import architectures
 
     vocab, tokens = _vocabulary_size(cfg), text_tokens(cfg)  # the data's files read once for the grid
-    return [plan_cell(cfg, c.llm, c.visual_tokens, vocab, tokens) for c in architectures(cfg)]
+    return [plan_cell(cfg, c.llm, c.visual_tokens, vocab, tokens, c.compressor) for c in architectures(cfg)]
 
 
 def _vocabulary_size(cfg: dict) -> int:

@@ -1,4 +1,4 @@
-"""`vlmscale status`: the grid as an LLM x V matrix of cell states, read from the results folder alone.
+"""`vlmscale status`: the grid as an LLM x V matrix of cell states (a row per LLM, seed and compressor), read from the results folder alone.
 
 States: done (train, eval and FLOP files present, trained for the current spec), stale (trained for
 another spec: the next run retrains it), running (a training log that is still growing), failed (the
@@ -49,7 +49,7 @@ def cell_state(cfg: dict, cell: vcfg.Cell, running_window_s: float = 120.0) -> d
     train_json = cell_dir / "train.json"
     if train_json.exists():
         trained = json.loads(train_json.read_text())
-        if trained.get("config_hash") != spec_hash(vcfg.cell_spec(cfg, cell.llm, cell.visual_tokens, cell.seed)):
+        if trained.get("config_hash") != spec_hash(vcfg.cell_spec(cfg, cell.llm, cell.visual_tokens, cell.seed, cell.compressor)):
             return {**info, "state": "stale"}
         evals = [cell_dir / "eval" / f"{b['name']}.json" for b in cfg["benchmarks"]]
         complete = all(p.exists() for p in evals) and (cell_dir.parent / "flops.json").exists()
@@ -63,14 +63,14 @@ def cell_state(cfg: dict, cell: vcfg.Cell, running_window_s: float = 120.0) -> d
 
 
 def matrix(cfg: dict) -> str:
-    states = {(c.llm, c.seed, c.visual_tokens): cell_state(cfg, c) for c in vcfg.cells(cfg)}
-    vs, seeds = cfg["grid"]["visual_tokens"], vcfg.seeds(cfg)
+    states = {(c.compressor, c.llm, c.seed, c.visual_tokens): cell_state(cfg, c) for c in vcfg.cells(cfg)}
+    vs, seeds, compressors = cfg["grid"]["visual_tokens"], vcfg.seeds(cfg), vcfg.compressors(cfg)
     header = ["LLM \\ V"] + [str(v) for v in vs]
     rows = [header]
-    for llm, seed in [(m["name"], s) for m in cfg["llms"] for s in seeds]:
-        row = [llm if len(seeds) == 1 else f"{llm} seed {seed}"]
+    for comp, llm, seed in [(c, m["name"], s) for c in compressors for m in cfg["llms"] for s in seeds]:
+        row = [llm + (f" seed {seed}" if len(seeds) > 1 else "") + (f" {comp}" if len(compressors) > 1 else "")]
         for v in vs:
-            s = states[(llm, seed, v)]
+            s = states[(comp, llm, seed, v)]
             text = s["state"]
             if s["state"] in ("running", "stalled", "failed") and s["step"]:
                 text += f" {s['step']}"
