@@ -74,11 +74,14 @@ def test_unreachable_store_keeps_training_and_is_replayed_later(small_data, smal
     exp = client.get_experiment_by_name("down").experiment_id
     import pandas as pd
 
-    row = pd.Series({"cell": "t/v4", "run_key": result["run_key"], "llm": "t", "visual_tokens": 4})
+    row = pd.Series(
+        {"cell": "t/v4", "run_key": result["run_key"], "llm": "t", "visual_tokens": 4, "compressor": "quecc"}
+    )
     run_id = track_sync.ensure_cell_run(client, exp, "g", row, out.parent)
     history = client.get_metric_history(run_id, "stage2/loss")
     assert [m.step for m in history] == [10, 15]
-    assert client.get_run(run_id).data.tags["vlmscale.replayed"] == "true"
+    tags = client.get_run(run_id).data.tags
+    assert tags["vlmscale.replayed"] == "true" and tags["compressor"] == "quecc"  # as training tags its run
     assert track_sync.ensure_cell_run(client, exp, "g", row, out.parent) == run_id  # replay is idempotent
 
 
@@ -167,8 +170,9 @@ def test_grid_against_a_tracking_server(mlflow_server, tmp_path):
     assert exp_tags["mlflow.note.content"].startswith("vlmscale grid `mini`: 2 LLMs × V ∈ {1, 4, 16} × 1 seed(s)")
     parent_id = runs[tags.index(parents[0])]["info"]["run_id"]
     note = parents[0]["mlflow.note.content"]
-    assert "Y(N, V) = K·N^-α·V^-β + D" in note and "| reasoning |" in note and "| ocr |" in note
-    assert f"#/experiments/{exp_id}/runs/{parent_id}/artifactPath/figures/reasoning_q50.png" in note
+    assert "Y(N, V) = K·N^-α·V^-β + D" in note and "| reasoning | avgpool |" in note and "| ocr | avgpool |" in note
+    assert "### Compressors compared" in note
+    assert f"#/experiments/{exp_id}/runs/{parent_id}/artifactPath/figures/reasoning_avgpool_q50.png" in note
     for run, t in children:
         assert (
             t["mlflow.note.content"].startswith(f"**{t['llm']}** (") and "reasoning error" in t["mlflow.note.content"]
@@ -206,10 +210,85 @@ def test_a_refusing_tracking_server_costs_a_cell_seconds_not_minutes():
     from vlmscale.orchestration.track import CellTracker
     from vlmscale.training.distributed import free_port
 
-    spec = {"cell": "x/v1/s0", "llm": {"name": "x"}, "visual_tokens": 1, "train": {"seed": 0}}
+    spec = {
+        "cell": "x/avgpool/v1/s0",
+        "llm": {"name": "x"},
+        "visual_tokens": 1,
+        "train": {"seed": 0},
+        "compressor": "avgpool",
+    }
     started = time.monotonic()
     with CellTracker.for_cell(spec, {"uri": f"http://127.0.0.1:{free_port()}", "experiment": "e"}, "k") as tracker:
         for step in range(5):
             tracker.log_metrics({"loss": 1.0}, step=step)
     assert tracker.client is None and tracker.run_id is None  # gave up after the first failure
     assert time.monotonic() - started < 30
+
+
+class RecordingClient:
+    """The few MlflowClient calls log_grid_summary makes, recorded."""
+
+    def __init__(self):
+        self.metrics, self.tags, self.artifacts = {}, {}, []
+
+    def log_artifacts(self, run_id, path, artifact_path=None):
+        self.artifacts.append(artifact_path)
+
+    def log_artifact(self, run_id, path, artifact_path=None):
+        self.artifacts.append(path)
+
+    def log_table(self, run_id, data, artifact_file):
+        self.artifacts.append(artifact_file)
+
+    def log_batch(self, run_id, metrics=(), params=()):
+        self.metrics.update({m.key: m.value for m in metrics})
+
+    def set_tag(self, run_id, key, value):
+        self.tags[key] = value
+
+    def set_terminated(self, run_id, status):
+        self.tags["status"] = status
+
+
+def test_the_parent_run_carries_each_family_and_compressor_law_and_the_compressors_table(tmp_path):
+    """Laws read from results/law/{family}/{compressor}.json; metrics law/{family}/{compressor}/{param}; the
+    description's law table has a compressor column and the report's error-at-the-largest-LLM table."""
+    import json
+
+    from test_cli_and_report import TRUE_LAWS, compressor_grid, fit_frontier_and_report
+
+    from vlmscale.analysis import report
+    from vlmscale.orchestration import track_sync
+
+    grid = compressor_grid(tmp_path / "grid.parquet")
+    fit_frontier_and_report(tmp_path, tmp_path / "grid.parquet")
+    client = RecordingClient()
+    track_sync.log_grid_summary(client, "1", "parent", grid, tmp_path, tmp_path, 0)
+    for family, compressor in TRUE_LAWS:
+        fitted = json.loads((tmp_path / "law" / family / f"{compressor}.json").read_text())
+        assert client.metrics[f"law/{family}/{compressor}/alpha"] == fitted["params"]["alpha"]
+        assert client.metrics[f"law/{family}/{compressor}/r2"] == fitted["r2"]
+    assert not any(key.count("/") != 3 for key in client.metrics)  # nothing keyed by family alone
+    note = client.tags[track.NOTE_TAG]
+    assert "| family | compressor | α [95 % CI]" in note
+    assert "| reasoning | quecc |" in note and "| ocr | avgpool |" in note
+    assert "- **Warning, ocr / quecc:** R² = " in note and "Warning, reasoning" not in note
+    table = report.compressor_table(grid)
+    assert "### Compressors compared\n\n" + table in note and table in (tmp_path / "report.md").read_text()
+    assert "figures/reasoning_compressors.png" in note and client.tags["status"] == "FINISHED"
+
+
+def test_cell_and_experiment_descriptions_name_the_compressor(tmp_path):
+    from test_cli_and_report import compressor_grid
+
+    from vlmscale.orchestration import track_sync
+
+    grid = compressor_grid(tmp_path / "grid.parquet")
+    rows = grid[grid.cell == "lm1/quecc/v4/s1"]
+    line = track_sync.cell_description(rows)
+    assert line.startswith("**lm1** (3e+04 parameters), compressor quecc, V = 4, seed 1: ")
+    assert "reasoning error" in line and "ocr error" in line
+    text = track_sync.experiment_description(grid, "g")
+    assert text.startswith(
+        "vlmscale grid `g`: 4 LLMs × V ∈ {1, 4, 16, 64} × 2 seed(s) × compressor(s) {avgpool, quecc};"
+    )

@@ -148,14 +148,15 @@ def residual_figure(table: pd.DataFrame, fit: FitResult, family: str, path: Path
 
 
 def optimal_tokens_figure(fits: dict[str, FitResult], v_range: tuple[float, float], path: Path) -> Path:
-    """V* = beta*Q/(alpha-beta) (clipped to the trained range) as a function of the text tokens Q."""
+    """V* = beta*Q/(alpha-beta) (clipped to the trained range) as a function of the text tokens Q, one line
+    per fit, keyed by its label ("family", or "family / compressor" where the grid has several)."""
     from vlmscale.analysis.law import optimal_tokens
 
     qs = np.arange(0, 201)
     fig, ax = plt.subplots(figsize=(5.6, 3.6))
-    for row, (family, fit) in enumerate(fits.items()):
+    for row, (label, fit) in enumerate(fits.items()):
         (line,) = ax.plot(
-            qs, [optimal_tokens(fit.params["alpha"], fit.params["beta"], q, *v_range) for q in qs], label=family
+            qs, [optimal_tokens(fit.params["alpha"], fit.params["beta"], q, *v_range) for q in qs], label=label
         )
         _v_star_interval_bars(ax, fit, v_range, line.get_color(), label_row=row)
     ax.set_xlabel("text tokens Q")
@@ -187,6 +188,77 @@ def _v_star_interval_bars(ax, fit: FitResult, v_range: tuple[float, float], colo
         )
 
 
+Key = tuple[str, str]  # (family, compressor): one fitted law each
+ALL = "all"  # the compressor of a fit whose table has no compressor column (vlmscale fit)
+
+
+def fit_key(path: str | Path, saved: dict) -> Key:
+    """A law JSON's (family, compressor): its own keys, else law/{family}/{compressor}.json's names."""
+    path = Path(path)
+    return str(saved.get("family") or path.parent.name), str(saved.get("compressor") or path.stem)
+
+
+def load_fits(paths) -> dict[Key, FitResult]:
+    """Every law, keyed by (family, compressor), in that order."""
+    fits = {}
+    for path in paths:
+        saved = read_json(path)
+        fits[fit_key(path, saved)] = FitResult.from_dict(saved)
+    return dict(sorted(fits.items()))
+
+
+def fit_labels(keys) -> dict[Key, str]:
+    """How a fit is named in text and legends: its family, or "family / compressor" where there are several
+    compressors."""
+    keys = list(keys)
+    several = len({compressor for _, compressor in keys}) > 1
+    return {key: f"{key[0]} / {key[1]}" if several else key[0] for key in keys}
+
+
+def compressor_cells(grid_path: str | Path, family: str, compressor: str) -> pd.DataFrame:
+    """family_table of one (family, compressor); a fit named `all` read a table without compressors."""
+    return family_table(grid_path, family, None if compressor == ALL else compressor)
+
+
+def compressors_figure(
+    laws: dict[str, tuple[pd.DataFrame, FitResult | None]], family: str, text_tokens, path: Path, order=None
+) -> Path:
+    return _save(draw_compressors(laws, family, text_tokens, order), path)
+
+
+def draw_compressors(laws: dict[str, tuple[pd.DataFrame, FitResult | None]], family: str, text_tokens, order=None):
+    """One panel per text-token count Q: error vs inference FLOPs 2·N·(Q+V), each compressor in its own
+    colour (the same in every family's figure: `order`), its trained cells (mean over seeds) as points and
+    its law's compute-optimal frontier as a line, dashed where the fit is not to be trusted."""
+    order = list(order or laws)
+    fig, axes = plt.subplots(1, len(text_tokens), figsize=(5.4 * len(text_tokens), 4.2), squeeze=False, sharey=True)
+    for ax, q in zip(axes[0], text_tokens):
+        for compressor, (table, fit) in laws.items():
+            colour = plt.cm.tab10(order.index(compressor) % 10)
+            _draw_compressor(ax, table, fit, compressor, int(q), colour)
+        _log_axis(ax)
+        ax.set_xlabel(f"inference FLOPs = 2·N·(Q+V), Q = {q}")
+        ax.set_title(f"{family}, Q = {q}: points trained cells, lines the law's frontier", fontsize=9)
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel(f"{family} error (1 − mean accuracy)")
+    fig.tight_layout()
+    return fig
+
+
+def _draw_compressor(ax, table: pd.DataFrame, fit: FitResult | None, compressor: str, q: int, colour) -> None:
+    x = paper_flops(table.llm_params, q, table.visual_tokens)
+    ax.scatter(x, table.error, s=18, color=colour, alpha=0.8, label=f"{compressor}: trained cells", zorder=3)
+    if fit is None:
+        return
+    budgets = np.geomspace(x.min(), x.max(), 60)
+    v_range = (float(table.visual_tokens.min()), float(table.visual_tokens.max()))
+    errors = [row["error"] for row in law.frontier(fit, q, budgets, v_range)]
+    untrusted = bool(law.trust_problems(fit))
+    label = f"{compressor}: law frontier" + (" (not trusted)" if untrusted else "")
+    ax.plot(budgets, errors, color=colour, lw=1.6, ls="--" if untrusted else "-", label=label)
+
+
 def _save(fig, path: Path) -> Path:
     import io
 
@@ -198,7 +270,7 @@ def _save(fig, path: Path) -> Path:
 
 def markdown_report(
     grid: pd.DataFrame,
-    fits: dict[str, FitResult],
+    fits: dict[Key, FitResult],
     frontier: pd.DataFrame,
     figures: list[Path],
     reference: dict | None,
@@ -213,7 +285,8 @@ def markdown_report(
     lines += _law_table(fits)
     if reference:
         lines += _paper_comparison(reference)
-    lines += ["", "## Compute-optimal frontier", ""] + _frontier_section(fits, frontier) + ["## Figures", ""]
+    lines += ["", "## Compute-optimal frontier", ""] + _frontier_section(fits, frontier)
+    lines += compressors_section(grid, fits, frontier) + ["## Figures", ""]
     lines += [f"![{f.stem}](figures/{f.name})" for f in figures]
     lines += ["", "## Family error per cell (mean ± s.d. across seeds)", "", _family_error_table(grid), ""]
     lines += ["", "## Per-cell accuracy (mean over seeds)", "", _per_cell_table(grid), ""] + _rule_based_note(grid)
@@ -239,22 +312,23 @@ def markdown_report(
     return text
 
 
-def _law_table(fits: dict[str, FitResult]) -> list[str]:
+def _law_table(fits: dict[Key, FitResult]) -> list[str]:
     lines = [
         "## Fitted laws: Y(N, V) = K·N^-α·V^-β + D",
         "",
-        "N = each cell's LLM parameters as counted (total, `llm_params`); the comparison with the paper "
-        "below puts both sides on nominal sizes.",
+        "One law per family and compressor. N = each cell's LLM parameters as counted (total, `llm_params`); "
+        "the comparison with the paper below puts both sides on nominal sizes.",
         "",
-        "| family | α | β | α/β | K | D | R² | SSE | status | held-out largest LLM: mean (max) abs. error |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| family | compressor | α | β | α/β | K | D | R² | SSE | status "
+        "| held-out largest LLM: mean (max) abs. error |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for family, fit in fits.items():
+    for (family, compressor), fit in fits.items():
         p, ci, held = fit.params, fit.ci, fit.heldout
         ratio = p["alpha"] / p["beta"] if p.get("beta") else float("inf")
         lines.append(
-            f"| {family} | {_ci(p['alpha'], ci.get('alpha'))} | {_ci(p['beta'], ci.get('beta'))} | {ratio:.2f} | "
-            f"{p.get('K', float('nan')):.4g} | "
+            f"| {family} | {compressor} | {_ci(p['alpha'], ci.get('alpha'))} | {_ci(p['beta'], ci.get('beta'))} | "
+            f"{ratio:.2f} | {p.get('K', float('nan')):.4g} | "
             f"{p.get('D', float('nan')):.4g} | {fit.r2:.3f} | {fit.sse:.3g} | {fit.status} | {_heldout_text(held)} |"
         )
     return lines
@@ -273,21 +347,22 @@ def _heldout_text(held: dict) -> str:
     return text
 
 
-def _frontier_section(fits: dict[str, FitResult], frontier: pd.DataFrame) -> list[str]:
+def _frontier_section(fits: dict[Key, FitResult], frontier: pd.DataFrame) -> list[str]:
     """Warnings above the frontier: a fit that should not be trusted has its V* withheld; a floor on its
     bound is said next to the V* it leaves standing."""
+    names = fit_labels(fits)
+    untrusted = {key: law.trust_problems(fit) for key, fit in fits.items()}
     lines = []
-    untrusted = {family: law.trust_problems(fit) for family, fit in fits.items()}
-    for family, problems in untrusted.items():
+    for key, problems in untrusted.items():
         if problems:
             lines += [
-                f"> **Warning — do not read the {family} frontier as an answer.** " + "; ".join(problems) + ".",
+                f"> **Warning — do not read the {names[key]} frontier as an answer.** " + "; ".join(problems) + ".",
                 "",
             ]
-    for family, fit in fits.items():
-        if law.cautions(fit) and not untrusted[family]:
+    for key, fit in fits.items():
+        if law.cautions(fit) and not untrusted[key]:
             lines += [
-                f"> **Caution — {family}:** " + "; ".join(law.cautions(fit)) + ". V* does not depend on "
+                f"> **Caution — {names[key]}:** " + "; ".join(law.cautions(fit)) + ". V* does not depend on "
                 "the floor, but the exponents were fitted with it held at 0.",
                 "",
             ]
@@ -296,51 +371,142 @@ def _frontier_section(fits: dict[str, FitResult], frontier: pd.DataFrame) -> lis
         "bootstrap interval (the same resamples as α's and β's).",
         "",
     ]
-    for family, fit in fits.items():
-        if untrusted[family]:
-            lines.append(f"- {family}: not to be trusted as an answer (see the warning); no V* is given.")
-            continue
-        v_stars = ", ".join(
-            f"V*(Q={int(q)}) = {v_star_text(v, fit.ci.get(f'v_star_q{int(q)}'))}"
-            for q, v in _v_star_by_q(frontier, family)
-        )
-        lines.append(f"- {family}: {v_stars} (α = {fit.params['alpha']:.3f}, β = {fit.params['beta']:.3f}).")
-    shown = (
-        frontier[~frontier.family.isin([f for f, p in untrusted.items() if p])] if "family" in frontier else frontier
-    )
+    lines += [_v_star_line(names[key], fit, frontier, key, bool(untrusted[key])) for key, fit in fits.items()]
+    shown = frontier[~_rows_of(frontier, [key for key, problems in untrusted.items() if problems])]
     lines += ["", shown.to_markdown(index=False, floatfmt=".4g") if len(shown) else "(no trusted frontier)", ""]
     return lines
 
 
-def _v_star_by_q(frontier: pd.DataFrame, family: str) -> list[tuple[float, float]]:
-    rows = (
-        frontier[(frontier.get("family") == family) & (frontier.method != "best_trained_cell")]
-        if "family" in frontier
-        else frontier[frontier.method != "best_trained_cell"]
+def _v_star_line(name: str, fit: FitResult, frontier: pd.DataFrame, key: Key, untrusted: bool) -> str:
+    if untrusted:
+        return f"- {name}: not to be trusted as an answer (see the warning); no V* is given."
+    v_stars = ", ".join(
+        f"V*(Q={int(q)}) = {v_star_text(v, fit.ci.get(f'v_star_q{int(q)}'))}" for q, v in _v_star_by_q(frontier, key)
     )
+    return f"- {name}: {v_stars} (α = {fit.params['alpha']:.3f}, β = {fit.params['beta']:.3f})."
+
+
+def _rows_of(frontier: pd.DataFrame, keys: list[Key]) -> pd.Series:
+    """Which frontier rows belong to one of the (family, compressor) fits (by family alone in a frontier
+    without a compressor column)."""
+    family = frontier["family"] if "family" in frontier else pd.Series("", index=frontier.index)
+    compressor = frontier["compressor"].astype(str) if "compressor" in frontier else None
+    mask = pd.Series(False, index=frontier.index)
+    for fam, comp in keys:
+        mask |= (family == fam) & (True if compressor is None else compressor == comp)
+    return mask
+
+
+def _v_star_by_q(frontier: pd.DataFrame, key: Key) -> list[tuple[float, float]]:
+    rows = frontier[(frontier.method != "best_trained_cell") & (_rows_of(frontier, [key]) | ("family" not in frontier))]
     return [(q, float(g.visual_tokens.iloc[0])) for q, g in rows.groupby("text_tokens")]
 
 
-def _family_error_table(grid: pd.DataFrame) -> str:
-    """Rows: LLM; columns: family and V; each entry the family error's mean ± s.d. over seeds."""
-    seeds = grid["seed"] if "seed" in grid else 0
-    per_seed = grid.assign(seed=seeds).groupby(["family", "llm", "llm_params", "visual_tokens", "seed"]).error.mean()
-    stats = (
-        per_seed.groupby(["family", "llm", "llm_params", "visual_tokens"]).agg(["mean", "std", "count"]).reset_index()
+def compressors_section(grid: pd.DataFrame, fits: dict[Key, FitResult], frontier: pd.DataFrame) -> list[str]:
+    """The compressors side by side: error per family × compressor × V at the largest and the smallest LLM
+    (the paper's table layout), and which compressor is compute-optimal at each budget."""
+    named = sorted(with_compressor(grid).compressor.unique())
+    lines = ["## Compressors compared", ""]
+    if len(named) == 1:
+        lines += [f"One compressor in this grid ({named[0]}): nothing to compare it with.", ""]
+    lines += [compressor_table(grid, "largest"), ""]
+    if grid.llm_params.nunique() > 1:
+        lines += [compressor_table(grid, "smallest"), ""]
+    return lines + ["### Compute-optimal compressor per budget", ""] + optimal_compressor_lines(fits, frontier)
+
+
+def with_compressor(grid: pd.DataFrame) -> pd.DataFrame:
+    """The grid with its compressor column (`all` where the table has none)."""
+    return grid if "compressor" in grid else grid.assign(compressor=ALL)
+
+
+def compressor_table(grid: pd.DataFrame, which: str = "largest") -> str:
+    """Family error (1 − mean accuracy) at the largest (or smallest) LLM, rows family and compressor, columns
+    V: mean ± s.d. over seeds, as Markdown with a line that names the LLM."""
+    grid = with_compressor(grid)
+    size = grid.llm_params.max() if which == "largest" else grid.llm_params.min()
+    at = grid[np.isclose(grid.llm_params, size)]
+    stats = _seed_stats(at, ["family", "compressor", "visual_tokens"])
+    table = stats.pivot_table(index=["family", "compressor"], columns="visual_tokens", values="text", aggfunc="first")
+    table.columns = [f"V={v}" for v in table.columns]
+    seeds = int(stats["count"].max())
+    spread = f"mean ± s.d. over {seeds} seeds" if seeds > 1 else "one seed"
+    return (
+        f"Family error (1 − mean accuracy) at the {which} LLM, {at.llm.iloc[0]} (N = {size:.3g}), {spread}:\n\n"
+        + table.fillna("—").reset_index().to_markdown(index=False)
     )
+
+
+def _seed_stats(grid: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """Per `keys`: the family error's mean, s.d. and number of seeds (each seed's error the mean over its
+    benchmark rows), and `text`, e.g. `0.312 ± 0.004` (the mean alone with one seed)."""
+    seeds = grid["seed"] if "seed" in grid else 0
+    per_seed = grid.assign(seed=seeds).groupby([*keys, "seed"]).error.mean()
+    stats = per_seed.groupby(keys).agg(["mean", "std", "count"]).reset_index()
     stats["text"] = [
         f"{m:.3f} ± {sd:.3f}" if c > 1 else f"{m:.3f}" for m, sd, c in zip(stats["mean"], stats["std"], stats["count"])
     ]
+    return stats
+
+
+def optimal_compressor_lines(fits: dict[Key, FitResult], frontier: pd.DataFrame) -> list[str]:
+    """For each family, Q and budget of frontier.csv: the compressor whose trusted law predicts the lowest
+    error (`optimal`), its V*, N* and that error, and the runner-up; a family without a trusted fit says so."""
+    if not {"optimal", "compressor", "family"} <= set(frontier.columns):
+        return ["(this frontier.csv marks no compute-optimal compressor: run `vlmscale frontier` again)", ""]
+    trusted = {key for key, fit in fits.items() if not law.trust_problems(fit)}
+    lines = []
+    for family in sorted(frontier.family.unique()):
+        left_out = [c for f, c in fits if f == family and (f, c) not in trusted]
+        if not any(f == family for f, _ in trusted):
+            lines.append(f"- {family}: no fit of this family is trusted (see the warnings above); no compressor named.")
+        elif left_out:
+            lines.append(f"- {family}: left out of the comparison, not trusted: {', '.join(left_out)}.")
+    chosen = frontier[frontier.optimal.astype(str) == "True"].sort_values(["family", "text_tokens", "flops"])
+    table = chosen[["family", "text_tokens", "flops", "compressor", "visual_tokens", "llm_params", "error"]].assign(
+        runner_up=[_runner_up(frontier, trusted, row) for row in chosen.itertuples()]
+    )
+    table.columns = ["family", "Q", "budget (FLOPs)", "compressor", "V*", "N*", "predicted error", "runner-up"]
+    shown = table.to_markdown(index=False, floatfmt=".4g") if len(table) else "(no trusted fit: no compressor named)"
+    return lines + ([""] if lines else []) + [shown, ""]
+
+
+def _runner_up(frontier: pd.DataFrame, trusted: set[Key], row) -> str:
+    """The trusted compressor with the next-lowest predicted error at the row's family, Q and budget."""
+    others = frontier[
+        (frontier.family == row.family)
+        & (frontier.text_tokens == row.text_tokens)
+        & (frontier.flops == row.flops)
+        & (frontier.method != "best_trained_cell")
+        & (frontier.compressor != row.compressor)
+    ]
+    candidates = [r for r in others.itertuples() if (r.family, r.compressor) in trusted]
+    if not candidates:
+        return "—"
+    best = min(candidates, key=lambda r: r.error)
+    return f"{best.compressor} ({best.error:.4g})"
+
+
+def _family_error_table(grid: pd.DataFrame) -> str:
+    """Rows: LLM; columns: family (and compressor, where there are several) and V; each entry the family
+    error's mean ± s.d. over seeds."""
+    grid = with_compressor(grid)
+    several = grid.compressor.nunique() > 1
+    stats = _seed_stats(grid, ["family", "compressor", "llm", "llm_params", "visual_tokens"])
     table = stats.pivot_table(
-        index=["llm", "llm_params"], columns=["family", "visual_tokens"], values="text", aggfunc="first"
+        index=["llm", "llm_params"], columns=["family", "compressor", "visual_tokens"], values="text", aggfunc="first"
     )
     table = table.sort_index(level="llm_params")
-    table.columns = [f"{family} V={v}" for family, v in table.columns]
+    table.columns = [f"{f} {c} V={v}" if several else f"{f} V={v}" for f, c, v in table.columns]
     return table.reset_index().to_markdown(index=False)
 
 
 def _per_cell_table(grid: pd.DataFrame) -> str:
-    per_cell = grid.pivot_table(index=["llm", "llm_params", "visual_tokens"], columns="benchmark", values="accuracy")
+    grid = with_compressor(grid)
+    index = ["llm", "llm_params", "compressor", "visual_tokens"] if grid.compressor.nunique() > 1 else None
+    per_cell = grid.pivot_table(
+        index=index or ["llm", "llm_params", "visual_tokens"], columns="benchmark", values="accuracy"
+    )
     marks = {b: f"{b} ({RULE_BASED})" for b in rule_based(grid)}
     return per_cell.rename(columns=marks).reset_index().to_markdown(index=False, floatfmt=".3f")
 
@@ -380,17 +546,21 @@ REFERENCE_TABLE = Path(__file__).parents[1] / "reference" / "paper_visual_reason
 
 
 def plot(fit_path: str, table_path: str, family: str | None, text_tokens: int, out: str, overlay_paper: bool) -> str:
-    """`vlmscale plot`: the frontier figure for any fit and table, optionally over the paper's cells."""
-    fit = FitResult.from_dict(read_json(fit_path))
-    table = family_table(table_path, family)
+    """`vlmscale plot`: the frontier figure for any fit and table, optionally over the paper's cells (a table
+    of several compressors: the fit's own compressor's cells)."""
+    saved = read_json(fit_path)
+    fit = FitResult.from_dict(saved)
+    compressor = saved.get("compressor")
+    table = family_table(table_path, family, None if compressor in (None, ALL) else compressor)
     reference = family_table(REFERENCE_TABLE) if overlay_paper else None
     frontier_figure(table, fit, family or "all", text_tokens, Path(out), reference)
     return out
 
 
 def reference_fit(grid_path: str | Path | None = None) -> dict:
-    """The paper's published grid refitted, and the cells' own families refitted on nominal N where every
-    cell has a nominal size: both sides of the comparison in the paper's convention (analysis.sizes)."""
+    """The paper's published grid refitted, and the cells' own families (per compressor) refitted on nominal
+    N where every cell has a nominal size: both sides of the comparison in the paper's convention
+    (analysis.sizes)."""
     table = family_table(REFERENCE_TABLE)  # nominal N, as the paper's table
     data = law.LawData.from_arrays(table.llm_params, table.visual_tokens, table.error)
     fit = law.fit(data)
@@ -398,8 +568,10 @@ def reference_fit(grid_path: str | Path | None = None) -> dict:
     out = {"alpha": fit.params["alpha"], "beta": fit.params["beta"], "sse": fit.sse, "paper_sse": paper_sse,
            "convention": sizes_.NOMINAL, "cells": {}}  # fmt: skip
     if grid_path is not None:
-        families = sorted(pd.read_parquet(grid_path, columns=["family"]).family.unique())
-        out["cells"] = {family: nominal_fit(family_table(grid_path, family)) for family in families}
+        grid = with_compressor(pd.read_parquet(grid_path))
+        keys = sorted(set(zip(grid.family, grid.compressor.astype(str))))
+        names = fit_labels(keys)
+        out["cells"] = {names[key]: nominal_fit(compressor_cells(grid_path, *key)) for key in keys}
     return out
 
 
@@ -425,7 +597,7 @@ def _paper_comparison(reference: dict) -> list[str]:
         f"(the paper reports α ≈ 0.077, β ≈ 0.015; its exponents reach SSE = {reference['paper_sse']:.3g} "
         "on the same table).",
     ]
-    for family, cells in reference.get("cells", {}).items():
+    for family, cells in reference.get("cells", {}).items():  # family, or "family / compressor"
         if "reason" in cells:
             lines += ["", f"This grid's {family} family on nominal N: {cells['reason']}."]
         else:
@@ -438,17 +610,25 @@ def _paper_comparison(reference: dict) -> list[str]:
 
 
 def main(cfg: dict) -> dict:
-    out_dir = Path(cfg["out_dir"])
-    grid = pd.read_parquet(cfg["grid"])
-    fits = {Path(p).stem: FitResult.from_dict(read_json(p)) for p in cfg["laws"]}
+    out_dir, grid_path = Path(cfg["out_dir"]), cfg["grid"]
+    grid = pd.read_parquet(grid_path)
+    fits = load_fits(cfg["laws"])
+    names = fit_labels(fits)
+    tables = {key: compressor_cells(grid_path, *key) for key in fits}
     figures = []
-    for family, fit in fits.items():
-        table = family_table(cfg["grid"], family)
+    for key, fit in fits.items():
+        stem = out_dir / "figures" / "_".join(key)
         for q in cfg["text_tokens"]:
-            figures.append(frontier_figure(table, fit, family, q, out_dir / "figures" / f"{family}_q{q}.png"))
-        figures.append(residual_figure(table, fit, family, out_dir / "figures" / f"{family}_residuals.png"))
+            figures.append(frontier_figure(tables[key], fit, names[key], q, stem.with_name(f"{stem.name}_q{q}.png")))
+        figures.append(residual_figure(tables[key], fit, names[key], stem.with_name(f"{stem.name}_residuals.png")))
+    order = sorted({compressor for _, compressor in fits})
+    for family in sorted({family for family, _ in fits}):
+        laws = {c: (tables[(f, c)], fits[(f, c)]) for f, c in fits if f == family}
+        path = out_dir / "figures" / f"{family}_compressors.png"
+        figures.append(compressors_figure(laws, family, cfg["text_tokens"], path, order))
     v_range = (float(grid.visual_tokens.min()), float(grid.visual_tokens.max()))
-    figures.append(optimal_tokens_figure(fits, v_range, out_dir / "figures" / "optimal_tokens.png"))
+    labelled = {names[key]: fit for key, fit in fits.items()}
+    figures.append(optimal_tokens_figure(labelled, v_range, out_dir / "figures" / "optimal_tokens.png"))
     frontier = pd.read_csv(cfg["frontier"])
-    markdown_report(grid, fits, frontier, figures, reference_fit(cfg["grid"]), out_dir / "report.md")
+    markdown_report(grid, fits, frontier, figures, reference_fit(grid_path), out_dir / "report.md")
     return {"figures": [str(f) for f in figures], "report": str(out_dir / "report.md")}

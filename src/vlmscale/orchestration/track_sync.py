@@ -51,7 +51,7 @@ def benchmark_scores(cell_dir: Path, benchmarks) -> dict:
 
 
 def cell_description(rows: pd.DataFrame) -> str:
-    """One line: the cell, its family errors and its inference cost."""
+    """One line: the cell (LLM, compressor, V, seed), its family errors and its inference cost."""
     first = rows.iloc[0]
     errors = ", ".join(f"{fam} error {1 - g.accuracy.mean():.3f}" for fam, g in rows.groupby("family"))
     flops = ", ".join(
@@ -60,54 +60,68 @@ def cell_description(rows: pd.DataFrame) -> str:
         if k.startswith("flops_paper_q") and pd.notna(v)
     )
     seed = f", seed {int(first.seed)}" if "seed" in first else ""
+    compressor = f", compressor {first.compressor}" if "compressor" in first else ""
     return (
-        f"**{first.llm}** ({float(first.llm_params):.3g} parameters), V = {int(first.visual_tokens)}{seed}: "
+        f"**{first.llm}** ({float(first.llm_params):.3g} parameters){compressor}, "
+        f"V = {int(first.visual_tokens)}{seed}: "
         f"{errors}; inference FLOPs 2·N·(Q+V) {flops}."
     )
 
 
 def experiment_description(grid: pd.DataFrame, name: str) -> str:
     seeds = grid.seed.nunique() if "seed" in grid else 1
+    compressors = sorted(grid.compressor.astype(str).unique()) if "compressor" in grid else []
+    named = f" × compressor(s) {{{', '.join(compressors)}}}" if compressors else ""
     return (
         f"vlmscale grid `{name}`: {grid.llm.nunique()} LLMs × "
         f"V ∈ {{{', '.join(map(str, sorted(grid.visual_tokens.unique())))}}}"
-        f" × {seeds} seed(s); families: {', '.join(sorted(grid.family.unique()))}. The parent run "
-        f"`grid:{name}` holds the fitted laws, the frontier and the figures."
+        f" × {seeds} seed(s){named}; families: {', '.join(sorted(grid.family.unique()))}. The parent run "
+        f"`grid:{name}` holds the fitted laws (one per family and compressor), the frontier, the compressors "
+        "compared and the figures."
     )
 
 
 def grid_description(
-    laws: dict[str, dict], v_range: tuple[float, float], figures: list[str], exp: str, parent: str
+    laws: dict[tuple[str, str], dict],
+    v_range: tuple[float, float],
+    figures: list[str],
+    exp: str,
+    parent: str,
+    compressors: str = "",
 ) -> str:
-    """The parent run's description: the law per family, V*, the held-out check, warnings, figure links."""
+    """The parent run's description: the law per (family, compressor), V*, the held-out check, warnings,
+    the compressors compared (`compressors`: report.compressor_table's Markdown) and figure links."""
     from vlmscale.analysis import law
 
     lines = [
         "### Y(N, V) = K·N^-α·V^-β + D",
         "",
-        "| family | α [95 % CI] | β [95 % CI] | R² | V*(Q=0) [95 % CI] | V*(Q=50) [95 % CI] "
+        "| family | compressor | α [95 % CI] | β [95 % CI] | R² | V*(Q=0) [95 % CI] | V*(Q=50) [95 % CI] "
         "| held-out largest LLM: mean abs. error |",
-        "|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|",
     ]
     notes = []
-    for family, fit in laws.items():
+    for (family, compressor), fit in laws.items():
         p, ci = fit["params"], fit.get("ci", {})
         result = law.FitResult.from_dict(fit)
         problems = law.trust_problems(result)
         stars = [(law.optimal_tokens(p["alpha"], p["beta"], q, *v_range), ci.get(f"v_star_q{q}")) for q in (0, 50)]
         star_text = ["not to be trusted"] * 2 if problems else [_v_star_with_ci(v, i) for v, i in stars]
         lines.append(
-            f"| {family} | {_with_ci(p['alpha'], ci.get('alpha'))} | {_with_ci(p['beta'], ci.get('beta'))} | "
+            f"| {family} | {compressor} | {_with_ci(p['alpha'], ci.get('alpha'))} | "
+            f"{_with_ci(p['beta'], ci.get('beta'))} | "
             f"{fit['r2']:.3f} | {star_text[0]} | {star_text[1]} | "
             f"{fit.get('heldout', {}).get('mean_abs_error', float('nan')):.3f} |"
         )
-        notes += [f"- **Warning, {family}:** {w}" for w in problems] + [
-            f"- {family}: {w}" for w in law.cautions(result)
+        notes += [f"- **Warning, {family} / {compressor}:** {w}" for w in problems] + [
+            f"- {family} / {compressor}: {w}" for w in law.cautions(result)
         ]
     links = [f"[{name}](#/experiments/{exp}/runs/{parent}/artifactPath/figures/{name})" for name in figures]
+    compared = ["", "### Compressors compared", "", compressors] if compressors else []
     lines += (
         [""]
         + notes
+        + compared
         + [
             "",
             "Figures: " + ", ".join(links),
@@ -132,6 +146,7 @@ def ensure_cell_run(client, exp: str, grid: str, row, cell_dir: Path) -> str:
     job could not reach the store."""
     tags = {
         "llm": row.llm,
+        "compressor": str(getattr(row, "compressor", "avgpool")),
         "visual_tokens": str(row.visual_tokens),
         "seed": str(getattr(row, "seed", 0)),
         "vlmscale.replayed": "true",
@@ -204,17 +219,32 @@ def log_grid_summary(
     """On the parent run: figures, report, the grid as a table, the law metrics and a description."""
     from mlflow.entities import Metric
 
+    from vlmscale.analysis import report
+
     client.log_artifacts(parent, str(report_dir / "figures"), artifact_path="figures")
     client.log_artifact(parent, str(report_dir / "report.md"))
     client.log_table(parent, data=grid, artifact_file="grid_table.json")
-    laws = {path.stem: read_json(path) for path in sorted((results / "law").glob("*.json"))}
-    for family, fit in laws.items():
+    laws = read_laws(results)
+    for (family, compressor), fit in laws.items():
+        name = f"law/{family}/{compressor}"
         client.log_batch(
             parent,
-            metrics=[Metric(f"law/{family}/{k}", float(v), now, 0) for k, v in fit["params"].items()]
-            + [Metric(f"law/{family}/r2", float(fit["r2"]), now, 0)],
+            metrics=[Metric(f"{name}/{k}", float(v), now, 0) for k, v in fit["params"].items()]
+            + [Metric(f"{name}/r2", float(fit["r2"]), now, 0)],
         )
     v_range = (float(grid.visual_tokens.min()), float(grid.visual_tokens.max()))
     figures = sorted(p.name for p in (report_dir / "figures").glob("*.png"))
-    client.set_tag(parent, track.NOTE_TAG, grid_description(laws, v_range, figures, exp, parent))
+    description = grid_description(laws, v_range, figures, exp, parent, report.compressor_table(grid))
+    client.set_tag(parent, track.NOTE_TAG, description)
     client.set_terminated(parent, "FINISHED")
+
+
+def read_laws(results: Path) -> dict[tuple[str, str], dict]:
+    """Every law, results/law/{family}/{compressor}.json, keyed by (family, compressor) as the report keys it."""
+    from vlmscale.analysis.report import fit_key
+
+    laws = {}
+    for path in sorted((results / "law").glob("*/*.json")):
+        saved = read_json(path)
+        laws[fit_key(path, saved)] = saved
+    return dict(sorted(laws.items()))
