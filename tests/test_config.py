@@ -245,3 +245,26 @@ def test_an_llms_setup_and_sbatch_add_to_the_global_ones():
     assert trains["setup"] == ["module load cuda/12.1", "source ~/venv/bin/activate"]
     assert trains["sbatch"] == {"mail-type": "FAIL", "exclude": "n2"} and trains["mem_gb"] == 64  # same key: the LLM's
     assert vcfg.evaluation_resources(cfg, name)["setup"] == ["module load cuda/12.1", "export EVAL=1"]
+
+
+def test_the_compressors_config_plans_every_compressors_cells(tmp_path):
+    """configs/compressors.yaml as a user runs it (layered over config.yaml): a dry run plans each
+    compressor's 9 cells (3 LLMs x 3 V), their FLOP counts and one law per family and compressor."""
+    import re
+
+    from helpers import run
+
+    for name in ("config.yaml", "configs/compressors.yaml"):
+        (tmp_path / Path(name).name).write_text((REPO / name).read_text())
+    code, out = run(
+        ["snakemake", "-s", str(REPO / "Snakefile"), "--configfile", "compressors.yaml", "--cores", "1", "-n"], tmp_path
+    )
+    assert code == 0, out[-3000:]
+    planned: dict[str, list[str]] = {}
+    for block in re.split(r"\n(?:local)?rule ", "\n" + out)[1:]:
+        wildcards = re.search(r"wildcards: (.*)", block)
+        planned.setdefault(block.split(":", 1)[0].strip(), []).append(wildcards.group(1) if wildcards else "")
+    for compressor in ("avgpool", "tokenpacker", "quecc"):
+        assert sum(f"compressor={compressor}," in w for w in planned["train"]) == 9
+        assert sum(f"compressor={compressor}," in w for w in planned["flops"]) == 9
+        assert sum(w.endswith(f"compressor={compressor}") for w in planned["fit_law"]) == 2  # reasoning, ocr
