@@ -395,3 +395,28 @@ def test_a_family_without_a_trusted_fit_names_no_compressor():
     lines = report.optimal_compressor_lines({("ocr", "avgpool"): poor, ("ocr", "quecc"): poor}, frontier)
     assert lines[0] == "- ocr: no fit of this family is trusted (see the warnings above); no compressor named."
     assert "(no trusted fit: no compressor named)" in lines
+
+
+def test_the_report_says_what_quecc_s_question_pass_adds_to_its_flops():
+    """QueCC's question pass (2·N·Q, counted apart by the FLOP stage) is stated beside the comparison, as the
+    ratio of its cells' FLOPs with the pass to the paper's 2·N·(Q+V): 1 at Q = 0, (2Q+V)/(Q+V) at Q > 0."""
+    import pandas as pd
+
+    from vlmscale.analysis import report
+
+    n, v, q = 1e5, [1, 16], 50
+    grid = pd.DataFrame(
+        {
+            "compressor": ["quecc", "quecc", "avgpool"],
+            "flops_paper_q0": [2 * n * v[0], 2 * n * v[1], 2 * n],
+            "flops_paper_q50": [2 * n * (q + v[0]), 2 * n * (q + v[1]), 2 * n * (q + 1)],
+            "flops_quecc_question_q0": [0.0, 0.0, None],
+            "flops_quecc_question_q50": [2 * n * q, 2 * n * q, None],
+        }
+    )
+    [note, _] = report._question_pass_note(grid)
+    assert (
+        f"×{(2 * q + 16) / (q + 16):.2f}–{(2 * q + 1) / (q + 1):.2f} at Q = 50" in note
+        and "×1.00–1.00 at Q = 0" in note
+    )
+    assert report._question_pass_note(grid.drop(columns=["flops_quecc_question_q0", "flops_quecc_question_q50"])) == []

@@ -412,7 +412,27 @@ def compressors_section(grid: pd.DataFrame, fits: dict[Key, FitResult], frontier
     lines += [compressor_table(grid, "largest"), ""]
     if grid.llm_params.nunique() > 1:
         lines += [compressor_table(grid, "smallest"), ""]
-    return lines + ["### Compute-optimal compressor per budget", ""] + optimal_compressor_lines(fits, frontier)
+    lines += ["### Compute-optimal compressor per budget", ""] + optimal_compressor_lines(fits, frontier)
+    return lines + _question_pass_note(grid)
+
+
+def _question_pass_note(grid: pd.DataFrame) -> list[str]:
+    """QueCC's question pass is counted apart (vlmscale.analysis.flops): say what it adds, where it is in the grid."""
+    prefix = "flops_quecc_question_q"
+    ratios = {}
+    for column in sorted((c for c in grid.columns if c.startswith(prefix)), key=lambda c: int(c[len(prefix) :])):
+        q = column[len(prefix) :]
+        quecc = grid[grid[column].notna()]
+        ratios[q] = (quecc[column] + quecc[f"flops_paper_q{q}"]) / quecc[f"flops_paper_q{q}"]
+    if not ratios:
+        return []
+    shares = ", ".join(f"×{r.min():.2f}–{r.max():.2f} at Q = {q}" for q, r in ratios.items())
+    return [
+        "*QueCC's question pass* (the question run through the LLM on its own to build the query, 2·N·Q) is not "
+        "in the paper's 2·N·(Q+V) that the budgets above use; `grid.parquet` holds it (`flops_quecc_question_q*`). "
+        f"Counted in, a QueCC cell costs {shares} the FLOPs it is placed at.",
+        "",
+    ]
 
 
 def with_compressor(grid: pd.DataFrame) -> pd.DataFrame:
