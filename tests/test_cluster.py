@@ -85,7 +85,7 @@ def test_grid_on_slurm_gives_the_local_executors_results(local_grid, slurm_grid)
     con = sqlite3.connect(slurm_grid / "results/mlflow.db")
     job_tags = dict(
         con.execute("""SELECT t.key, t.value FROM tags t JOIN runs r ON r.run_uuid = t.run_uuid
-                                  WHERE r.name = 'a/avgpool/v4/s0' AND t.key IN ('slurm_job_id', 'job_log')""").fetchall()
+                         WHERE r.name = 'a/avgpool/v4/s0' AND t.key IN ('slurm_job_id', 'job_log')""").fetchall()
     )
     con.close()
     assert job_tags["slurm_job_id"] == trained["job"]["job_id"] and job_tags["job_log"] == trained["job"]["stdout"]

@@ -118,7 +118,9 @@ def test_grid_seeds_make_one_cell_per_seed_that_differs_only_in_its_seed():
 
 def test_grid_compressors_make_one_cell_per_compressor_and_leave_the_tower_alone():
     base = load(default_config())
-    cfg = load({**default_config(), "grid": {**default_config()["grid"], "compressors": ["avgpool", "tokenpacker", "quecc"]}})
+    cfg = load(
+        {**default_config(), "grid": {**default_config()["grid"], "compressors": ["avgpool", "tokenpacker", "quecc"]}}
+    )
     ids = [c.id for c in vcfg.cells(cfg)]
     assert len(ids) == 3 * len(cfg["llms"]) * len(cfg["grid"]["visual_tokens"]) == len(set(ids))
     specs = {c: vcfg.cell_spec(cfg, "lm-s", 4, compressor=c) for c in ("avgpool", "tokenpacker", "quecc")}

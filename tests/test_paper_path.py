@@ -282,7 +282,9 @@ def test_the_paper_config_runs_end_to_end_on_tiny_checkpoints(paper_like):
             assert counted["llm_params"]["total"] > counted["llm_params"]["non_embedding"] > 0
     # The chat format was learned: answers come back as words of the answer set, ended by the end-of-turn token.
     said = {
-        e["prediction"] for cell in results.glob("cells/*/*/v*/s*") for e in read_json(cell / "eval/gqa.json")["examples"]
+        e["prediction"]
+        for cell in results.glob("cells/*/*/v*/s*")
+        for e in read_json(cell / "eval/gqa.json")["examples"]
     }
     assert said and said <= set(synthetic.COLOURS)
     for family in ("reasoning", "ocr"):
@@ -319,7 +321,9 @@ def test_quecc_runs_the_paper_path_end_to_end_on_tiny_checkpoints(paper_like):
     (paper_like / "paper-quecc.yaml").write_text(yaml.safe_dump(cfg))
     cells = [("qwen-a", 1), ("qwen-b", 4)]
     targets = [
-        f"results-quecc/cells/{llm}/quecc/v{v}/{name}" for llm, v in cells for name in ("s0/eval/gqa.json", "flops.json")
+        f"results-quecc/cells/{llm}/quecc/v{v}/{name}"
+        for llm, v in cells
+        for name in ("s0/eval/gqa.json", "flops.json")
     ]
     run = snakemake(paper_like, "paper-quecc.yaml", *targets)
     assert run.returncode == 0, run.stderr[-4000:]

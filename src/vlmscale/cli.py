@@ -181,7 +181,9 @@ def _trained_cells(fit: dict) -> list[dict]:
 
     family, compressor = fit.get("family"), fit.get("compressor")
     cells = cell_rows(
-        seed_rows(table, None if family in (None, "all") else family, None if compressor in (None, "all") else compressor)
+        seed_rows(
+            table, None if family in (None, "all") else family, None if compressor in (None, "all") else compressor
+        )
     )
     return [
         {"llm": c.llm, "llm_params": c.llm_params, "visual_tokens": c.visual_tokens, "error": c.error} for c in cells

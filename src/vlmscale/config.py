@@ -422,7 +422,9 @@ def cells(cfg: dict) -> list[Cell]:
 
 def architectures(cfg: dict) -> list[Cell]:
     """One cell per (LLM, compressor, V): the FLOP count does not depend on the seed."""
-    return [Cell(m["name"], v, 0, c) for c in compressors(cfg) for m in cfg["llms"] for v in cfg["grid"]["visual_tokens"]]
+    return [
+        Cell(m["name"], v, 0, c) for c in compressors(cfg) for m in cfg["llms"] for v in cfg["grid"]["visual_tokens"]
+    ]
 
 
 def llm_by_name(cfg: dict, name: str) -> dict:

@@ -102,7 +102,9 @@ def _of_compressor(rows: list[dict], path, compressor: str | None) -> list[dict]
             raise ValueError(f"{path}: the table holds the compressors {named}; name one (--compressor)")
         return rows
     if compressor not in named:
-        raise ValueError(f"{path}: no rows of compressor {compressor!r} (the table has {named or 'no compressor column'})")
+        raise ValueError(
+            f"{path}: no rows of compressor {compressor!r} (the table has {named or 'no compressor column'})"
+        )
     return [r for r in rows if r.get("compressor") == compressor]
 
 

@@ -350,7 +350,11 @@ def training_checkpoint_bytes(cell: dict, total: int, trained: int) -> float:
 
 
 def plan_cell(
-    cfg: dict, llm: str, visual_tokens: int, vocab_hint: int = 1000, tokens: dict | None = None,
+    cfg: dict,
+    llm: str,
+    visual_tokens: int,
+    vocab_hint: int = 1000,
+    tokens: dict | None = None,
     compressor: str | None = None,
 ) -> CellPlan | str:
     """The cell's plan, or a sentence saying why it cannot be planned. tokens: text_tokens(cfg), when a
@@ -379,9 +383,9 @@ def plan_cell(
     # kept: final/ (the LLM in the cell's training dtype, the adapters in fp32)
     checkpoint = ((2 if cell["settings"].bf16 else 4) * shape.params + 4 * adapter) / GB
     peak = training_checkpoint_bytes(cell, total, stages[-1].trained_params) / GB
-    plan = CellPlan(Cell(llm, visual_tokens, 0, compressor).architecture_id, shape.params, total, cell["world"], stages, checkpoint,
-                    peak, limit, "", evaluation_gb(cfg, cell, total),
-                    evaluation_gpu_hours(cfg, shape.params, visual_tokens, gpu))  # fmt: skip
+    name = Cell(llm, visual_tokens, 0, compressor).architecture_id
+    evaluation = evaluation_gb(cfg, cell, total), evaluation_gpu_hours(cfg, shape.params, visual_tokens, gpu)
+    plan = CellPlan(name, shape.params, total, cell["world"], stages, checkpoint, peak, limit, "", *evaluation)
     return plan if plan.fits else _with_advice(cfg, plan, cell)
 
 

@@ -1,4 +1,5 @@
-"""`vlmscale status`: the grid as an LLM x V matrix of cell states (a row per LLM, seed and compressor), read from the results folder alone.
+"""`vlmscale status`: the grid as an LLM x V matrix of cell states (a row per LLM, seed and compressor),
+read from the results folder alone.
 
 States: done (train, eval and FLOP files present, trained for the current spec), stale (trained for
 another spec: the next run retrains it), running (a training log that is still growing), failed (the
@@ -49,7 +50,9 @@ def cell_state(cfg: dict, cell: vcfg.Cell, running_window_s: float = 120.0) -> d
     train_json = cell_dir / "train.json"
     if train_json.exists():
         trained = json.loads(train_json.read_text())
-        if trained.get("config_hash") != spec_hash(vcfg.cell_spec(cfg, cell.llm, cell.visual_tokens, cell.seed, cell.compressor)):
+        if trained.get("config_hash") != spec_hash(
+            vcfg.cell_spec(cfg, cell.llm, cell.visual_tokens, cell.seed, cell.compressor)
+        ):
             return {**info, "state": "stale"}
         evals = [cell_dir / "eval" / f"{b['name']}.json" for b in cfg["benchmarks"]]
         complete = all(p.exists() for p in evals) and (cell_dir.parent / "flops.json").exists()
