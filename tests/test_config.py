@@ -53,7 +53,7 @@ def edited(path: str, value):
         ("grid.visual_tokens", [1, 4, 100], "V=100"),
         ("llms.1.name", "lm-xs", "llms\\[\\].name: duplicate value 'lm-xs'"),
         ("benchmarks.0.name", "textvqa", "benchmarks\\[0\\].name: 'textvqa' is not a task"),
-        ("llms.0.num_heads", 3, "num_heads \\(3\\) must divide hidden_size"),
+        ("llms.0.num_heads", 5, "num_heads \\(5\\) must divide hidden_size"),
     ],
 )
 def test_semantic_errors_name_the_key(path, value, message):
