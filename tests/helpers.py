@@ -92,15 +92,15 @@ def stable(value):
 
 
 def results(workdir: Path) -> dict:
-    files = sorted((workdir / "results/cells").rglob("*.json")) + sorted((workdir / "results/law").glob("*.json"))
+    files = sorted((workdir / "results/cells").rglob("*.json")) + sorted((workdir / "results/law").rglob("*.json"))
     files = [p for p in files if ".done" not in p.parts]  # evaluation's resume cache, keyed by file times
     return {str(p.relative_to(workdir)): stable(json.loads(p.read_text())) for p in files}
 
 
 def attempts(workdir: Path) -> dict[str, list[dict]]:
     out = {}
-    for path in (workdir / "results/checkpoints").glob("*/v*/s*/attempts.jsonl"):
-        cell = path.parent.relative_to(workdir / "results/checkpoints").as_posix()  # llm/vV/sSEED
+    for path in (workdir / "results/checkpoints").glob("*/*/v*/s*/attempts.jsonl"):
+        cell = path.parent.relative_to(workdir / "results/checkpoints").as_posix()  # llm/compressor/vV/sSEED
         out[cell] = [json.loads(x) for x in path.read_text().splitlines()]
     return out
 

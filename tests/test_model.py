@@ -148,3 +148,21 @@ def test_quecc_question_pass_is_its_own_flop_column():
     assert all(r["flops_paper"] == 2.0 * n * (r["text_tokens"] + 4) for r in counted["rows"])  # the law's axis
     plain = flops.count_cell({**spec, "compressor": "avgpool"}, SMALL_VISION, [f"w{i}" for i in range(40)], [50])
     assert "flops_quecc_question" not in plain["rows"][0]
+
+
+def test_the_tiny_tower_is_the_same_bits_whatever_threads_its_job_gets(small_data, tmp_path):
+    """Snakemake gives the vision job as many threads as --cores allows; the tiny tower trains in one
+    whatever it gets, so its weights and features (and every cell downstream) do not depend on the machine."""
+    from vlmscale.model import vision
+    from vlmscale.specs import TowerJob
+
+    spec = {**SMALL_VISION, "hidden_size": 64, "num_layers": 2, "num_heads": 4}  # the default tower's shape
+    towers = {}
+    for threads in (1, 2):
+        out = tmp_path / f"threads{threads}"
+        vision.main(TowerJob(spec, data_root=str(small_data), out=str(out), threads=threads))
+        towers[threads] = (torch.load(out / "tower.pt"), torch.load(out / "features.pt")["features"])
+    (weights_1, features_1), (weights_2, features_2) = towers[1], towers[2]
+    assert weights_1.keys() == weights_2.keys()
+    assert all(torch.equal(weights_1[k], weights_2[k]) for k in weights_1)
+    assert torch.equal(features_1, features_2)

@@ -13,7 +13,7 @@ rule pretrain_vision:
         f"{RESULTS}/logs/pretrain_vision.log",
     benchmark:
         f"{RESULTS}/benchmarks/pretrain_vision.tsv"
-    threads: 2
+    threads: 1 if config["vision"]["source"] == "tiny" else 2  # the tiny tower: one thread, any machine's bits
     resources:
         launch=single_task_resources,
         executor=LAUNCH["executor"],

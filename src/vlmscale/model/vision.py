@@ -266,9 +266,12 @@ def check_pretrained(spec: dict) -> dict:
 def main(job: TowerJob) -> dict:
     """Stage entry point: writes tower.json (+ tower.pt for the tiny tower, + features.pt when vision.cache
     is on)."""
-    torch.set_num_threads(job.threads)
-    start = time.time()
     spec, root, out = job.spec, Path(job.data_root), Path(job.out)
+    # The tiny tower trains and encodes in one thread: a CPU reduction's order, hence the weights' last bits,
+    # depends on the thread count, and Snakemake's --cores sets that (every cell downstream would differ
+    # with the machine's cores). One thread makes the tower, and the grid, the same bits on any machine.
+    torch.set_num_threads(1 if spec["source"] == "tiny" else job.threads)
+    start = time.time()
     manifest = read_json(root / "manifest.json")
     image_root = manifest.get("image_root", str(root))
     held_out, names = {}, manifest["images"]
