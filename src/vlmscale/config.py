@@ -189,7 +189,8 @@ def _check_batches(cfg: dict, llm: str, where: str) -> None:
 
 def _check_grid_fits_law(cfg: dict) -> None:
     """A grid too small for its law would train every cell and only fail at the fit: refuse it now."""
-    form, n_cells = cfg["law"]["form"], len(architectures(cfg)) // len(compressors(cfg))  # one law per compressor
+    # one law per (family, compressor), fitted to one point per (LLM, V)
+    form, n_cells = cfg["law"]["form"], len(cfg["llms"]) * len(cfg["grid"]["visual_tokens"])
     if len(cfg["llms"]) < 2:
         raise ConfigError("llms: the law's N exponent needs at least 2 LLM sizes")
     if len(cfg["grid"]["visual_tokens"]) < 2:
