@@ -270,3 +270,33 @@ def test_the_compressors_config_plans_every_compressors_cells(tmp_path):
         assert sum(f"compressor={compressor}," in w for w in planned["train"]) == 9
         assert sum(f"compressor={compressor}," in w for w in planned["flops"]) == 9
         assert sum(w.endswith(f"compressor={compressor}") for w in planned["fit_law"]) == 2  # reasoning, ocr
+
+
+def test_the_exposures_config_trains_the_default_grid_with_more_exposures_per_rule(tmp_path):
+    """configs/exposures.yaml as a user runs it (layered over config.yaml): the default's LLMs, V and seed
+    in its own results folder, each cell's spec the default's but for 8x the samples per step and 4x the
+    questions per image."""
+    import re
+
+    from helpers import run
+
+    from vlmscale import config as vcfg
+
+    for name in ("config.yaml", "configs/exposures.yaml"):
+        (tmp_path / Path(name).name).write_text((REPO / name).read_text())
+    code, out = run(
+        ["snakemake", "-s", str(REPO / "Snakefile"), "--configfile", "exposures.yaml", "--cores", "1", "-n"], tmp_path
+    )
+    assert code == 0, out[-3000:]
+    assert len(re.findall(r"\nrule train:|\nlocalrule train:", out)) == 12
+    assert "results-exposures/cells/lm-l/avgpool/v16/s0/train.json" in out
+
+    default = yaml.safe_load((REPO / "config.yaml").read_text())
+    layered = vcfg.deep_merge(default, yaml.safe_load((REPO / "configs/exposures.yaml").read_text()))
+    base, more = vcfg.cell_spec(default, "lm-l", 1), vcfg.cell_spec(layered, "lm-l", 1)
+    assert more["train"]["batch_size"] == 8 * base["train"]["batch_size"]
+    assert {k: v for k, v in more["train"].items() if k != "batch_size"} == {
+        k: v for k, v in base["train"].items() if k != "batch_size"
+    }
+    for family, n in default["data"]["questions_per_image"].items():
+        assert layered["data"]["questions_per_image"][family] == 4 * n
