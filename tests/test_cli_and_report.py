@@ -420,3 +420,39 @@ def test_the_report_says_what_quecc_s_question_pass_adds_to_its_flops():
         and "×1.00–1.00 at Q = 0" in note
     )
     assert report._question_pass_note(grid.drop(columns=["flops_quecc_question_q0", "flops_quecc_question_q50"])) == []
+
+
+def step_grid(errors: dict, seeds=(0,), n_questions: int = 2000):
+    """Rows as the aggregate stage writes them: one benchmark, the given error per (LLM, V) and seed."""
+    import pandas as pd
+
+    rows = [
+        {"llm": llm, "llm_params": params, "visual_tokens": v, "seed": s, "compressor": "avgpool",
+         "family": "reasoning", "benchmark": "facts", "error": by_v[v][i], "n_questions": n_questions}
+        for (llm, params), by_v in errors.items() for v in by_v for i, s in enumerate(seeds)
+    ]  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def test_the_report_names_each_step_of_the_grid_that_does_not_lower_the_error_beyond_its_noise():
+    from vlmscale.analysis import steps
+
+    # Three seeds: every larger V helps; the top LLM step gains 0.001 at V = 1 (below the margin) and
+    # 0.010 at V = 4 with a seed s.d. of 0.02 (below the noise); every other step gains clearly.
+    errors = {
+        ("lm-a", 1e4): {1: (0.30, 0.30, 0.30), 4: (0.25, 0.25, 0.25)},
+        ("lm-b", 3e4): {1: (0.20, 0.20, 0.20), 4: (0.15, 0.15, 0.15)},
+        ("lm-c", 1e5): {1: (0.199, 0.199, 0.199), 4: (0.12, 0.14, 0.16)},
+    }
+    text = "\n".join(steps.report_lines(step_grid(errors, seeds=(0, 1, 2))))
+    assert "- reasoning (avgpool), each larger V: helps at every step (3)." in text
+    llm_line = next(line for line in text.splitlines() if "each larger LLM" in line)
+    assert "**2 of 4 steps do not help**" in llm_line
+    assert "lm-b → lm-c at V = 1 (0.200 → 0.199" in llm_line and "lm-b → lm-c at V = 4 (0.150 → 0.140" in llm_line
+    assert "lm-a → lm-b" not in llm_line
+
+    # One seed: the noise is the sampling error of the gap, so the same 0.02 gain helps over 20,000
+    # questions per benchmark and not over 30.
+    one = {("lm-a", 1e4): {1: (0.30,), 4: (0.28,)}, ("lm-b", 3e4): {1: (0.28,), 4: (0.26,)}}
+    assert all(s.helps for s in steps.steps(step_grid(one, n_questions=20000)))
+    assert not any(s.helps for s in steps.steps(step_grid(one, n_questions=30)))

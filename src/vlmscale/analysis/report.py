@@ -15,6 +15,7 @@ import pandas as pd  # noqa: E402
 
 from vlmscale.analysis import law  # noqa: E402
 from vlmscale.analysis import sizes as sizes_  # noqa: E402
+from vlmscale.analysis import steps as steps_  # noqa: E402
 from vlmscale.analysis.aggregate import family_table  # noqa: E402
 from vlmscale.analysis.cost import paper_flops  # noqa: E402
 from vlmscale.analysis.law import FitResult  # noqa: E402
@@ -283,6 +284,7 @@ def markdown_report(
         "",
     ]
     lines += _law_table(fits)
+    lines += steps_.report_lines(grid)
     if reference:
         lines += _paper_comparison(reference)
     lines += ["", "## Compute-optimal frontier", ""] + _frontier_section(fits, frontier)
