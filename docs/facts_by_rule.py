@@ -28,7 +28,6 @@ from vlmscale.model.cell import load_trained
 from vlmscale.model.vision import feature_source
 
 BANDS = ((0, 4), (4, 10), (10, 20), (20, 40), (40, 80), (80, 128))
-SCHEMA = Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "config.schema.yaml"
 
 
 def layered_config(files: list[str]) -> dict:
@@ -36,9 +35,10 @@ def layered_config(files: list[str]) -> dict:
     merged: dict = {}
     for f in files:
         merged = vcfg.deep_merge(merged, yaml.safe_load(Path(f).read_text()))
-    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as out:
-        yaml.safe_dump(merged, out)
-    return vcfg.load_file(out.name, SCHEMA, data=False)
+    with tempfile.TemporaryDirectory() as folder:  # load_file validates a file: the merged one, then gone
+        path = Path(folder) / "layered.yaml"
+        path.write_text(yaml.safe_dump(merged))
+        return vcfg.load_file(path, vcfg.SCHEMA, data=False)
 
 
 def correct_by_rule(cfg: dict, llm: str, visual_tokens: int, seed: int) -> dict[int, list[bool]]:
