@@ -142,8 +142,9 @@ def build_tokenizer(llm_spec: dict, vocabulary: list[str]):
 
 
 def pad_right(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
-    lengths = torch.tensor([len(r) for r in rows])
-    ids = torch.full((len(rows), int(lengths.max())), pad, dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
-    return ids, lengths
+    """Rows padded on the right to the longest, as one tensor, and their lengths. The rows are padded as
+    lists and converted once: a tensor per row costs more than the training step of a tiny model."""
+    lengths = [len(r) for r in rows]
+    width = max(lengths)
+    ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows], dtype=torch.long)
+    return ids, torch.tensor(lengths)
