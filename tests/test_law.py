@@ -213,8 +213,25 @@ def test_a_poor_or_bounded_fit_says_why_it_is_not_to_be_trusted():
     assert any(p.startswith("R² = ") and "below 0.8" in p for p in problems)
     paper = law.fit(paper_table())  # the floor D goes to 0 on the paper's table: said, but V* stands
     assert law.trust_problems(paper) == [] and law.cautions(paper) == list(paper.warnings) != []
-    exponent_on_bound = law.FitResult(**{**good.__dict__, "warnings": ("beta = 0 sits on its bound (0.0, 3.0): ...",)})
-    assert law.trust_problems(exponent_on_bound) == list(exponent_on_bound.warnings)
+    steep = law.fit(synthetic("paper", {"K": 100.0, "alpha": 0.3, "beta": 4.0, "D": 0.1}, 0.0, 0))
+    assert steep.params["beta"] == 3.0 and law.trust_problems(steep) == list(steep.warnings) != []
+    legacy = law.FitResult(**{**good.__dict__, "warnings": ("beta = 0 sits on its bound (0.0, 3.0): ...",)})
+    assert law.trust_problems(legacy) == list(legacy.warnings)  # fits stored before exponents at 0 were findings
+
+
+def test_an_exponent_at_zero_is_a_finding_that_leaves_the_frontier_standing():
+    """Cells where V buys nothing (true beta = 0): beta sits on 0, the fit is trusted with a caution that
+    says so, and V* is the smallest V at every Q; with neither axis helping there is no frontier."""
+    flat_in_v = law.fit(synthetic("paper", {"K": 100.0, "alpha": 0.3, "beta": 0.0, "D": 0.1}, 0.0, 0))
+    assert flat_in_v.params["beta"] == 0.0 and flat_in_v.status == "at_bound"
+    assert law.trust_problems(flat_in_v) == []
+    assert [w.split(":")[0] for w in law.cautions(flat_in_v)] == ["beta = 0 sits on its lower bound"]
+    assert "smallest V" in law.cautions(flat_in_v)[0]
+    for q in (0, 50, 500):
+        assert law.optimal_tokens(flat_in_v.params["alpha"], 0.0, q, 1, 16) == 1.0
+    both = tuple(f"{k} = 0 sits on its lower bound: {t}" for k, t in law.NO_GAIN.items())
+    flat = law.FitResult(**{**flat_in_v.__dict__, "warnings": both})
+    assert any("there is no frontier" in p for p in law.trust_problems(flat))
 
 
 def test_nnls_equals_scipys_on_random_problems():

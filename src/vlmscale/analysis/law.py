@@ -247,12 +247,20 @@ def fit(data: LawData, form: str = "paper", starts: int = 10, huber_delta: float
     )
 
 
+NO_GAIN = {
+    "alpha": "a larger LLM does not lower the error on these cells, so V* is the largest V at every Q",
+    "beta": "more visual tokens do not lower the error on these cells, so V* is the smallest V at every Q",
+}
+
+
 def _bound_warnings(params: dict) -> list[str]:
+    """An exponent at 0 is a finding (that axis buys nothing here: the frontier puts the compute on the other
+    one); an exponent at the upper bound is not pinned down by the data at all. A term at 0 is said too."""
     out = []
     for key in ("alpha", "beta"):
-        if math.isclose(params[key], EXPONENT_BOUNDS[0], abs_tol=1e-6) or math.isclose(
-            params[key], EXPONENT_BOUNDS[1], abs_tol=1e-6
-        ):
+        if math.isclose(params[key], EXPONENT_BOUNDS[0], abs_tol=1e-6):
+            out.append(f"{key} = 0 sits on its lower bound: {NO_GAIN[key]}")
+        elif math.isclose(params[key], EXPONENT_BOUNDS[1], abs_tol=1e-6):
             out.append(f"{key} = {params[key]:.4g} sits on its bound {EXPONENT_BOUNDS}: the data do not pin it down")
     for key in ("K", "A", "B", "D", "E"):
         if key in params and params[key] <= 1e-12:
@@ -326,24 +334,32 @@ R2_TRUST = 0.8
 
 def trust_problems(result: FitResult) -> list[str]:
     """Why a fit's frontier should not be read as an answer (empty: nothing found). A poor fit (R² below
-    R2_TRUST), a search that did not converge, an exponent on its bound or no scaling term (K = 0) each
-    make V* an artefact of the fit rather than a property of the cells."""
+    R2_TRUST), a search that did not converge, an exponent on its upper bound or no scaling term (K = 0)
+    each make V* an artefact of the fit rather than a property of the cells."""
     problems = []
     if not result.r2 >= R2_TRUST:
         problems.append(f"R² = {result.r2:.2f} is below {R2_TRUST}: the law does not describe these cells")
     if result.status == "not_converged":
         problems.append("the fit did not converge")
-    return problems + [w for w in result.warnings if not _is_floor_warning(w)]
+    if all(any(w.startswith(f"{key} = 0 sits on its lower bound") for w in result.warnings) for key in NO_GAIN):
+        problems.append("neither a larger LLM nor more visual tokens lowers the error: there is no frontier")
+    return problems + [w for w in result.warnings if not _leaves_frontier_standing(w)]
 
 
 def cautions(result: FitResult) -> list[str]:
-    """Bound warnings that leave the frontier standing: the floor D (or E) at 0. V* does not depend on the
-    floor, but the exponents were fitted with it held at its bound; said next to the frontier."""
-    return [w for w in result.warnings if _is_floor_warning(w)]
+    """Bound warnings that leave the frontier standing, said next to it: the floor D (or E) at 0 (V* does
+    not depend on the floor, but the exponents were fitted with it held at its bound), and an exponent at
+    0 (that axis does not lower the error: V* sits at the end of the range the other axis prefers)."""
+    return [w for w in result.warnings if _leaves_frontier_standing(w)]
 
 
-def _is_floor_warning(warning: str) -> bool:
+def is_floor_warning(warning: str) -> bool:
     return warning.startswith(("D = 0", "E = 0"))
+
+
+def _leaves_frontier_standing(warning: str) -> bool:
+    no_gain = tuple(f"{key} = 0 sits on its lower bound" for key in NO_GAIN)
+    return is_floor_warning(warning) or warning.startswith(no_gain)
 
 
 def fit_with_checks(

@@ -363,11 +363,9 @@ def _frontier_section(fits: dict[Key, FitResult], frontier: pd.DataFrame) -> lis
             ]
     for key, fit in fits.items():
         if law.cautions(fit) and not untrusted[key]:
-            lines += [
-                f"> **Caution — {names[key]}:** " + "; ".join(law.cautions(fit)) + ". V* does not depend on "
-                "the floor, but the exponents were fitted with it held at 0.",
-                "",
-            ]
+            floor = any(law.is_floor_warning(w) for w in law.cautions(fit))
+            why = " V* does not depend on the floor, but the exponents were fitted with it held at 0." if floor else ""
+            lines += [f"> **Caution — {names[key]}:** " + "; ".join(law.cautions(fit)) + "." + why, ""]
     lines += [
         "V* = β·Q/(α−β) when α > β, otherwise the largest V; N* = C / (2(Q+V*)). In brackets: V*'s 95 % "
         "bootstrap interval (the same resamples as α's and β's).",
