@@ -76,10 +76,17 @@ def measure(zero: int, precision: str, args) -> dict:
 
 
 def rank_main(args) -> None:
+    import torch.distributed as dist
+
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
     result = measure(args.zero, args.precision, args)
     if int(os.environ["RANK"]) == 0:
         print("RESULT " + json.dumps(result), flush=True)
+    # The measurement is done: leave without the interpreter's teardown, where a communication thread
+    # still alive once aborted a rank ("terminate called without an active exception") after its result.
+    dist.destroy_process_group()
+    sys.stdout.flush()
+    os._exit(0)
 
 
 def run_case(zero: int, precision: str, args) -> dict:

@@ -222,11 +222,22 @@ def train_main(job) -> dict:
     from vlmscale.training.trainer import train_cell
 
     if not world_from_env().is_main:
-        return train_cell(job)
+        return _closing_process_group(train_cell(job))
     with CellTracker.for_cell(job.spec, job.tracking, run_key(job.spec), job.executor) as tracker:
         result = train_cell(job, tracker=tracker)
         result["mlflow_run_id"] = tracker.run_id
         result["job"] = current_job()  # where this cell's job log is (empty when run in-process)
         tracker.log_metrics({"train_seconds": result["train_seconds"], "final_loss": result["final_loss"] or 0.0})
     write_json(job.out, result)
+    return _closing_process_group(result)
+
+
+def _closing_process_group(result: dict) -> dict:
+    """Destroy a finished multi-process job's process group (torch's advice) rather than leave it to the
+    interpreter's exit, where a communication thread still alive can abort a process whose work is done and
+    saved. A one-process job keeps its group: a caller may train another cell in the same process."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.destroy_process_group()
     return result
