@@ -341,7 +341,7 @@ def trust_problems(result: FitResult) -> list[str]:
         problems.append(f"R² = {result.r2:.2f} is below {R2_TRUST}: the law does not describe these cells")
     if result.status == "not_converged":
         problems.append("the fit did not converge")
-    if all(any(w.startswith(f"{key} = 0 sits on its lower bound") for w in result.warnings) for key in NO_GAIN):
+    if {_no_gain_axis(w) for w in result.warnings} >= set(NO_GAIN):
         problems.append("neither a larger LLM nor more visual tokens lowers the error: there is no frontier")
     return problems + [w for w in result.warnings if not _leaves_frontier_standing(w)]
 
@@ -357,9 +357,13 @@ def is_floor_warning(warning: str) -> bool:
     return warning.startswith(("D = 0", "E = 0"))
 
 
+def _no_gain_axis(warning: str) -> str | None:
+    """The exponent ('alpha' or 'beta') a warning finds at 0, or None."""
+    return next((key for key in NO_GAIN if warning.startswith(f"{key} = 0 sits on its lower bound")), None)
+
+
 def _leaves_frontier_standing(warning: str) -> bool:
-    no_gain = tuple(f"{key} = 0 sits on its lower bound" for key in NO_GAIN)
-    return is_floor_warning(warning) or warning.startswith(no_gain)
+    return is_floor_warning(warning) or _no_gain_axis(warning) is not None
 
 
 def fit_with_checks(

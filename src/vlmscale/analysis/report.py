@@ -362,10 +362,11 @@ def _frontier_section(fits: dict[Key, FitResult], frontier: pd.DataFrame) -> lis
                 "",
             ]
     for key, fit in fits.items():
-        if law.cautions(fit) and not untrusted[key]:
-            floor = any(law.is_floor_warning(w) for w in law.cautions(fit))
+        cautions = law.cautions(fit)
+        if cautions and not untrusted[key]:
+            floor = any(law.is_floor_warning(w) for w in cautions)
             why = " V* does not depend on the floor, but the exponents were fitted with it held at 0." if floor else ""
-            lines += [f"> **Caution — {names[key]}:** " + "; ".join(law.cautions(fit)) + "." + why, ""]
+            lines += [f"> **Caution — {names[key]}:** " + "; ".join(cautions) + "." + why, ""]
     lines += [
         "V* = β·Q/(α−β) when α > β, otherwise the largest V; N* = C / (2(Q+V*)). In brackets: V*'s 95 % "
         "bootstrap interval (the same resamples as α's and β's).",
