@@ -326,7 +326,38 @@ def heldout_check(data: LawData, form: str = "paper") -> dict:
         "mean_abs_rel_error": float(rel.mean()) if sizable.any() else None,
         "rel_error_cells": int(sizable.sum()),
         "n_cells": int(len(diff)),
+        "miss_by_v": _miss_by_v(test.visual_tokens, test.error - pred),
     }
+
+
+def _miss_by_v(visual_tokens: np.ndarray, miss: np.ndarray) -> list[list[float]]:
+    """[V, mean observed - predicted] for each V of the held-out cells, V ascending."""
+    return [[float(v), float(miss[visual_tokens == v].mean())] for v in np.unique(visual_tokens)]
+
+
+HELDOUT_TOLERANCE = 0.03  # mean absolute miss on the held-out LLM's cells beyond which the report cautions
+MISS_NOISE = 0.005  # misses this small carry no sign
+
+
+def heldout_caution(result: FitResult) -> str | None:
+    """A held-out check that misses by more than HELDOUT_TOLERANCE, said with where it misses. Misses that
+    change sign along V mean the error does not follow a power of V (a curve in log V the law cannot bend to);
+    misses of one sign mean the largest LLM sits off the level the smaller ones extrapolate to."""
+    held = result.heldout or {}
+    if held.get("status") != "ok" or not held["mean_abs_error"] > HELDOUT_TOLERANCE:
+        return None
+    text = (
+        f"fitted without the largest LLM, the law misses that LLM's cells by {held['mean_abs_error']:.3f} on "
+        f"average (more than {HELDOUT_TOLERANCE})"
+    )
+    misses = held.get("miss_by_v") or []
+    if not misses:
+        return text
+    text += ": observed − predicted " + ", ".join(f"{m:+.3f} at V = {v:g}" for v, m in misses)
+    signs = {m > 0 for _, m in misses if abs(m) > MISS_NOISE}
+    if len(signs) > 1:
+        return text + "; the misses change sign along V: on these cells the error does not fall as a power of V"
+    return text + "; the misses share one sign: the largest LLM sits off the level the smaller ones extrapolate to"
 
 
 R2_TRUST = 0.8
@@ -347,10 +378,12 @@ def trust_problems(result: FitResult) -> list[str]:
 
 
 def cautions(result: FitResult) -> list[str]:
-    """Bound warnings that leave the frontier standing, said next to it: the floor D (or E) at 0 (V* does
-    not depend on the floor, but the exponents were fitted with it held at its bound), and an exponent at
-    0 (that axis does not lower the error: V* sits at the end of the range the other axis prefers)."""
-    return [w for w in result.warnings if _leaves_frontier_standing(w)]
+    """What to keep in mind when reading a frontier that stands: the floor D (or E) at 0 (V* does not
+    depend on the floor, but the exponents were fitted with it held at its bound), an exponent at 0 (that
+    axis does not lower the error: V* sits at the end of the range the other axis prefers), and a held-out
+    check that misses (the law's predictions beyond the fitted LLMs are that far off)."""
+    bounds = [w for w in result.warnings if _leaves_frontier_standing(w)]
+    return bounds + [c for c in [heldout_caution(result)] if c]
 
 
 def is_floor_warning(warning: str) -> bool:

@@ -350,8 +350,8 @@ def _heldout_text(held: dict) -> str:
 
 
 def _frontier_section(fits: dict[Key, FitResult], frontier: pd.DataFrame) -> list[str]:
-    """Warnings above the frontier: a fit that should not be trusted has its V* withheld; a floor on its
-    bound is said next to the V* it leaves standing."""
+    """Warnings above the frontier: a fit that should not be trusted has its V* withheld; a floor or an
+    exponent on its bound, or a held-out check that misses, is said next to the V* it leaves standing."""
     names = fit_labels(fits)
     untrusted = {key: law.trust_problems(fit) for key, fit in fits.items()}
     lines = []
@@ -364,9 +364,7 @@ def _frontier_section(fits: dict[Key, FitResult], frontier: pd.DataFrame) -> lis
     for key, fit in fits.items():
         cautions = law.cautions(fit)
         if cautions and not untrusted[key]:
-            floor = any(law.is_floor_warning(w) for w in cautions)
-            why = " V* does not depend on the floor, but the exponents were fitted with it held at 0." if floor else ""
-            lines += [f"> **Caution — {names[key]}:** " + "; ".join(cautions) + "." + why, ""]
+            lines += [f"> **Caution — {names[key]}:** " + "; ".join(map(_with_why, cautions)) + ".", ""]
     lines += [
         "V* = β·Q/(α−β) when α > β, otherwise the largest V; N* = C / (2(Q+V*)). In brackets: V*'s 95 % "
         "bootstrap interval (the same resamples as α's and β's).",
@@ -376,6 +374,12 @@ def _frontier_section(fits: dict[Key, FitResult], frontier: pd.DataFrame) -> lis
     shown = frontier[~_rows_of(frontier, [key for key, problems in untrusted.items() if problems])]
     lines += ["", shown.to_markdown(index=False, floatfmt=".4g") if len(shown) else "(no trusted frontier)", ""]
     return lines
+
+
+def _with_why(caution: str) -> str:
+    if law.is_floor_warning(caution):
+        return caution + " (V* does not depend on the floor, but the exponents were fitted with it held at 0)"
+    return caution
 
 
 def _v_star_line(name: str, fit: FitResult, frontier: pd.DataFrame, key: Key, untrusted: bool) -> str:
