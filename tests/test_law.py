@@ -220,7 +220,8 @@ def test_a_held_out_miss_is_a_caution_that_says_where_the_law_misses():
     jump = n == n.max()
     better = law.fit_with_checks(law.LawData.from_arrays(n, v, np.where(jump, 0.5, 1.0) * steps + 0.2))
     assert "share one sign" in law.heldout_caution(better)
-    legacy = law.FitResult(**{**stairs.__dict__, "heldout": {k: x for k, x in stairs.heldout.items() if k != "miss_by_v"}})
+    stored = {k: x for k, x in stairs.heldout.items() if k != "miss_by_v"}
+    legacy = law.FitResult(**{**stairs.__dict__, "heldout": stored})
     assert law.heldout_caution(legacy).endswith("(more than 0.03)")  # fits stored before the misses were kept
 
 
