@@ -54,6 +54,12 @@ onstart:
         )
 
 
+onsuccess:
+    # A run that wrote the report ends by saying what it found: each law's V* and whether to trust it.
+    if wrote_report():
+        shell("vlmscale summary --results {RESULTS:q}")
+
+
 rule all:
     default_target: True
     input:

@@ -122,6 +122,35 @@ def test_report_warns_above_the_frontier_and_withholds_v_star_of_an_untrusted_fi
     assert "reasoning frontier as an answer" not in text
 
 
+def test_a_held_out_miss_and_a_floor_on_its_bound_are_said_beside_the_frontier_and_in_mlflow():
+    """The OCR-like staircase in V: a trusted fit with D on 0 and a held-out miss. The report's caution
+    explains the floor right after the floor warning and says where the held-out check misses; the MLflow
+    description lists the same caution."""
+    import numpy as np
+    import pandas as pd
+
+    from vlmscale.analysis import law, report
+    from vlmscale.orchestration.track_sync import grid_description
+
+    n, v = (a.ravel() for a in np.meshgrid([2e4, 3e4, 4e4, 6e4], [1, 4, 16]))
+    fit = law.fit_with_checks(law.LawData.from_arrays(n, v, np.select([v < 4, v < 16], [0.6, 0.3], 0.0) * n**-0.03))
+    assert law.trust_problems(fit) == [] and fit.params["D"] == 0
+    frontier = pd.DataFrame(
+        [
+            {"family": "ocr", "text_tokens": q, "flops": 1e6, "visual_tokens": 16.0, "llm_params": 1e4,
+             "error": 0.2, "method": "closed_form"}
+            for q in (0, 50)
+        ]
+    )  # fmt: skip
+    caution = next(x for x in report._frontier_section({("ocr", "avgpool"): fit}, frontier) if "Caution" in x)
+    floor = caution.index("D = 0 sits on its lower bound")
+    assert caution.index("(V* does not depend on the floor") > floor
+    assert caution.index("(V* does not depend on the floor") < caution.index("fitted without the largest LLM")
+    assert "observed minus predicted" in caution and "alternate in sign along V" in caution
+    description = grid_description({("ocr", "avgpool"): fit.to_dict()}, (1.0, 16.0), [], "1", "p")
+    assert law.heldout_caution(fit) in description
+
+
 def test_a_benchmark_scored_without_its_judge_is_marked_rule_based_only_beside_its_numbers(tmp_path):
     """judge: none travels from the result JSON through grid.parquet's judge column to the report."""
     from vlmscale.analysis import aggregate, report

@@ -203,23 +203,30 @@ def test_heldout_reports_absolute_error_and_relative_only_where_error_is_sizable
     assert check["mean_abs_error"] < 0.01 and check["max_abs_error"] >= check["mean_abs_error"]
 
 
-def test_a_held_out_miss_is_a_caution_that_says_where_the_law_misses():
-    """Error that falls in steps in V (each of three print sizes legible from one V on): no power
-    of V follows it, the fit without the largest LLM misses that LLM's cells, and the caution says the
-    misses change sign along V. A true power law leaves no held-out caution; a largest LLM that does better
-    than the smaller ones extrapolate is a miss of one sign."""
+def held_out_grid(error_of):
+    """Four LLMs x V in {1, 4, 16}; the largest is the one the held-out check predicts."""
     n, v = (a.ravel() for a in np.meshgrid(np.array([2e4, 3e4, 4e4, 6e4]), np.array([1, 4, 16])))
-    steps = np.select([v < 4, v < 16], [0.6, 0.3], 0.0)  # thirds of the questions, unread at 0.9 error
-    stairs = law.fit_with_checks(law.LawData.from_arrays(n, v, steps * (n / 2e4) ** -0.03))
+    return law.fit_with_checks(law.LawData.from_arrays(n, v, error_of(n, v, n == n.max())))
+
+
+def test_a_held_out_miss_is_a_caution_that_says_where_the_law_misses():
+    """Error that falls in steps in V (each of three print sizes legible from one V on): no power of V
+    follows it, the law fitted without the largest LLM misses that LLM's cells and the misses alternate in
+    sign along V. A largest LLM with its own power of V: one change of sign. A largest LLM better at every
+    V: one sign. A true power law: no caution."""
+    stairs = held_out_grid(lambda n, v, top: np.select([v < 4, v < 16], [0.6, 0.3], 0.0) * (n / 2e4) ** -0.03)
     caution = law.heldout_caution(stairs)
     assert stairs.heldout["mean_abs_error"] > law.HELDOUT_TOLERANCE and caution in law.cautions(stairs)
-    misses = dict(map(tuple, stairs.heldout["miss_by_v"]))
-    assert misses[4.0] > 0 > misses[16.0] and "change sign along V" in caution and "+" in caution
+    misses = [m for _, m in stairs.heldout["miss_by_v"]]
+    assert misses[0] < 0 < misses[1] and misses[2] < 0 and "alternate in sign along V" in caution
+    own_slope = held_out_grid(lambda n, v, top: np.where(top, 0.75 * v**-0.5, 0.6 * v**-0.3) + 0.05)
+    assert "the V-dependence fitted on the smaller LLMs does not carry over" in law.heldout_caution(own_slope)
+    better = held_out_grid(lambda n, v, top: np.where(top, 0.5, 1.0) * np.select([v < 4, v < 16], [0.6, 0.3], 0) + 0.2)
+    assert "every miss has one sign: that LLM's error sits below" in law.heldout_caution(better)
     smooth = law.fit_with_checks(synthetic("paper", {"K": 100.0, "alpha": 0.3, "beta": 0.15, "D": 0.1}, 0.002, 0))
     assert law.heldout_caution(smooth) is None and smooth.heldout["mean_abs_error"] < 0.01
-    jump = n == n.max()
-    better = law.fit_with_checks(law.LawData.from_arrays(n, v, np.where(jump, 0.5, 1.0) * steps + 0.2))
-    assert "share one sign" in law.heldout_caution(better)
+    cancelled = {**stairs.heldout, "miss_by_v": [[1.0, 0.001], [4.0, -0.002]]}  # cells whose misses cancel per V
+    assert law.heldout_caution(law.FitResult(**{**stairs.__dict__, "heldout": cancelled})).endswith("-0.002 at V = 4")
     stored = {k: x for k, x in stairs.heldout.items() if k != "miss_by_v"}
     legacy = law.FitResult(**{**stairs.__dict__, "heldout": stored})
     assert law.heldout_caution(legacy).endswith("(more than 0.03)")  # fits stored before the misses were kept

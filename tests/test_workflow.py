@@ -37,6 +37,7 @@ def grid(tmp_path_factory) -> Path:
     (workdir / "mini.yaml").write_text(yaml.safe_dump(MINI))
     proc = snakemake(workdir, "mini.yaml")
     assert proc.returncode == 0, proc.stderr[-4000:]
+    (workdir / "first_run.out").write_text(proc.stdout + proc.stderr)
     return workdir
 
 
@@ -58,6 +59,17 @@ def test_full_run_leaves_report_table_laws_and_figures(grid):
     assert table.llm_params_nominal.isna().all() and (table.judge == "").all()
     report = (results / "report.md").read_text()
     assert "## Comparison with the paper (N nominal" in report and "on nominal N: no nominal size for" in report
+
+
+def test_a_run_that_writes_the_report_ends_with_each_laws_v_star_and_trust(grid):
+    out = (grid / "first_run.out").read_text()
+    assert "vlmscale: the compute-optimal frontier" in out, out[-3000:]
+    summary = out[out.index("vlmscale: the compute-optimal frontier") :]
+    report = (grid / "results/report.md").read_text()
+    for family in ("ocr", "reasoning"):  # the same V* line (or the same refusal) as the report
+        line = next(x for x in summary.splitlines() if x.startswith(f"- {family}: "))
+        assert line in report and ("V*(Q=50) = " in line or "not to be trusted" in line)
+    assert "Full report: results/report.md" in summary
 
 
 def test_every_cell_is_one_mlflow_run_under_one_parent(grid):
@@ -82,8 +94,9 @@ def test_every_cell_is_one_mlflow_run_under_one_parent(grid):
 
 
 def test_second_run_has_nothing_to_do(grid):
-    proc = snakemake(grid, "mini.yaml", "-n")
+    proc = snakemake(grid, "mini.yaml")
     assert "Nothing to be done" in proc.stdout + proc.stderr
+    assert "compute-optimal frontier" not in proc.stdout + proc.stderr  # no report written, nothing to say
 
 
 def test_a_moved_project_plans_nothing(grid, tmp_path):

@@ -217,6 +217,12 @@ def cmd_report(args) -> dict:
     )
 
 
+def cmd_summary(args) -> None:
+    from vlmscale.analysis import report
+
+    print(report.summary(args.results))
+
+
 def cmd_plot(args) -> dict:
     from vlmscale.analysis import report
 
@@ -368,6 +374,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--text-tokens", type=int, nargs="+", default=[0, 50])
     p.add_argument("--out-dir", required=True)
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("summary", help="each law's V* and whether to trust it, from a finished run's results")
+    p.add_argument("--results", default="results")
+    p.set_defaults(func=cmd_summary)
 
     p = sub.add_parser("plot", help="error vs FLOPs with the fitted law and frontier, for any fit and table")
     p.add_argument("fit")

@@ -1,6 +1,7 @@
 # Shared definitions: validated config -> cells, canonical params, wildcard constraints, tracking store.
 import os
 import re
+import time
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
@@ -22,6 +23,15 @@ if UNFIT:
     )
 
 RESULTS = config["results"]
+RUN_STARTED = time.time()
+
+
+def wrote_report() -> bool:
+    """Whether this run wrote the report (a run that only trained a cell or found nothing to do did not)."""
+    written = Path(RESULTS) / "report.md"
+    return written.exists() and written.stat().st_mtime >= RUN_STARTED
+
+
 # Not a param: where the checkpoints live (scratch) decides nothing they hold; moving the folder retrains nothing.
 CHECKPOINTS = vcfg.checkpoints_root(config)
 LLMS = [m["name"] for m in config["llms"]]

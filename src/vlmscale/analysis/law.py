@@ -340,24 +340,33 @@ MISS_NOISE = 0.005  # misses this small carry no sign
 
 
 def heldout_caution(result: FitResult) -> str | None:
-    """A held-out check that misses by more than HELDOUT_TOLERANCE, said with where it misses. Misses that
-    change sign along V mean the error does not follow a power of V (a curve in log V the law cannot bend to);
-    misses of one sign mean the largest LLM sits off the level the smaller ones extrapolate to."""
+    """A held-out check that misses by more than HELDOUT_TOLERANCE, said with where it misses and what the
+    pattern of misses along V shows (signs of misses above MISS_NOISE only)."""
     held = result.heldout or {}
     if held.get("status") != "ok" or not held["mean_abs_error"] > HELDOUT_TOLERANCE:
         return None
     text = (
-        f"fitted without the largest LLM, the law misses that LLM's cells by {held['mean_abs_error']:.3f} on "
+        f"fitted without the largest LLM, the law misses that LLM's cells by {held['mean_abs_error']:.3g} on "
         f"average (more than {HELDOUT_TOLERANCE})"
     )
     misses = held.get("miss_by_v") or []
     if not misses:
         return text
-    text += ": observed − predicted " + ", ".join(f"{m:+.3f} at V = {v:g}" for v, m in misses)
-    signs = {m > 0 for _, m in misses if abs(m) > MISS_NOISE}
-    if len(signs) > 1:
-        return text + "; the misses change sign along V: on these cells the error does not fall as a power of V"
-    return text + "; the misses share one sign: the largest LLM sits off the level the smaller ones extrapolate to"
+    text += ": observed minus predicted " + ", ".join(f"{m:+.3f} at V = {v:g}" for v, m in misses)
+    return text + _miss_pattern([m for _, m in misses if abs(m) > MISS_NOISE])
+
+
+def _miss_pattern(signed: list[float]) -> str:
+    """What the signs of the held-out misses along V (ascending) say."""
+    changes = sum((a > 0) != (b > 0) for a, b in zip(signed, signed[1:]))
+    if not signed:
+        return ""
+    if changes >= 2:
+        return "; the misses alternate in sign along V: that LLM's error bends in V where the law's power of V cannot"
+    if changes == 1:
+        return "; the misses change sign along V: the V-dependence fitted on the smaller LLMs does not carry over"
+    side = "below" if signed[0] < 0 else "above"
+    return f"; every miss has one sign: that LLM's error sits {side} what the smaller LLMs extrapolate to"
 
 
 R2_TRUST = 0.8

@@ -352,6 +352,26 @@ def _heldout_text(held: dict) -> str:
 def _frontier_section(fits: dict[Key, FitResult], frontier: pd.DataFrame) -> list[str]:
     """Warnings above the frontier: a fit that should not be trusted has its V* withheld; a floor or an
     exponent on its bound, or a held-out check that misses, is said next to the V* it leaves standing."""
+    untrusted = {key: law.trust_problems(fit) for key, fit in fits.items()}
+    lines = _frontier_notes(fits, frontier)
+    shown = frontier[~_rows_of(frontier, [key for key, problems in untrusted.items() if problems])]
+    lines += ["", shown.to_markdown(index=False, floatfmt=".4g") if len(shown) else "(no trusted frontier)", ""]
+    return lines
+
+
+def summary(results: str | Path) -> str:
+    """What a finished run prints: each law's warnings or cautions and its V* with intervals (the report's
+    frontier section without its table), and where the report is. Empty before the first report."""
+    results = Path(results)
+    laws, frontier = sorted((results / "law").glob("*/*.json")), results / "law" / "frontier.csv"
+    if not (results / "report.md").exists() or not laws or not frontier.exists():
+        return ""
+    notes = _frontier_notes(load_fits(laws), pd.read_csv(frontier))
+    body = "\n".join(line.replace("> **", "").replace("**", "") for line in notes if line)
+    return f"vlmscale: the compute-optimal frontier\n{body}\nFull report: {results / 'report.md'}"
+
+
+def _frontier_notes(fits: dict[Key, FitResult], frontier: pd.DataFrame) -> list[str]:
     names = fit_labels(fits)
     untrusted = {key: law.trust_problems(fit) for key, fit in fits.items()}
     lines = []
@@ -371,8 +391,6 @@ def _frontier_section(fits: dict[Key, FitResult], frontier: pd.DataFrame) -> lis
         "",
     ]
     lines += [_v_star_line(names[key], fit, frontier, key, bool(untrusted[key])) for key, fit in fits.items()]
-    shown = frontier[~_rows_of(frontier, [key for key, problems in untrusted.items() if problems])]
-    lines += ["", shown.to_markdown(index=False, floatfmt=".4g") if len(shown) else "(no trusted frontier)", ""]
     return lines
 
 
