@@ -246,6 +246,28 @@ def test_clip_features_come_from_the_configured_layer(paper_like):
     assert not torch.allclose(features, hidden[-1][:, 1:], atol=1e-3)
 
 
+def test_a_pretrained_llms_adapter_starts_from_the_cells_seed(paper_like, monkeypatch):
+    """A pretrained LLM draws nothing seeded, so the adapter (the cell's one random initialisation) must be
+    seeded on its own: after other draws (another process, another run) the same cell starts from the same
+    adapter, and another seed from another one. Unseeded, every run of a paper cell trained differently."""
+    from helpers import load
+
+    from vlmscale import config as vcfg
+    from vlmscale.model.cell import build_cell_model
+
+    monkeypatch.chdir(paper_like)
+    cfg = load(tiny_paper_config(paper_like))
+
+    def adapter(seed: int) -> dict:
+        torch.rand(97)  # whatever the process drew before
+        model, _ = build_cell_model(vcfg.cell_spec(cfg, "qwen-a", 4, seed), [], 32, 6)
+        return model.adapter.state_dict()
+
+    first, again, other = adapter(0), adapter(0), adapter(1)
+    assert all(torch.equal(first[k], again[k]) for k in first)
+    assert not all(torch.equal(first[k], other[k]) for k in first)
+
+
 @pytest.mark.slow
 def test_the_paper_config_runs_end_to_end_on_tiny_checkpoints(paper_like):
     from helpers import snakemake

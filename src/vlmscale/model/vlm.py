@@ -63,7 +63,11 @@ def llm_config(spec: dict, vocab_size: int):
 
 def build_llm(spec: dict, vocab_size: int, on_meta: bool = False) -> nn.Module:
     """Causal LM: random-init from its config (source 'config'), or from_pretrained (id or folder).
-    on_meta: the architecture without weights (shapes only), for counting parameters and FLOPs."""
+    on_meta: the architecture without weights (shapes only), for counting parameters and FLOPs.
+
+    Either way the global generator is left seeded by `init_seed`, so what is initialised next (the
+    adapter) is a function of the seed: a pretrained LM draws nothing seeded, and without the seed the
+    adapter would start from whatever state the process happened to be in, a different one every run."""
     from transformers import AutoModelForCausalLM
 
     config = llm_config(spec, vocab_size)
@@ -71,7 +75,9 @@ def build_llm(spec: dict, vocab_size: int, on_meta: bool = False) -> nn.Module:
         with torch.device("meta"):
             return AutoModelForCausalLM.from_config(config)
     if spec.get("source", "config") != "config":
-        return AutoModelForCausalLM.from_pretrained(spec["source"], dtype=torch.float32)
+        llm = AutoModelForCausalLM.from_pretrained(spec["source"], dtype=torch.float32)
+        torch.manual_seed(spec.get("init_seed", 0))
+        return llm
     torch.manual_seed(spec.get("init_seed", 0))
     return AutoModelForCausalLM.from_config(config)
 
