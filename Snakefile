@@ -57,7 +57,7 @@ onstart:
 onsuccess:
     # A run that wrote the report ends by saying what it found: each law's V* and whether to trust it.
     if wrote_report():
-        shell("vlmscale summary --results {RESULTS:q}")
+        shell("vlmscale summary --results {RESULTS:q} --laws {LAWS:q}")
 
 
 rule all:

@@ -220,7 +220,7 @@ def cmd_report(args) -> dict:
 def cmd_summary(args) -> None:
     from vlmscale.analysis import report
 
-    print(report.summary(args.results))
+    print(report.summary(args.results, args.laws))
 
 
 def cmd_plot(args) -> dict:
@@ -377,6 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("summary", help="each law's V* and whether to trust it, from a finished run's results")
     p.add_argument("--results", default="results")
+    p.add_argument("--laws", nargs="*", help="the grid's law JSONs (default: every one under RESULTS/law)")
     p.set_defaults(func=cmd_summary)
 
     p = sub.add_parser("plot", help="error vs FLOPs with the fitted law and frontier, for any fit and table")

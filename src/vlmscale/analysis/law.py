@@ -358,9 +358,9 @@ def heldout_caution(result: FitResult) -> str | None:
 
 def _miss_pattern(signed: list[float]) -> str:
     """What the signs of the held-out misses along V (ascending) say."""
-    changes = sum((a > 0) != (b > 0) for a, b in zip(signed, signed[1:]))
     if not signed:
         return ""
+    changes = sum((a > 0) != (b > 0) for a, b in zip(signed, signed[1:]))
     if changes >= 2:
         return "; the misses alternate in sign along V: that LLM's error bends in V where the law's power of V cannot"
     if changes == 1:

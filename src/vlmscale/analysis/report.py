@@ -353,27 +353,29 @@ def _frontier_section(fits: dict[Key, FitResult], frontier: pd.DataFrame) -> lis
     """Warnings above the frontier: a fit that should not be trusted has its V* withheld; a floor or an
     exponent on its bound, or a held-out check that misses, is said next to the V* it leaves standing."""
     untrusted = {key: law.trust_problems(fit) for key, fit in fits.items()}
-    lines = _frontier_notes(fits, frontier)
+    lines = _frontier_notes(fits, frontier, untrusted)
     shown = frontier[~_rows_of(frontier, [key for key, problems in untrusted.items() if problems])]
     lines += ["", shown.to_markdown(index=False, floatfmt=".4g") if len(shown) else "(no trusted frontier)", ""]
     return lines
 
 
-def summary(results: str | Path) -> str:
+def summary(results: str | Path, laws=None) -> str:
     """What a finished run prints: each law's warnings or cautions and its V* with intervals (the report's
-    frontier section without its table), and where the report is. Empty before the first report."""
+    frontier section without its table), and where the report is. `laws`: the grid's law JSONs (the
+    workflow passes its own; default: every one under results/law). Empty before the first report."""
     results = Path(results)
-    laws, frontier = sorted((results / "law").glob("*/*.json")), results / "law" / "frontier.csv"
+    laws, frontier = laws or sorted((results / "law").glob("*/*.json")), results / "law" / "frontier.csv"
     if not (results / "report.md").exists() or not laws or not frontier.exists():
         return ""
-    notes = _frontier_notes(load_fits(laws), pd.read_csv(frontier))
+    fits = load_fits(laws)
+    untrusted = {key: law.trust_problems(fit) for key, fit in fits.items()}
+    notes = _frontier_notes(fits, pd.read_csv(frontier), untrusted)
     body = "\n".join(line.replace("> **", "").replace("**", "") for line in notes if line)
     return f"vlmscale: the compute-optimal frontier\n{body}\nFull report: {results / 'report.md'}"
 
 
-def _frontier_notes(fits: dict[Key, FitResult], frontier: pd.DataFrame) -> list[str]:
+def _frontier_notes(fits: dict[Key, FitResult], frontier: pd.DataFrame, untrusted: dict[Key, list[str]]) -> list[str]:
     names = fit_labels(fits)
-    untrusted = {key: law.trust_problems(fit) for key, fit in fits.items()}
     lines = []
     for key, problems in untrusted.items():
         if problems:
